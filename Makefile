@@ -1,0 +1,85 @@
+# jobworker: `make run` starts a development server, `make test` runs every check.
+#
+# Both create the project virtualenv (.venv) from the hash-locked
+# requirements.lock first; nothing is installed outside .venv except the
+# Debian packages the isolation tests need (see `sysdeps`).
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CERTS := certs
+STATE_DIR ?= var
+LISTEN ?= 127.0.0.1:7443
+# Debian packages: qemu and a kernel boot the cgroup v2 guest for the
+# isolation tests; iproute2, procps and util-linux are used by tests.
+SYSDEPS := qemu-system-x86 linux-image-amd64 iproute2 procps util-linux busybox-static
+
+.PHONY: all venv run test lint typecheck unit proto lock sysdeps clean certs test-cgroup2
+
+all: test
+
+$(STAMP): requirements.lock setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --require-hashes --no-deps -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation \
+	    --config-settings editable_mode=compat -e .
+	touch $@
+
+venv: $(STAMP)
+
+# The development PKI: created once, never committed (see certs/README.md).
+$(CERTS)/server.pem: | $(STAMP)
+	$(BIN)/jobworker-pki init $(CERTS)
+
+certs: $(CERTS)/server.pem
+
+# Full isolation needs root; without it the server runs with --no-isolation.
+run: $(STAMP) certs
+	@mkdir -p $(STATE_DIR)
+	@if [ "$$(id -u)" != 0 ]; then \
+	    echo "make run: not root, starting with --no-isolation (development only)"; \
+	    iso=--no-isolation; fi; \
+	exec $(BIN)/twistd -n jobworker --listen $(LISTEN) \
+	    --tls-cert $(CERTS)/server.pem --tls-key $(CERTS)/server.key \
+	    --client-ca $(CERTS)/client-ca.pem --state-dir $(STATE_DIR) $$iso
+
+sysdeps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    missing=$$(for p in $(SYSDEPS); do \
+	        dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	    if [ -n "$$missing" ]; then \
+	        echo "installing: $$missing"; \
+	        apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	            apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	    fi; \
+	else echo "sysdeps: not root or no apt-get; tests that need them will say so"; fi
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy --strict jobworker tests twisted/plugins
+
+unit: $(STAMP)
+	$(BIN)/trial --temp-directory=/tmp/jobworker-trial tests
+
+test: sysdeps lint typecheck unit
+
+# Regenerate the committed gRPC code; tests/test_proto.py fails when stale.
+proto: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m grpc_tools.protoc -Iproto \
+	    --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. \
+	    proto/jobworker/v1/jobworker.proto
+
+# Re-resolve requirements.in into requirements.lock (see README, "Dependencies").
+lock:
+	$(PYTHON) -m venv /tmp/jobworker-lock-venv
+	/tmp/jobworker-lock-venv/bin/pip install --quiet pip-tools
+	PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= /tmp/jobworker-lock-venv/bin/pip-compile \
+	    --quiet --generate-hashes --strip-extras --allow-unsafe \
+	    -o requirements.lock requirements.in
+
+clean:
+	rm -rf $(VENV) build *.egg-info _trial_temp* /tmp/jobworker-trial

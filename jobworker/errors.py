@@ -1,0 +1,57 @@
+"""The exceptions jobworker raises.
+
+Each is raised where the fault is known and translated once at each boundary:
+library -> gRPC status (`jobworker.api.errors`) -> CLI message.
+"""
+
+
+class JobWorkerError(Exception):
+    """Base class of every error jobworker raises on purpose."""
+
+
+class InvalidRequest(JobWorkerError):
+    """The request is malformed: empty command, NUL byte, bad limit or offset."""
+
+
+class JobNotFound(JobWorkerError):
+    """No job with this id (or not one the caller may see)."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id!r} not found")
+        self.job_id = job_id
+
+
+class StartFailed(JobWorkerError):
+    """The job could not be started; nothing of it is left behind."""
+
+
+class ExecutableNotFound(StartFailed):
+    """The program is not found in the job's PATH."""
+
+
+class NotExecutable(StartFailed):
+    """The program exists but cannot be executed (permissions, format)."""
+
+
+class BadWorkingDirectory(StartFailed):
+    """The job's working directory cannot be entered."""
+
+
+class BadUser(StartFailed):
+    """The user the job should run as does not exist or cannot be switched to."""
+
+
+class IsolationFailed(StartFailed):
+    """Cgroup or namespace set-up for the job failed."""
+
+
+class TooManyJobs(JobWorkerError):
+    """The server's limit on running jobs (or followers) is reached."""
+
+
+class ShuttingDown(JobWorkerError):
+    """The manager is shutting down and accepts no new jobs."""
+
+
+class IsolationUnavailable(JobWorkerError):
+    """The kernel lacks what isolation needs; raised at server start-up."""
