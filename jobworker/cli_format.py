@@ -1,0 +1,182 @@
+"""How the CLI shows jobs: JSON objects, a one-job summary and a table.
+
+Commands are bytes. In JSON each argument is decoded as UTF-8; a byte that is
+not part of valid UTF-8 becomes the lone surrogate U+DC80+byte (Python's
+"surrogateescape"), written as the JSON escape "\\udcXX", so
+`os.fsencode(json.loads(text)["command"][i])` gives back the exact bytes. For
+people, invalid bytes are shown as "\\xXX" and arguments are shell-quoted.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import signal
+from datetime import UTC
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from jobworker.units import format_size
+from jobworker.v1 import jobworker_pb2 as pb
+
+_STATES = {
+    pb.JOB_STATE_RUNNING: "running",
+    pb.JOB_STATE_STOPPING: "stopping",
+    pb.JOB_STATE_EXITED: "exited",
+    pb.JOB_STATE_KILLED: "killed",
+}
+
+
+def state_name(job: pb.JobStatus) -> str:
+    """ "running", "stopping", "exited" or "killed" ("unknown" otherwise)."""
+    return _STATES.get(job.state, "unknown")
+
+
+def exit_status(job: pb.JobStatus) -> int | None:
+    """The shell's view of an ended job: its code, or 128+N for signal N."""
+    if job.HasField("exit_code"):
+        return job.exit_code
+    if job.HasField("signal"):
+        return 128 + job.signal
+    return None
+
+
+def _timestamp(job: pb.JobStatus, field: str, timespec: str) -> str | None:
+    has = {
+        "started_at": job.HasField("started_at"),
+        "ended_at": job.HasField("ended_at"),
+    }
+    if not has[field]:
+        return None
+    stamp: Timestamp = getattr(job, field)
+    moment = stamp.ToDatetime(tzinfo=UTC)
+    return moment.isoformat(timespec=timespec).replace("+00:00", "Z")
+
+
+def _limits(limits: pb.Limits) -> dict[str, float | int | None]:
+    return {
+        "cpu": limits.cpu if limits.HasField("cpu") else None,
+        "memory_bytes": limits.memory_bytes
+        if limits.HasField("memory_bytes")
+        else None,
+        "io_read_bps": limits.io_read_bps if limits.HasField("io_read_bps") else None,
+        "io_write_bps": limits.io_write_bps
+        if limits.HasField("io_write_bps")
+        else None,
+        "pids": limits.pids if limits.HasField("pids") else None,
+    }
+
+
+def job_json(job: pb.JobStatus) -> dict[str, Any]:
+    """The JSON object of `status --json` (and each element of `list --json`)."""
+    return {
+        "id": job.id,
+        "owner": job.owner,
+        "command": [arg.decode("utf-8", "surrogateescape") for arg in job.command],
+        "state": state_name(job),
+        "exit_code": job.exit_code if job.HasField("exit_code") else None,
+        "signal": job.signal if job.HasField("signal") else None,
+        "oom_killed": job.oom_killed,
+        "stop_requested": job.stop_requested,
+        "started_at": _timestamp(job, "started_at", "milliseconds"),
+        "ended_at": _timestamp(job, "ended_at", "milliseconds"),
+        "limits": _limits(job.limits),
+        "output_bytes": job.output_bytes,
+        "output_truncated": job.output_truncated,
+    }
+
+
+def dumps(value: Any) -> str:
+    """JSON text, ASCII only (so escaped bytes survive any terminal or pipe)."""
+    return json.dumps(value, ensure_ascii=True, indent=2)
+
+
+def command_text(job: pb.JobStatus) -> str:
+    """The command as a shell would take it, invalid UTF-8 shown as \\xXX."""
+    return shlex.join(arg.decode("utf-8", "backslashreplace") for arg in job.command)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def outcome(job: pb.JobStatus) -> str:
+    """The state, with how the job ended: "exited 3", "killed SIGKILL"."""
+    state = state_name(job)
+    if job.HasField("exit_code"):
+        state = f"{state} {job.exit_code}"
+    elif job.HasField("signal"):
+        state = f"{state} {_signal_name(job.signal)}"
+    flags = [
+        name
+        for name, on in (
+            ("stop requested", job.stop_requested),
+            ("OOM", job.oom_killed),
+        )
+        if on
+    ]
+    return f"{state} ({', '.join(flags)})" if flags else state
+
+
+def limits_text(limits: pb.Limits) -> str:
+    """ "cpu 1, memory 512M, io-read unlimited, io-write 10M/s, pids 1024"."""
+    values = _limits(limits)
+    parts = [f"cpu {values['cpu']:g}" if values["cpu"] is not None else "cpu unlimited"]
+    for name, label, suffix in (
+        ("memory_bytes", "memory", ""),
+        ("io_read_bps", "io-read", "/s"),
+        ("io_write_bps", "io-write", "/s"),
+    ):
+        value = values[name]
+        shown = f"{format_size(int(value))}{suffix}" if value is not None else None
+        parts.append(f"{label} {shown or 'unlimited'}")
+    parts.append(
+        f"pids {values['pids'] if values['pids'] is not None else 'unlimited'}"
+    )
+    return ", ".join(parts)
+
+
+def summary(job: pb.JobStatus) -> str:
+    """Several "name: value" lines about one job, for `status` and `stop`."""
+    output = f"{job.output_bytes} bytes"
+    if job.output_truncated:
+        output += " (truncated at the server's cap)"
+    rows = [
+        ("id", job.id),
+        ("owner", job.owner),
+        ("command", command_text(job)),
+        ("state", outcome(job)),
+        ("started", _timestamp(job, "started_at", "seconds") or "-"),
+        ("ended", _timestamp(job, "ended_at", "seconds") or "-"),
+        ("limits", limits_text(job.limits)),
+        ("output", output),
+    ]
+    return "\n".join(f"{name + ':':<9} {value}" for name, value in rows)
+
+
+def table(jobs: list[pb.JobStatus]) -> str:
+    """One line per job, in columns, for `list`."""
+    header = ("ID", "OWNER", "STATE", "STARTED", "COMMAND")
+    rows = [
+        (
+            job.id,
+            job.owner,
+            outcome(job),
+            _timestamp(job, "started_at", "seconds") or "-",
+            command_text(job),
+        )
+        for job in jobs
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
+    return "\n".join(
+        "  ".join(
+            cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)
+        )
+        + "  "
+        + row[4]
+        for row in [header, *rows]
+    )

@@ -1,0 +1,235 @@
+"""The CLI's side of the API: an mTLS gRPC channel and one-line errors.
+
+`ClientConfig.resolve` takes flags and environment variables (flags win);
+`Client` makes the calls and turns every `grpc.RpcError` into a
+`ClientError` whose message a user can act on: server down, untrusted server
+certificate, name mismatch, client certificate refused, job not found...
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from jobworker.address import InvalidAddress, parse_address
+from jobworker.v1 import jobworker_pb2 as pb
+from jobworker.v1 import jobworker_pb2_grpc as pb_grpc
+
+DEFAULT_SERVER = "127.0.0.1:7443"
+DEFAULT_CONNECT_TIMEOUT = 10.0
+_ENV = {
+    "server": "JOBWORKER_SERVER",
+    "ca": "JOBWORKER_CA",
+    "cert": "JOBWORKER_CERT",
+    "key": "JOBWORKER_KEY",
+}
+
+
+class ClientError(Exception):
+    """A request failed; the message is the one line the CLI prints."""
+
+    exit_code = 1
+
+
+class ConfigError(ClientError):
+    """The CLI is missing a setting or cannot read a file it was given."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Where the server is and the TLS files to reach it with."""
+
+    server: str
+    ca: str
+    cert: str
+    key: str
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+
+    @classmethod
+    def resolve(
+        cls,
+        flags: Mapping[str, str | None],
+        environ: Mapping[str, str],
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    ) -> ClientConfig:
+        """Each setting from its flag, else its environment variable."""
+        values = {
+            name: flags.get(name) or environ.get(variable) or None
+            for name, variable in _ENV.items()
+        }
+        server = values["server"] or DEFAULT_SERVER
+        try:
+            parse_address(server)
+        except InvalidAddress as error:
+            raise ConfigError(f"--server: {error}") from None
+        for name in ("ca", "cert", "key"):
+            if values[name] is None:
+                raise ConfigError(
+                    f"no --{name} given and {_ENV[name]} is not set"
+                    " (see jobworker --help)"
+                )
+        return cls(
+            server=server,
+            ca=str(values["ca"]),
+            cert=str(values["cert"]),
+            key=str(values["key"]),
+            connect_timeout=connect_timeout,
+        )
+
+
+def _read(flag: str, path: str) -> bytes:
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError as error:
+        raise ConfigError(f"cannot read {flag} file {path}: {error.strerror}") from None
+
+
+def open_channel(config: ClientConfig) -> grpc.Channel:
+    """A secure channel whose connection attempts give up after the timeout."""
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=_read("--ca", config.ca),
+        private_key=_read("--key", config.key),
+        certificate_chain=_read("--cert", config.cert),
+    )
+    timeout_ms = max(1, int(config.connect_timeout * 1000))
+    # grpc-core uses the minimum reconnect backoff as its connect deadline
+    # (TCP and TLS handshake); the other two keep retries at that pace.
+    options = [
+        ("grpc.min_reconnect_backoff_ms", timeout_ms),
+        ("grpc.initial_reconnect_backoff_ms", timeout_ms),
+        ("grpc.max_reconnect_backoff_ms", timeout_ms),
+    ]
+    return grpc.secure_channel(config.server, credentials, options=options)
+
+
+class Client:
+    """The jobworker API over one channel; every failure is a `ClientError`."""
+
+    def __init__(self, config: ClientConfig) -> None:
+        self._config = config
+        self._channel = open_channel(config)
+        self._stub = pb_grpc.JobWorkerStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def start(self, command: Sequence[bytes], limits: pb.Limits) -> pb.JobStatus:
+        request = pb.StartRequest(command=list(command), limits=limits)
+        began = time.monotonic()
+        try:
+            return self._stub.Start(request).job
+        except grpc.RpcError as error:
+            raise self.error(error, began) from None
+
+    def stop(self, job_id: str, grace: float | None) -> pb.JobStatus:
+        request = pb.StopRequest(job_id=job_id, grace_seconds=grace)
+        began = time.monotonic()
+        try:
+            return self._stub.Stop(request).job
+        except grpc.RpcError as error:
+            raise self.error(error, began, job_id) from None
+
+    def status(self, job_id: str) -> pb.JobStatus:
+        began = time.monotonic()
+        try:
+            return self._stub.Status(pb.StatusRequest(job_id=job_id)).job
+        except grpc.RpcError as error:
+            raise self.error(error, began, job_id) from None
+
+    def list(self) -> list[pb.JobStatus]:
+        began = time.monotonic()
+        try:
+            return list(self._stub.List(pb.ListRequest()).jobs)
+        except grpc.RpcError as error:
+            raise self.error(error, began) from None
+
+    def output(self, job_id: str, offset: int = 0) -> Iterator[pb.OutputChunk]:
+        """The job's output from `offset` until it has ended; cancelled on close."""
+        began = time.monotonic()
+        call = self._stub.StreamOutput(
+            pb.StreamOutputRequest(job_id=job_id, offset=offset)
+        )
+        try:
+            yield from call
+        except grpc.RpcError as error:
+            raise self.error(error, began, job_id) from None
+        finally:
+            call.cancel()  # type: ignore[no-untyped-call]
+
+    def error(
+        self, error: grpc.RpcError, began: float, job_id: str | None = None
+    ) -> ClientError:
+        """The one-line `ClientError` for a failed call."""
+        timed_out = time.monotonic() - began >= self._config.connect_timeout * 0.9
+        return ClientError(describe(error, self._config, job_id, timed_out=timed_out))
+
+
+_TEMPLATES = {
+    grpc.StatusCode.NOT_FOUND: "job {job_id} not found",
+    grpc.StatusCode.PERMISSION_DENIED: "permission denied: {details}",
+    grpc.StatusCode.UNAUTHENTICATED: "not authenticated by {server}: {details}",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "{server} did not answer in time",
+    grpc.StatusCode.UNAVAILABLE: "server {server} unavailable: {details}",
+    grpc.StatusCode.INTERNAL: "server error: {details}",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "server busy: {details}",
+    grpc.StatusCode.CANCELLED: "request cancelled: {details}",
+}
+
+
+def describe(
+    error: grpc.RpcError,
+    config: ClientConfig,
+    job_id: str | None = None,
+    *,
+    timed_out: bool = False,
+) -> str:
+    """Say what went wrong with a call in words a user can act on."""
+    code_of, details_of = getattr(error, "code", None), getattr(error, "details", None)
+    code = code_of() if callable(code_of) else None
+    details = (details_of() if callable(details_of) else None) or ""
+    if code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in details:
+        return _connect_failure(details, config, timed_out=timed_out)
+    template = _TEMPLATES.get(code) if code is not None else None
+    if template is None or (code == grpc.StatusCode.NOT_FOUND and not job_id):
+        # INVALID_ARGUMENT, FAILED_PRECONDITION...: the server's words say it.
+        return details or f"request failed ({getattr(code, 'name', 'unknown error')})"
+    return template.format(
+        job_id=job_id, server=config.server, details=details or "no details"
+    )
+
+
+def _connect_failure(details: str, config: ClientConfig, *, timed_out: bool) -> str:
+    server, lower = config.server, details.lower()
+    host = parse_address(server)[0]
+    if "certificate_verify_failed" in lower:
+        return (
+            f"untrusted server certificate from {server}: it is not signed by"
+            f" the CA in {config.ca}"
+        )
+    if "peer name" in lower or "not in peer certificate" in lower:
+        return (
+            f"server certificate name mismatch: the certificate of {server} is"
+            f" not valid for {host!r}"
+        )
+    if any(
+        alert in lower
+        for alert in ("unknown_ca", "bad_certificate", "certificate_required", "alert")
+    ):
+        return f"the server {server} refused the client certificate {config.cert}"
+    if "connection refused" in lower:
+        return (
+            f"cannot connect to {server}: connection refused (is the server running?)"
+        )
+    if timed_out:
+        return (
+            f"cannot connect to {server}: no answer within"
+            f" {config.connect_timeout:g}s (is it a jobworker server?)"
+        )
+    reason = details.rsplit(": ", 1)[-1] if ": " in details else details
+    return f"cannot connect to {server}: {reason}"

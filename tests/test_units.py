@@ -1,0 +1,67 @@
+"""Tests for jobworker.units (sizes) and jobworker.address (HOST:PORT)."""
+
+from __future__ import annotations
+
+from twisted.trial import unittest
+
+from jobworker.address import InvalidAddress, format_address, parse_address
+from jobworker.units import InvalidSize, format_size, parse_size
+
+
+class ParseSizeTests(unittest.TestCase):
+    def test_plain_number_is_bytes(self) -> None:
+        self.assertEqual(parse_size("1048576"), 1 << 20)
+
+    def test_suffixes_are_base_1024_in_either_case(self) -> None:
+        self.assertEqual(parse_size("1K"), 1024)
+        self.assertEqual(parse_size("512m"), 512 << 20)
+        self.assertEqual(parse_size("4G"), 4 << 30)
+        self.assertEqual(parse_size("2T"), 2 << 40)
+
+    def test_binary_and_byte_spellings_mean_the_same(self) -> None:
+        self.assertEqual(parse_size("256MiB"), 256 << 20)
+        self.assertEqual(parse_size("256MB"), 256 << 20)
+
+    def test_fraction_with_suffix_is_allowed_when_whole_bytes(self) -> None:
+        self.assertEqual(parse_size("1.5G"), 3 << 29)
+
+    def test_fraction_of_a_byte_is_refused(self) -> None:
+        self.assertRaises(InvalidSize, parse_size, "1.5")
+
+    def test_garbage_is_refused_with_an_example(self) -> None:
+        for text in ("", "M", "-1M", "12Q", "1 2", "0x10"):
+            error = self.assertRaises(InvalidSize, parse_size, text)
+            self.assertIn("512M", str(error))
+
+    def test_format_is_exact_when_it_can_be(self) -> None:
+        self.assertEqual(format_size(512 << 20), "512M")
+        self.assertEqual(format_size(3 << 29), "1536M")
+        self.assertEqual(format_size(1000), "1000")
+        self.assertEqual(format_size(1500), "1.5K")
+
+    def test_format_round_trips_through_parse(self) -> None:
+        for size in (1, 1024, 4 << 30, 7 << 20):
+            self.assertEqual(parse_size(format_size(size)), size)
+
+
+class AddressTests(unittest.TestCase):
+    def test_host_and_port(self) -> None:
+        self.assertEqual(parse_address("127.0.0.1:7443"), ("127.0.0.1", 7443))
+        self.assertEqual(parse_address("localhost:1"), ("localhost", 1))
+
+    def test_ipv6_in_brackets(self) -> None:
+        self.assertEqual(parse_address("[::1]:7443"), ("::1", 7443))
+
+    def test_port_zero_only_when_allowed(self) -> None:
+        self.assertRaises(InvalidAddress, parse_address, "127.0.0.1:0")
+        self.assertEqual(
+            parse_address("127.0.0.1:0", allow_port_zero=True), ("127.0.0.1", 0)
+        )
+
+    def test_malformed_addresses_are_refused(self) -> None:
+        for text in ("127.0.0.1", ":7443", "::1:7443", "host:65536", "host:x", ""):
+            self.assertRaises(InvalidAddress, parse_address, text)
+
+    def test_format_brackets_ipv6(self) -> None:
+        self.assertEqual(format_address("::1", 7443), "[::1]:7443")
+        self.assertEqual(format_address("127.0.0.1", 7443), "127.0.0.1:7443")
