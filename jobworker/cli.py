@@ -13,6 +13,10 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
+# Before grpc is first imported: grpc-core must not write its own log lines
+# to our stderr; every failure is reported once, in our words.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
 from jobworker import cli_format
 from jobworker.cli_parser import build_parser
 from jobworker.client import Client, ClientConfig, ClientError

@@ -204,32 +204,51 @@ def describe(
     )
 
 
+# What grpc-core says when a connection fails, and what it means to a user.
+_CONNECT_FAILURES = (
+    (
+        ("certificate_verify_failed",),
+        "untrusted server certificate from {server}: it is not signed by the CA"
+        " in {ca}",
+    ),
+    (
+        ("hostname verification", "peer name", "not in peer certificate"),
+        "server certificate name mismatch: the certificate of {server} is not"
+        " valid for {host}",
+    ),
+    (
+        ("failed to create security handshaker", "invalid private key"),
+        "cannot use the client certificate {cert} with the key {key}"
+        " (is it the key of this certificate?)",
+    ),
+    (
+        ("socket closed", "unknown_ca", "bad_certificate", "certificate_required"),
+        "the server {server} refused the client certificate {cert}"
+        " (is it signed by the server's client CA, and still valid?)",
+    ),
+    (
+        ("connection refused",),
+        "cannot connect to {server}: connection refused (is the server running?)",
+    ),
+)
+
+
 def _connect_failure(details: str, config: ClientConfig, *, timed_out: bool) -> str:
-    server, lower = config.server, details.lower()
-    host = parse_address(server)[0]
-    if "certificate_verify_failed" in lower:
-        return (
-            f"untrusted server certificate from {server}: it is not signed by"
-            f" the CA in {config.ca}"
-        )
-    if "peer name" in lower or "not in peer certificate" in lower:
-        return (
-            f"server certificate name mismatch: the certificate of {server} is"
-            f" not valid for {host!r}"
-        )
-    if any(
-        alert in lower
-        for alert in ("unknown_ca", "bad_certificate", "certificate_required", "alert")
-    ):
-        return f"the server {server} refused the client certificate {config.cert}"
-    if "connection refused" in lower:
-        return (
-            f"cannot connect to {server}: connection refused (is the server running?)"
-        )
+    lower = details.lower()
+    values = {
+        "server": config.server,
+        "host": parse_address(config.server)[0],
+        "ca": config.ca,
+        "cert": config.cert,
+        "key": config.key,
+    }
+    for needles, template in _CONNECT_FAILURES:
+        if any(needle in lower for needle in needles):
+            return template.format(**values)
     if timed_out:
         return (
-            f"cannot connect to {server}: no answer within"
-            f" {config.connect_timeout:g}s (is it a jobworker server?)"
+            f"cannot connect to {config.server}: no answer within"
+            f" {config.connect_timeout:g}s (is the server up, and a jobworker server?)"
         )
     reason = details.rsplit(": ", 1)[-1] if ": " in details else details
-    return f"cannot connect to {server}: {reason}"
+    return f"cannot connect to {config.server}: {reason}"
