@@ -193,7 +193,8 @@ def describe(
     code_of, details_of = getattr(error, "code", None), getattr(error, "details", None)
     code = code_of() if callable(code_of) else None
     details = (details_of() if callable(details_of) else None) or ""
-    if code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in details:
+    connecting = ("failed to connect", "errors resolving")
+    if code == grpc.StatusCode.UNAVAILABLE and any(x in details for x in connecting):
         return _connect_failure(details, config, timed_out=timed_out)
     template = _TEMPLATES.get(code) if code is not None else None
     if template is None or (code == grpc.StatusCode.NOT_FOUND and not job_id):
@@ -225,6 +226,10 @@ _CONNECT_FAILURES = (
         ("socket closed", "unknown_ca", "bad_certificate", "certificate_required"),
         "the server {server} refused the client certificate {cert}"
         " (is it signed by the server's client CA, and still valid?)",
+    ),
+    (
+        ("errors resolving", "domain name not found"),
+        "cannot connect to {server}: host name {host} not found",
     ),
     (
         ("connection refused",),
