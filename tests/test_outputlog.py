@@ -1,0 +1,158 @@
+"""Tests for jobworker.outputlog: the record log, its waiters and reader."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from twisted.internet.defer import CancelledError
+from twisted.trial import unittest
+
+from jobworker.errors import InvalidRequest
+from jobworker.model import OutputChunk, OutputState, Stream
+from jobworker.outputlog import HEADER, MAX_RECORD, OutputLog, read_chunks
+
+
+class OutputLogTests(unittest.TestCase):
+    def make_log(self, cap: int = 1 << 20) -> OutputLog:
+        path = os.path.join(self.mktemp() + ".log")
+        log = OutputLog(path, cap)
+        self.addCleanup(log.finish)
+        return log
+
+    def read_all(self, log: OutputLog, max_bytes: int = 1 << 20) -> list[OutputChunk]:
+        return read_chunks(log.path, 0, log.size, max_bytes)
+
+    def test_streams_stay_apart_in_write_order(self) -> None:
+        log = self.make_log()
+        log.append(Stream.STDOUT, b"a")
+        log.append(Stream.STDERR, b"b")
+        log.append(Stream.STDOUT, b"c")
+        self.assertEqual(
+            [(c.stream, c.data) for c in self.read_all(log)],
+            [(Stream.STDOUT, b"a"), (Stream.STDERR, b"b"), (Stream.STDOUT, b"c")],
+        )
+
+    def test_consecutive_records_of_one_stream_are_coalesced(self) -> None:
+        log = self.make_log()
+        log.append(Stream.STDOUT, b"\x00\xff")
+        log.append(Stream.STDOUT, b"no newline")
+        (chunk,) = self.read_all(log)
+        self.assertEqual(chunk.data, b"\x00\xffno newline")
+        self.assertEqual((chunk.offset, chunk.next_offset), (0, log.size))
+
+    def test_reading_continues_from_next_offset(self) -> None:
+        log = self.make_log()
+        for i in range(10):
+            log.append(Stream.STDOUT, bytes([i]) * 10)
+        offset, data = 0, b""
+        while offset < log.size:
+            chunks = read_chunks(log.path, offset, log.size, 25)
+            self.assertLessEqual(sum(len(c.data) for c in chunks), 25)
+            data += b"".join(c.data for c in chunks)
+            offset = chunks[-1].next_offset
+        self.assertEqual(data, b"".join(bytes([i]) * 10 for i in range(10)))
+
+    def test_one_record_is_returned_even_if_larger_than_max_bytes(self) -> None:
+        log = self.make_log()
+        log.append(Stream.STDERR, b"x" * 100)
+        (chunk,) = read_chunks(log.path, 0, log.size, 1)
+        self.assertEqual(len(chunk.data), 100)
+
+    def test_large_writes_are_split_into_bounded_records(self) -> None:
+        log = self.make_log(cap=1 << 30)
+        log.append(Stream.STDOUT, b"y" * (MAX_RECORD * 2 + 1))
+        self.assertEqual(log.size, MAX_RECORD * 2 + 1 + 3 * HEADER.size)
+        first = read_chunks(log.path, 0, log.size, 1)
+        self.assertEqual(len(first[0].data), MAX_RECORD)
+
+    def test_reader_sees_nothing_past_end(self) -> None:
+        log = self.make_log()
+        log.append(Stream.STDOUT, b"first")
+        end = log.size
+        log.append(Stream.STDOUT, b"second")
+        self.assertEqual(
+            b"".join(c.data for c in read_chunks(log.path, 0, end, 100)), b"first"
+        )
+        self.assertEqual(read_chunks(log.path, end, end, 100), [])
+
+    def test_bad_offsets_and_budgets_are_invalid_requests(self) -> None:
+        log = self.make_log()
+        log.append(Stream.STDOUT, b"hello")
+        self.assertRaises(InvalidRequest, read_chunks, log.path, -1, log.size, 10)
+        self.assertRaises(InvalidRequest, read_chunks, log.path, 99, log.size, 10)
+        self.assertRaises(InvalidRequest, read_chunks, log.path, 2, log.size, 10)
+        self.assertRaises(InvalidRequest, read_chunks, log.path, 0, log.size, 0)
+        self.assertRaises(InvalidRequest, log.wait, log.size + 1)
+        self.assertRaises(InvalidRequest, log.wait, -1)
+
+    def test_output_past_the_cap_is_dropped_and_flagged(self) -> None:
+        log = self.make_log(cap=8)
+        log.append(Stream.STDOUT, b"12345")
+        log.append(Stream.STDERR, b"67890")
+        log.append(Stream.STDOUT, b"more")
+        self.assertTrue(log.truncated)
+        self.assertEqual(log.data_bytes, 8)
+        self.assertEqual([c.data for c in self.read_all(log)], [b"12345", b"678"])
+
+    def test_waiter_fires_on_new_output(self) -> None:
+        log = self.make_log()
+        waiter = log.wait(0)
+        self.assertNoResult(waiter)
+        log.append(Stream.STDOUT, b"x")
+        self.assertEqual(
+            self.successResultOf(waiter), OutputState(size=log.size, complete=False)
+        )
+
+    def test_waiter_behind_the_end_fires_at_once(self) -> None:
+        log = self.make_log()
+        log.append(Stream.STDOUT, b"x")
+        self.assertEqual(self.successResultOf(log.wait(0)).size, log.size)
+
+    def test_finish_wakes_waiters_with_complete(self) -> None:
+        log = self.make_log()
+        waiters = [log.wait(0) for _ in range(3)]
+        log.finish()
+        for waiter in waiters:
+            self.assertEqual(
+                self.successResultOf(waiter), OutputState(size=0, complete=True)
+            )
+        self.assertTrue(self.successResultOf(log.wait(0)).complete)
+
+    def test_cancelled_waiter_is_forgotten(self) -> None:
+        log = self.make_log()
+        waiter = log.wait(0)
+        self.assertEqual(log.waiter_count, 1)
+        waiter.cancel()
+        self.failureResultOf(waiter, CancelledError)
+        self.assertEqual(log.waiter_count, 0)
+        log.append(Stream.STDOUT, b"x")
+
+    def test_memory_does_not_grow_with_output(self) -> None:
+        log = self.make_log(cap=1 << 30)
+        for _ in range(200):
+            log.append(Stream.STDOUT, b"z" * 4096)
+        self.assertEqual(log.waiter_count, 0)
+        self.assertEqual(os.path.getsize(log.path), log.size)
+
+    def test_read_chunks_runs_in_a_thread_while_the_log_grows(self) -> None:
+        log = self.make_log()
+        log.append(Stream.STDOUT, b"a" * 1000)
+        end = log.size
+        result: list[list[OutputChunk]] = []
+        reader = threading.Thread(
+            target=lambda: result.append(read_chunks(log.path, 0, end, 4096))
+        )
+        reader.start()
+        log.append(Stream.STDERR, b"b" * 1000)
+        reader.join()
+        self.assertEqual(result[0][0].data, b"a" * 1000)
+
+    def test_appending_after_finish_is_ignored(self) -> None:
+        log = self.make_log()
+        log.finish()
+        log.append(Stream.STDOUT, b"late")
+        self.assertEqual(log.size, 0)
+
+    def test_negative_cap_is_invalid(self) -> None:
+        self.assertRaises(InvalidRequest, OutputLog, self.mktemp(), -1)
