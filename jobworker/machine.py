@@ -11,17 +11,18 @@ Between "the job's process has exited" and "its final status is recorded"
 the job is `Ending` while the owner cleans up (cgroup, work dir); it is
 reported as running (or stopping, if a stop was asked for) until then.
 The stop escalation timer is created when a stop first arrives and cancelled
-in one place: when the process exits.
+in one place: when the process exits. The machine fires no Deferreds (a
+callback run inside a transition could not use the machine); waiting for
+the end is the job's (jobworker.job).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from automat import TypeMachineBuilder, pep614
-from twisted.internet.defer import Deferred, succeed
 
 from jobworker.model import JobState
 
@@ -43,11 +44,11 @@ class Scheduler(Protocol):
 class JobInputs(Protocol):
     """What can happen to a job."""
 
-    def stop(self, grace: float) -> Deferred[None]:
+    def stop(self, grace: float) -> None:
         """Ask the job to stop: TERM now, KILL after `grace` seconds.
 
-        Fires when the final status is recorded. Stopping a stopping job
-        shares the first stop's escalation; stopping an ended one is a no-op.
+        Stopping a stopping job shares the first stop's escalation; stopping
+        an ending or ended one does nothing.
         """
 
     def grace_expired(self) -> None:
@@ -61,9 +62,6 @@ class JobInputs(Protocol):
 
     def killed(self, signal: int) -> None:
         """Clean-up is done; the command was killed by `signal`."""
-
-    def ended(self) -> Deferred[None]:
-        """Fire when the final status is recorded."""
 
     def state(self) -> JobState:
         """The state to report in the job's status."""
@@ -83,17 +81,6 @@ class JobCore:
     exit_code: int | None = None
     signal: int | None = None
     escalation: DelayedCall | None = None
-    end_waiters: list[Deferred[None]] = field(default_factory=list)
-
-    def wait_for_end(self) -> Deferred[None]:
-        waiter: Deferred[None] = Deferred()
-        self.end_waiters.append(waiter)
-        return waiter
-
-    def finish(self) -> None:
-        waiters, self.end_waiters = self.end_waiters, []
-        for waiter in waiters:
-            waiter.callback(None)
 
 
 def _build() -> Callable[[JobCore], JobInputs]:
@@ -114,14 +101,14 @@ def _build() -> Callable[[JobCore], JobInputs]:
     def ending_state(inputs: JobInputs, core: JobCore) -> JobState:
         return JobState.STOPPING if core.stop_requested else JobState.RUNNING
 
+    for later in (stopping, ending, exited, killed):
+        later.upon(JobInputs.stop).loop().returns(None)
+
     @pep614(running.upon(JobInputs.stop).to(stopping))
-    def start_stopping(
-        inputs: JobInputs, core: JobCore, grace: float
-    ) -> Deferred[None]:
+    def start_stopping(inputs: JobInputs, core: JobCore, grace: float) -> None:
         core.stop_requested = True
         core.escalation = core.clock.callLater(grace, inputs.grace_expired)
         core.terminate()
-        return core.wait_for_end()
 
     @pep614(stopping.upon(JobInputs.grace_expired).loop())
     def escalate(inputs: JobInputs, core: JobCore) -> None:
@@ -134,36 +121,13 @@ def _build() -> Callable[[JobCore], JobInputs]:
             core.escalation.cancel()
             core.escalation = None
 
-    @pep614(running.upon(JobInputs.ended).loop())
-    @pep614(stopping.upon(JobInputs.ended).loop())
-    @pep614(ending.upon(JobInputs.ended).loop())
-    def wait_for_end(inputs: JobInputs, core: JobCore) -> Deferred[None]:
-        return core.wait_for_end()
-
-    @pep614(stopping.upon(JobInputs.stop).loop())
-    @pep614(ending.upon(JobInputs.stop).loop())
-    def join_stop(inputs: JobInputs, core: JobCore, grace: float) -> Deferred[None]:
-        return core.wait_for_end()
-
-    @pep614(exited.upon(JobInputs.ended).loop())
-    @pep614(killed.upon(JobInputs.ended).loop())
-    def already_ended(inputs: JobInputs, core: JobCore) -> Deferred[None]:
-        return succeed(None)
-
-    @pep614(exited.upon(JobInputs.stop).loop())
-    @pep614(killed.upon(JobInputs.stop).loop())
-    def stop_ended(inputs: JobInputs, core: JobCore, grace: float) -> Deferred[None]:
-        return succeed(None)
-
     @pep614(ending.upon(JobInputs.exited).to(exited))
     def record_exit(inputs: JobInputs, core: JobCore, exit_code: int) -> None:
         core.exit_code = exit_code
-        core.finish()
 
     @pep614(ending.upon(JobInputs.killed).to(killed))
     def record_kill(inputs: JobInputs, core: JobCore, signal: int) -> None:
         core.signal = signal
-        core.finish()
 
     return builder.build()
 

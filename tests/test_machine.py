@@ -26,33 +26,30 @@ class JobMachineTests(unittest.TestCase):
         self.assertFalse(self.core.stop_requested)
 
     def test_stop_sends_term_then_kill_after_the_grace(self) -> None:
-        stopped = self.machine.stop(10.0)
+        self.machine.stop(10.0)
         self.assertEqual(self.signals, ["TERM"])
         self.assertEqual(self.machine.state(), JobState.STOPPING)
         self.clock.advance(9.9)
         self.assertEqual(self.signals, ["TERM"])
         self.clock.advance(0.1)
         self.assertEqual(self.signals, ["TERM", "KILL"])
-        self.assertNoResult(stopped)
         self.machine.process_exited()
         self.machine.killed(9)
-        self.assertIsNone(self.successResultOf(stopped))
         self.assertEqual(self.machine.state(), JobState.KILLED)
         self.assertEqual(self.core.signal, 9)
 
     def test_exit_within_the_grace_cancels_the_kill(self) -> None:
-        stopped = self.machine.stop(10.0)
+        self.machine.stop(10.0)
         self.clock.advance(1)
         self.machine.process_exited()
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.clock.advance(100)
         self.assertEqual(self.signals, ["TERM"])
         self.machine.killed(15)
-        self.successResultOf(stopped)
 
     def test_concurrent_stops_share_one_escalation(self) -> None:
-        first = self.machine.stop(10.0)
-        second = self.machine.stop(1.0)
+        self.machine.stop(10.0)
+        self.machine.stop(1.0)
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
         self.clock.advance(1.0)
         self.assertEqual(self.signals, ["TERM"])
@@ -60,8 +57,6 @@ class JobMachineTests(unittest.TestCase):
         self.assertEqual(self.signals, ["TERM", "KILL"])
         self.machine.process_exited()
         self.machine.killed(9)
-        self.successResultOf(first)
-        self.successResultOf(second)
 
     def test_zero_grace_kills_on_the_next_tick(self) -> None:
         self.machine.stop(0)
@@ -69,12 +64,9 @@ class JobMachineTests(unittest.TestCase):
         self.assertEqual(self.signals, ["TERM", "KILL"])
 
     def test_job_that_exits_by_itself_is_exited(self) -> None:
-        ended = self.machine.ended()
         self.machine.process_exited()
         self.assertEqual(self.machine.state(), JobState.RUNNING)
-        self.assertNoResult(ended)
         self.machine.exited(3)
-        self.successResultOf(ended)
         self.assertEqual(self.machine.state(), JobState.EXITED)
         self.assertEqual(self.core.exit_code, 3)
         self.assertFalse(self.core.stop_requested)
@@ -86,18 +78,15 @@ class JobMachineTests(unittest.TestCase):
 
     def test_stop_while_ending_waits_without_signalling(self) -> None:
         self.machine.process_exited()
-        stopped = self.machine.stop(5)
+        self.machine.stop(5)
         self.assertEqual(self.signals, [])
-        self.assertNoResult(stopped)
         self.machine.exited(0)
-        self.successResultOf(stopped)
         self.assertFalse(self.core.stop_requested)
 
     def test_stopping_an_ended_job_is_a_no_op(self) -> None:
         self.machine.process_exited()
         self.machine.exited(0)
-        self.successResultOf(self.machine.stop(5))
-        self.successResultOf(self.machine.ended())
+        self.machine.stop(5)
         self.assertEqual(self.signals, [])
         self.assertEqual(self.clock.getDelayedCalls(), [])
 

@@ -1,0 +1,298 @@
+"""The exec'd helper between the server and a job's command (stdlib only).
+
+Run as `python -I -S helper.py CONFIG_JSON -- ARGV...`, status pipe on fd 3;
+it must not import jobworker. H (this process): dies with the server, new
+session, joins the job's cgroups; without namespaces it is the job's init
+(a child subreaper), with them it unshares PID, mount and network namespaces
+and forks I (PID 1 there), the init. The init forks C, forwards SIGTERM and
+SIGINT to C's process group, kills everything on SIGUSR2, reaps, and when C
+ends kills every leftover and reports C's wait status. C: session, work dir,
+user, no_new_privs, default signals, exec. A set-up failure writes "<kind>
+<detail>" to fd 3 and exits 127; EOF on fd 3 with no data means exec'd. H
+finally mirrors C's status (exit code or the same signal) as its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import json
+import os
+import resource
+import select
+import signal
+import socket
+import struct
+import sys
+from typing import Any, NoReturn
+
+STATUS_FD = 3
+SETUP_FAILED = 127
+_PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
+_PR_SET_CHILD_SUBREAPER = 36
+_PR_SET_NO_NEW_PRIVS = 38
+_CLONE_NEWNS = 0x00020000
+_CLONE_NEWPID = 0x20000000
+_CLONE_NEWNET = 0x40000000
+_MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 2, 4, 8
+_MS_REC, _MS_PRIVATE = 1 << 14, 1 << 18
+_SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
+# posix_spawn leaves glibc's internal signals ignored; libc cannot reset them.
+_RT_SIGACTION = {"x86_64": 13, "aarch64": 134}.get(os.uname().machine)
+_EXEC_ERRORS = {errno.ENOENT: "enoent", errno.ENOTDIR: "enoent"}
+_EXEC_ERRORS |= {
+    errno.EACCES: "eacces",
+    errno.EPERM: "eacces",
+    errno.ENOEXEC: "enoexec",
+}
+_FORWARDED = (signal.SIGTERM, signal.SIGINT)
+_WATCHED = {*_FORWARDED, signal.SIGUSR2, signal.SIGCHLD}
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class SetupError(Exception):
+    """A set-up step failed; the message is the status line for the server."""
+
+
+def _check(result: int, kind: str, what: str) -> None:
+    if result != 0:
+        code = ctypes.get_errno()
+        raise SetupError(f"{kind} {errno.errorcode.get(code, code)} {what}")
+
+
+def _prctl(option: int, value: int, kind: str = "isolation") -> None:
+    _check(_libc.prctl(option, value, 0, 0, 0), kind, f"prctl {option}")
+
+
+def _report(message: str) -> NoReturn:
+    """Tell the server why the start failed, then exit."""
+    try:
+        os.write(STATUS_FD, message.encode("utf-8", "replace")[:4000] + b"\n")
+    finally:
+        os._exit(SETUP_FAILED)
+
+
+def _join_cgroups(procs_files: list[str]) -> None:
+    for path in procs_files:
+        try:
+            with open(path, "w") as procs:
+                procs.write(str(os.getpid()))
+        except OSError as e:
+            raise SetupError(f"isolation {e.strerror}: {path}") from None
+
+
+def _setup_namespace() -> None:
+    """In the new namespaces: private mounts, a fresh /proc, `lo` up."""
+    _check(
+        _libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None),
+        "isolation",
+        "make / private",
+    )
+    flags = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
+    _check(
+        _libc.mount(b"proc", b"/proc", b"proc", flags, None), "isolation", "mount /proc"
+    )
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            ifreq = fcntl.ioctl(sock, _SIOCGIFFLAGS, struct.pack("16sH14x", b"lo", 0))
+            current = struct.unpack("16sH14x", ifreq)[1]
+            fcntl.ioctl(
+                sock, _SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", current | _IFF_UP)
+            )
+        except OSError as e:
+            raise SetupError(f"isolation lo up: {e.strerror}") from None
+
+
+def _exec_command(config: dict[str, Any], argv: list[bytes]) -> NoReturn:
+    """C: become the job's command, or report why not."""
+    try:
+        os.setsid()
+        try:
+            os.chdir(config["workdir"])
+        except OSError as e:
+            raise SetupError(f"cwd {e.strerror}: {config['workdir']}") from None
+        if config.get("uid") is not None:
+            try:
+                os.setgroups(config["groups"])
+                os.setgid(config["gid"])
+                os.setuid(config["uid"])
+            except (OSError, ValueError, OverflowError) as e:
+                raise SetupError(f"user {config.get('user')}: {e}") from None
+        _prctl(_PR_SET_NO_NEW_PRIVS, 1)
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        for sig in range(1, signal.NSIG):
+            try:
+                signal.signal(sig, signal.SIG_DFL)
+            except (OSError, ValueError):  # KILL, STOP; 32, 33 glibc's own, ignored
+                if _RT_SIGACTION and sig not in (signal.SIGKILL, signal.SIGSTOP):
+                    _libc.syscall(_RT_SIGACTION, sig, bytes(32), None, 8)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        os.execvpe(argv[0], argv, config["env"])  # noqa: S606 - no shell on purpose
+    except SetupError as e:
+        _report(str(e))
+    except OSError as e:
+        _report(f"{_EXEC_ERRORS.get(e.errno or 0, 'exec')} {e.strerror}")
+    except BaseException as e:  # anything must reach the server
+        _report(f"error {e!r}")
+
+
+def _descendants() -> list[int]:
+    """Every process below this one, found through /proc."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as stat:
+                    ppid = int(stat.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(name))
+    found, todo = [], [os.getpid()]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found.extend(kids)
+        todo.extend(kids)
+    return found
+
+
+def _kill_everything() -> None:
+    """SIGKILL every other process of the job (all of the PID namespace)."""
+    if os.getpid() == 1:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(-1, signal.SIGKILL)
+        return
+    for pid in _descendants():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _kill_and_reap_all(main: int, status: int) -> int:
+    """Kill and reap every leftover; return the main process's status."""
+    while True:
+        _kill_everything()
+        try:
+            pid, wait_status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            return status
+        if pid == main:
+            status = wait_status
+
+
+def _signal_group(leader: int, sig: int) -> None:
+    """Signal the command's process group (or the command, before setsid)."""
+    try:
+        os.killpg(leader, sig)
+    except ProcessLookupError:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(leader, sig)
+
+
+def _act_as_init(config: dict[str, Any], argv: list[bytes]) -> int:
+    """Run C under this process as init; return C's wait status."""
+    main = os.fork()
+    if main == 0:
+        _exec_command(config, argv)
+    os.close(STATUS_FD)
+    status: int | None = None
+    while status is None:
+        sig = signal.sigwaitinfo(_WATCHED).si_signo
+        if sig in _FORWARDED:
+            _signal_group(main, sig)
+        elif sig == signal.SIGUSR2:
+            _kill_everything()
+        with contextlib.suppress(ChildProcessError):
+            while (reaped := os.waitpid(-1, os.WNOHANG))[0] != 0:
+                if reaped[0] == main:
+                    status = reaped[1]
+    return _kill_and_reap_all(main, status)
+
+
+def _mirror(status: int) -> NoReturn:
+    """Exit exactly as the command did: same exit code or same signal."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        with contextlib.suppress(OSError, ValueError):  # SIGKILL has no handler
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
+        os.kill(os.getpid(), sig)
+        os._exit(128 + sig)
+    os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1)
+
+
+def _namespace_init(
+    config: dict[str, Any], argv: list[bytes], alive: int, report: int
+) -> NoReturn:
+    """I: PID 1 of the job's namespaces; reports C's status to H."""
+    try:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if select.select([alive], [], [], 0)[0]:
+            os._exit(SETUP_FAILED)  # H is already gone
+        _libc.prctl(_PR_SET_NAME, b"jobworker-init", 0, 0, 0)
+        _setup_namespace()
+        for sig in (*_FORWARDED, signal.SIGUSR2):
+            signal.signal(sig, lambda *_: None)  # a PID-ns init needs handlers
+    except SetupError as e:
+        _report(str(e))
+    status = _act_as_init(config, argv)
+    os.write(report, b"%d\n" % status)
+    os._exit(0)
+
+
+def _run_namespaced(config: dict[str, Any], argv: list[bytes]) -> NoReturn:
+    """H with namespaces: unshare, fork I, relay signals, mirror C's status."""
+    _check(
+        _libc.unshare(_CLONE_NEWPID | _CLONE_NEWNS | _CLONE_NEWNET),
+        "isolation",
+        "unshare",
+    )
+    alive_r, alive_w = os.pipe()
+    report_r, report_w = os.pipe()
+    init = os.fork()
+    if init == 0:
+        os.close(alive_w)
+        os.close(report_r)
+        _namespace_init(config, argv, alive_r, report_w)
+    os.close(STATUS_FD)
+    os.close(alive_r)
+    os.close(report_w)
+    while True:
+        sig = signal.sigwaitinfo(_WATCHED).si_signo
+        if sig in _FORWARDED or sig == signal.SIGUSR2:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(init, signal.SIGKILL if sig == signal.SIGUSR2 else sig)
+        pid, init_status = os.waitpid(init, os.WNOHANG)
+        if pid == init:
+            break
+    reported = os.read(report_r, 64).strip()
+    _mirror(int(reported) if reported else init_status)
+
+
+def main(args: list[str]) -> NoReturn:
+    """Entry point: `helper.py CONFIG_JSON -- ARGV...`."""
+    os.set_inheritable(STATUS_FD, False)
+    try:
+        config = json.loads(args[0])
+        argv = [os.fsencode(arg) for arg in args[2:]]
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # die with the server
+        if os.getppid() != config["parent"]:
+            os._exit(SETUP_FAILED)  # the server is already gone
+        os.setsid()
+        _join_cgroups(config.get("cgroup_procs", []))
+        signal.pthread_sigmask(signal.SIG_BLOCK, _WATCHED)
+        if config.get("namespaces"):
+            _run_namespaced(config, argv)
+        _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    except SetupError as e:
+        _report(str(e))
+    except BaseException as e:  # anything must reach the server
+        _report(f"error {e!r}")
+    _mirror(_act_as_init(config, argv))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
