@@ -1,0 +1,169 @@
+"""Who is calling: TLS 1.3 and a client certificate with one CN and one role.
+
+grpcio has already verified the certificate chain (client CA, validity,
+clientAuth purpose) at the handshake. What it cannot do is refuse TLS 1.2
+there, or know our naming rules; `AuthInterceptor` does both for every
+method of every service, before any handler runs: below TLS 1.3 is
+UNAUTHENTICATED, a certificate without exactly one CN and exactly one known
+role (OU) is PERMISSION_DENIED.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+import grpc
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from jobworker.api.errors import Refused, status_for
+from jobworker.model import JobStatus
+
+TLS_VERSION = b"TLSv1.3"
+
+
+class Role(enum.Enum):
+    """What a caller may do: `admin` sees every job, `user` only its own."""
+
+    ADMIN = "admin"
+    USER = "user"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated caller: its identity (CN) and role (OU)."""
+
+    identity: str
+    role: Role
+
+    def may_see(self, job: JobStatus) -> bool:
+        """Whether this caller may see, stop and follow `job`."""
+        return self.role is Role.ADMIN or job.owner == self.identity
+
+
+def _denied(reason: str) -> Refused:
+    return Refused(grpc.StatusCode.PERMISSION_DENIED, f"client certificate {reason}")
+
+
+@functools.lru_cache(maxsize=256)
+def _parse(pem: bytes) -> Caller | Refused:
+    """The caller named by a (verified) client certificate, or why not."""
+    cert = x509.load_pem_x509_certificate(pem)
+    names = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    units = [
+        a.value
+        for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    ]
+    try:
+        usages = list(
+            cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        )
+    except x509.ExtensionNotFound:
+        usages = []
+    if ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
+        return _denied("is not for TLS clients (no clientAuth extended key usage)")
+    if len(names) != 1 or not isinstance(names[0], str) or not names[0]:
+        return _denied("must have exactly one non-empty common name (CN)")
+    roles = ", ".join(role.value for role in Role)
+    if len(units) != 1:
+        return _denied(f"must have exactly one role (OU), one of {roles}")
+    try:
+        role = Role(units[0])
+    except ValueError:
+        return _denied(f"has an unknown role (OU) {units[0]!r}; use one of {roles}")
+    return Caller(identity=names[0], role=role)
+
+
+def authenticate(context: grpc.ServicerContext) -> Caller:
+    """The caller of this call; raises `Refused` if it may not call at all."""
+    # grpc-stubs says Mapping[str, bytes]; grpcio gives a list of values.
+    auth = cast(Mapping[str, Sequence[bytes]], context.auth_context())
+    versions = list(auth.get("ssl_tls_version", ()))
+    if versions != [TLS_VERSION]:
+        used = b", ".join(versions).decode("ascii", "replace") or "no TLS"
+        raise Refused(
+            grpc.StatusCode.UNAUTHENTICATED,
+            f"TLS 1.3 is required; this connection uses {used}",
+        )
+    pems = list(auth.get("x509_pem_cert", ()))
+    if len(pems) != 1:
+        raise Refused(grpc.StatusCode.UNAUTHENTICATED, "no client certificate")
+    verdict = _parse(pems[0])
+    if isinstance(verdict, Refused):
+        raise verdict
+    return verdict
+
+
+Behavior = Callable[[Any, grpc.ServicerContext], Any]
+
+
+def _checked(method: str, behavior: Behavior) -> Behavior:
+    def unary(request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            authenticate(context)
+        except Refused as refused:
+            code, text = status_for(refused, method)
+        else:
+            return behavior(request, context)
+        context.abort(code, text)
+
+    return unary
+
+
+def _checked_stream(method: str, behavior: Behavior) -> Behavior:
+    def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        try:
+            authenticate(context)
+        except Refused as refused:
+            code, text = status_for(refused, method)
+        else:
+            yield from behavior(request, context)
+            return
+        context.abort(code, text)
+
+    return streaming
+
+
+_FACTORIES = {
+    "unary_unary": grpc.unary_unary_rpc_method_handler,
+    "unary_stream": grpc.unary_stream_rpc_method_handler,
+    "stream_unary": grpc.stream_unary_rpc_method_handler,
+    "stream_stream": grpc.stream_stream_rpc_method_handler,
+}
+
+
+if TYPE_CHECKING:
+    _Interceptor = grpc.ServerInterceptor[Any, Any]
+else:  # grpcio's class is not generic at run time, only in grpc-stubs
+    _Interceptor = grpc.ServerInterceptor
+
+
+class AuthInterceptor(_Interceptor):
+    """Checks TLS version and certificate before any handler of any service."""
+
+    def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        for kind, factory in _FACTORIES.items():
+            behavior = getattr(handler, kind)
+            if behavior is None:
+                continue
+            wrap = _checked_stream if handler.response_streaming else _checked
+            return factory(
+                wrap(method, behavior),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler

@@ -1,0 +1,206 @@
+"""The `jobworker.v1.JobWorker` service: RPCs on grpc threads, jobs on the reactor.
+
+Requests arrive as raw bytes and are decoded here, so a malformed request is
+INVALID_ARGUMENT rather than grpc's own INTERNAL. Every library call goes
+through a `CallWaiter` (bounded or cancellable waits). `StreamOutput` waits on
+the reactor only for "there is more" (`wait_output`) and reads the log
+file itself, in its own thread, with `read_chunks`.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import grpc
+
+from jobworker.api import errors
+from jobworker.api.auth import Caller, authenticate
+from jobworker.api.bridge import Bridge, CallWaiter
+from jobworker.api.convert import chunk_to_pb, limits_from_pb, parse, status_to_pb
+from jobworker.errors import JobNotFound, TooManyJobs
+from jobworker.model import JobStatus
+from jobworker.outputlog import read_chunks
+from jobworker.v1 import jobworker_pb2 as pb
+
+SERVICE_NAME = "jobworker.v1.JobWorker"
+CHUNK_BYTES = 64 * 1024
+START_TIMEOUT = 120.0
+QUERY_TIMEOUT = 30.0
+# Stop waits for the grace period (the server's default when unset) plus this.
+STOP_MARGIN = 60.0
+STOP_DEFAULT_BOUND = 600.0
+T = TypeVar("T")
+
+
+class JobWorkerService:
+    """The servicer; `handler()` is what the grpc server registers."""
+
+    def __init__(self, manager: Any, bridge: Bridge, max_followers: int) -> None:
+        self._manager = manager
+        self._bridge = bridge
+        self.max_followers = max_followers
+        self._lock = threading.Lock()
+        self._followers = 0
+
+    @property
+    def followers(self) -> int:
+        """How many StreamOutput calls are open."""
+        with self._lock:
+            return self._followers
+
+    def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
+        """The generic handler for every method of the service."""
+
+        def unary(
+            method: Callable[[bytes, grpc.ServicerContext], Any], out: Any
+        ) -> Any:
+            return grpc.unary_unary_rpc_method_handler(
+                method, response_serializer=out.SerializeToString
+            )
+
+        return grpc.method_handlers_generic_handler(
+            SERVICE_NAME,
+            {
+                "Start": unary(self.start, pb.StartResponse),
+                "Stop": unary(self.stop, pb.StopResponse),
+                "Status": unary(self.status, pb.StatusResponse),
+                "List": unary(self.list, pb.ListResponse),
+                "StreamOutput": grpc.unary_stream_rpc_method_handler(
+                    self.stream_output,
+                    response_serializer=pb.OutputChunk.SerializeToString,
+                ),
+            },
+        )
+
+    def _unary(
+        self,
+        method: str,
+        context: grpc.ServicerContext,
+        body: Callable[[Caller, CallWaiter], T],
+    ) -> T:
+        def run() -> T:
+            caller = authenticate(context)
+            waiter = self._bridge.waiter(context)
+            try:
+                return body(caller, waiter)
+            finally:
+                self._bridge.done(waiter)
+
+        return errors.call(method, context, run)
+
+    def _visible(self, caller: Caller, job_id: str) -> JobStatus:
+        """The job's status if the caller may see it (reactor thread)."""
+        status: JobStatus = self._manager.status(job_id)
+        if not caller.may_see(status):
+            raise JobNotFound(job_id)
+        return status
+
+    def start(self, data: bytes, context: grpc.ServicerContext) -> pb.StartResponse:
+        def body(caller: Caller, waiter: CallWaiter) -> pb.StartResponse:
+            request = parse(pb.StartRequest, data)
+            limits = (
+                limits_from_pb(request.limits) if request.HasField("limits") else None
+            )
+            status: JobStatus = waiter.wait(
+                self._manager.start,
+                caller.identity,
+                list(request.command),
+                limits,
+                timeout=START_TIMEOUT,
+                cancel_on_end=False,
+            )
+            return pb.StartResponse(job=status_to_pb(status))
+
+        return self._unary("Start", context, body)
+
+    def stop(self, data: bytes, context: grpc.ServicerContext) -> pb.StopResponse:
+        def body(caller: Caller, waiter: CallWaiter) -> pb.StopResponse:
+            request = parse(pb.StopRequest, data)
+            grace = request.grace_seconds if request.HasField("grace_seconds") else None
+
+            def stop() -> Any:
+                self._visible(caller, request.job_id)
+                return self._manager.stop(request.job_id, grace)
+
+            bound = STOP_DEFAULT_BOUND
+            if grace is not None and math.isfinite(grace) and grace >= 0:
+                bound = min(grace, 24 * 3600.0)
+            status: JobStatus = waiter.wait(
+                stop, timeout=bound + STOP_MARGIN, cancel_on_end=False
+            )
+            return pb.StopResponse(job=status_to_pb(status))
+
+        return self._unary("Stop", context, body)
+
+    def status(self, data: bytes, context: grpc.ServicerContext) -> pb.StatusResponse:
+        def body(caller: Caller, waiter: CallWaiter) -> pb.StatusResponse:
+            request = parse(pb.StatusRequest, data)
+            status = waiter.wait(
+                self._visible, caller, request.job_id, timeout=QUERY_TIMEOUT
+            )
+            return pb.StatusResponse(job=status_to_pb(status))
+
+        return self._unary("Status", context, body)
+
+    def list(self, data: bytes, context: grpc.ServicerContext) -> pb.ListResponse:
+        def body(caller: Caller, waiter: CallWaiter) -> pb.ListResponse:
+            parse(pb.ListRequest, data)
+
+            def visible() -> list[JobStatus]:
+                jobs: list[JobStatus] = self._manager.list()
+                return [job for job in jobs if caller.may_see(job)]
+
+            jobs = waiter.wait(visible, timeout=QUERY_TIMEOUT)
+            return pb.ListResponse(jobs=[status_to_pb(job) for job in jobs])
+
+        return self._unary("List", context, body)
+
+    def stream_output(
+        self, data: bytes, context: grpc.ServicerContext
+    ) -> Iterator[pb.OutputChunk]:
+        return errors.stream("StreamOutput", context, self._follow(data, context))
+
+    def _follow(
+        self, data: bytes, context: grpc.ServicerContext
+    ) -> Iterator[pb.OutputChunk]:
+        caller = authenticate(context)
+        request = parse(pb.StreamOutputRequest, data)
+        with self._lock:
+            if self._followers >= self.max_followers:
+                raise TooManyJobs(
+                    f"too many output streams open (the server allows"
+                    f" {self.max_followers}); try again later"
+                )
+            self._followers += 1
+        try:
+            waiter = self._bridge.waiter(context)
+            try:
+                yield from self._chunks(caller, request, waiter)
+            finally:
+                self._bridge.done(waiter)
+        finally:
+            with self._lock:
+                self._followers -= 1
+
+    def _chunks(
+        self, caller: Caller, request: pb.StreamOutputRequest, waiter: CallWaiter
+    ) -> Iterator[pb.OutputChunk]:
+        job_id, offset = request.job_id, request.offset
+
+        def output_path() -> str:
+            self._visible(caller, job_id)
+            path: str = self._manager.output_path(job_id)
+            return path
+
+        path = waiter.wait(output_path, timeout=QUERY_TIMEOUT)
+        while True:
+            state = waiter.wait(self._manager.wait_output, job_id, offset)
+            if offset >= state.size:
+                return
+            chunks = read_chunks(path, offset, state.size, CHUNK_BYTES)
+            for chunk in chunks:
+                yield chunk_to_pb(chunk)
+            offset = chunks[-1].next_offset
