@@ -19,17 +19,22 @@ def marker() -> str:
     return f"1000.{uuid.uuid4().int % 10**9:09d}"
 
 
-def processes_with(text: str) -> list[int]:
-    """The host pids whose command line contains `text`."""
+def processes_with(text: str, *, helpers: bool = True) -> list[int]:
+    """The host pids whose command line contains `text`.
+
+    The job's helpers have the whole command in theirs; `helpers=False`
+    leaves them out.
+    """
     found = []
     for name in os.listdir("/proc"):
         if name.isdigit():
             try:
-                with open(f"/proc/{name}/cmdline", "rb") as cmdline:
-                    if text.encode() in cmdline.read():
-                        found.append(int(name))
+                with open(f"/proc/{name}/cmdline", "rb") as file:
+                    cmdline = file.read()
             except OSError:
                 continue
+            if text.encode() in cmdline and (helpers or b"helper.py" not in cmdline):
+                found.append(int(name))
     return found
 
 

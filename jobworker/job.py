@@ -1,0 +1,210 @@
+"""One job: its record, its state machine, its output log and its clean-up.
+
+A `Job` receives its helper's events (it is the `ProcessEvents` of
+jobworker.protocol). `started` fires once the command was exec'd, or fails
+with the precise `StartFailed` once the helper is gone and everything made
+for the job (cgroup, directories) is removed. After a start, the job ends
+when the helper exits: the output pipes are drained (for at most
+`DRAIN_TIMEOUT` seconds, so nothing outside the job can hold them open),
+the cgroup is checked for an OOM kill and removed, the work dir removed,
+and only then is the final status recorded and the output log completed.
+"""
+
+from __future__ import annotations
+
+import signal as signals
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+
+from jobworker.errors import StartFailed
+from jobworker.isolation import JobCgroup
+from jobworker.jobdirs import JobDirs, remove_tree
+from jobworker.launcher import MAX_REPORT, start_error
+from jobworker.machine import JobCore, JobInputs, JobMachine
+from jobworker.model import JobStatus, Limits, Stream
+from jobworker.outputlog import OutputLog
+
+DRAIN_TIMEOUT = 5.0
+_log = Logger()
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """What a job was asked to be."""
+
+    id: str
+    owner: str
+    command: tuple[bytes, ...]
+    limits: Limits
+
+
+@dataclass
+class _Exit:
+    exit_code: int | None
+    signal: int | None
+
+
+@dataclass
+class Job:
+    """A started (or starting) job; touched on the reactor thread only."""
+
+    record: JobRecord
+    dirs: JobDirs
+    output: OutputLog
+    cgroup: JobCgroup | None
+    reactor: Any
+    started_at: float = 0.0
+    transport: Any = None
+    started: Deferred[None] = field(default_factory=Deferred)
+    ended_at: float | None = None
+    oom_killed: bool = False
+    _report: bytes = b""
+    _status_open: bool = True
+    _exit: _Exit | None = None
+    _open_streams: set[Stream] = field(
+        default_factory=lambda: {Stream.STDOUT, Stream.STDERR}
+    )
+    _drained: Deferred[None] = field(default_factory=Deferred)
+    _end_waiters: list[Deferred[JobStatus]] = field(default_factory=list)
+    machine: JobInputs = field(init=False)
+    core: JobCore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.core = JobCore(self.reactor, self._terminate, self._kill)
+        self.machine = JobMachine(self.core)
+
+    def status(self) -> JobStatus:
+        """An immutable snapshot of this job."""
+        return JobStatus(
+            id=self.record.id,
+            owner=self.record.owner,
+            command=self.record.command,
+            state=self.machine.state(),
+            limits=self.record.limits,
+            started_at=self.started_at,
+            ended_at=self.ended_at,
+            exit_code=self.core.exit_code,
+            signal=self.core.signal,
+            oom_killed=self.oom_killed,
+            stop_requested=self.core.stop_requested,
+            output_bytes=self.output.data_bytes,
+            output_truncated=self.output.truncated,
+        )
+
+    def stop(self, grace: float) -> Deferred[JobStatus]:
+        """TERM, then KILL after `grace`; fires with the final status."""
+        self.machine.stop(grace)
+        return self.ended()
+
+    def ended(self) -> Deferred[JobStatus]:
+        """Fires with the final status."""
+        if self.machine.state().ended:
+            return succeed(self.status())
+        waiter: Deferred[JobStatus] = Deferred()
+        self._end_waiters.append(waiter)
+        return waiter
+
+    def _signal(self, sig: int) -> None:
+        try:
+            self.transport.signalProcess(sig)
+        except Exception:  # the helper may be gone already
+            _log.debug("job {id}: signal {sig} not sent", id=self.record.id, sig=sig)
+
+    def _terminate(self) -> None:
+        self._signal(signals.SIGTERM)
+
+    def _kill(self) -> None:
+        self._signal(signals.SIGUSR2)
+        if self.cgroup is not None:
+            self.cgroup.kill_all()
+
+    # ProcessEvents
+
+    def output_received(self, stream: Stream, data: bytes) -> None:
+        self.output.append(stream, data)
+
+    def output_closed(self, stream: Stream) -> None:
+        self._open_streams.discard(stream)
+        if not self._open_streams and not self._drained.called:
+            self._drained.callback(None)
+
+    def status_received(self, data: bytes) -> None:
+        self._report = (self._report + data)[:MAX_REPORT]
+
+    def status_closed(self) -> None:
+        self._status_open = False
+        if not self._report:
+            self.started.callback(None)
+        self._after_exit()
+
+    def process_exited(self, exit_code: int | None, signal: int | None) -> None:
+        self._exit = _Exit(exit_code, signal)
+        self._after_exit()
+
+    def _after_exit(self) -> None:
+        # Both the exit and the start report are needed; they come in any order.
+        if self._exit is None or self._status_open:
+            return
+        if self._report:
+            Deferred.fromCoroutine(self._fail_start())
+        else:
+            self.machine.process_exited()
+            Deferred.fromCoroutine(self._end())
+
+    async def _fail_start(self) -> None:
+        error: StartFailed = start_error(self._report, self.record.command)
+        await self._drain()
+        await self._release()
+        self.output.finish()
+        await self._in_thread(remove_tree, self.dirs.job_dir)
+        self.started.errback(error)
+
+    async def _end(self) -> None:
+        await self._drain()
+        if self.cgroup is not None:
+            try:
+                self.oom_killed = self.cgroup.oom_killed()
+            except Exception:
+                _log.failure("job {id}: cannot read the OOM flag", id=self.record.id)
+        await self._release()
+        await self._in_thread(remove_tree, self.dirs.work_dir)
+        self.ended_at = self.reactor.seconds()
+        assert self._exit is not None
+        if self._exit.signal is not None:
+            self.machine.killed(self._exit.signal)
+        else:
+            self.machine.exited(self._exit.exit_code or 0)
+        self.output.finish()
+        final = self.status()
+        waiters, self._end_waiters = self._end_waiters, []
+        for waiter in waiters:
+            waiter.callback(final)
+
+    async def _drain(self) -> None:
+        """Wait for the output pipes to close, but not for ever."""
+        timer = self.reactor.callLater(DRAIN_TIMEOUT, self._stop_draining)
+        await self._drained
+        if timer.active():
+            timer.cancel()
+
+    def _stop_draining(self) -> None:
+        _log.warn("job {id}: output still open after exit", id=self.record.id)
+        for stream in list(self._open_streams):
+            self.transport.closeChildFD(stream)
+        if not self._drained.called:
+            self._drained.callback(None)
+
+    async def _release(self) -> None:
+        if self.cgroup is not None:
+            try:
+                await self.cgroup.remove()
+            except Exception:
+                _log.failure("job {id}: cannot remove its cgroup", id=self.record.id)
+
+    async def _in_thread(self, function: Any, *args: Any) -> None:
+        pool = self.reactor.getThreadPool()
+        await deferToThreadPool(self.reactor, pool, function, *args)
