@@ -1,7 +1,7 @@
 """One job: its record, its state machine, its output log and its clean-up.
 
 A `Job` receives its helper's events (it is the `ProcessEvents` of
-jobworker.protocol). `started` fires once the command was exec'd, or fails
+jobworker.protocol). `when_started()` fires once the command was exec'd, or fails
 with the precise `StartFailed` once the helper is gone and everything made
 for the job (cgroup, directories) is removed. After a start, the job ends
 when the helper exits: the output pipes are drained (for at most
@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import signal as signals
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
@@ -30,6 +30,7 @@ from jobworker.outputlog import OutputLog
 
 DRAIN_TIMEOUT = 5.0
 _log = Logger()
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,39 @@ class JobRecord:
     owner: str
     command: tuple[bytes, ...]
     limits: Limits
+
+
+class Waiters(Generic[T]):
+    """Deferreds waiting for one outcome; later waiters get it at once.
+
+    A cancelled waiter is forgotten immediately.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: list[Deferred[T]] = []
+        self._value: tuple[T] | None = None
+        self._error: Exception | None = None
+
+    def wait(self) -> Deferred[T]:
+        if self._value is not None:
+            return succeed(self._value[0])
+        if self._error is not None:
+            return fail(self._error)
+        waiter: Deferred[T] = Deferred(self._waiting.remove)
+        self._waiting.append(waiter)
+        return waiter
+
+    def fire(self, value: T) -> None:
+        self._value = (value,)
+        waiting, self._waiting = self._waiting, []
+        for waiter in waiting:
+            waiter.callback(value)
+
+    def fail(self, error: Exception) -> None:
+        self._error = error
+        waiting, self._waiting = self._waiting, []
+        for waiter in waiting:
+            waiter.errback(error)
 
 
 @dataclass
@@ -59,7 +93,7 @@ class Job:
     reactor: Any
     started_at: float = 0.0
     transport: Any = None
-    started: Deferred[None] = field(default_factory=Deferred)
+    _start_waiters: Waiters[None] = field(default_factory=Waiters[None])
     ended_at: float | None = None
     oom_killed: bool = False
     _report: bytes = b""
@@ -69,7 +103,7 @@ class Job:
         default_factory=lambda: {Stream.STDOUT, Stream.STDERR}
     )
     _drained: Deferred[None] = field(default_factory=Deferred)
-    _end_waiters: list[Deferred[JobStatus]] = field(default_factory=list)
+    _end_waiters: Waiters[JobStatus] = field(default_factory=Waiters[JobStatus])
     machine: JobInputs = field(init=False)
     core: JobCore = field(init=False)
 
@@ -102,11 +136,11 @@ class Job:
 
     def ended(self) -> Deferred[JobStatus]:
         """Fires with the final status."""
-        if self.machine.state().ended:
-            return succeed(self.status())
-        waiter: Deferred[JobStatus] = Deferred()
-        self._end_waiters.append(waiter)
-        return waiter
+        return self._end_waiters.wait()
+
+    def when_started(self) -> Deferred[None]:
+        """Fires once the command was exec'd; fails with `StartFailed`."""
+        return self._start_waiters.wait()
 
     def _signal(self, sig: int) -> None:
         try:
@@ -138,7 +172,7 @@ class Job:
     def status_closed(self) -> None:
         self._status_open = False
         if not self._report:
-            self.started.callback(None)
+            self._start_waiters.fire(None)
         self._after_exit()
 
     def process_exited(self, exit_code: int | None, signal: int | None) -> None:
@@ -161,7 +195,7 @@ class Job:
         await self._release()
         self.output.finish()
         await self._in_thread(remove_tree, self.dirs.job_dir)
-        self.started.errback(error)
+        self._start_waiters.fail(error)
 
     async def _end(self) -> None:
         await self._drain()
@@ -179,10 +213,7 @@ class Job:
         else:
             self.machine.exited(self._exit.exit_code or 0)
         self.output.finish()
-        final = self.status()
-        waiters, self._end_waiters = self._end_waiters, []
-        for waiter in waiters:
-            waiter.callback(final)
+        self._end_waiters.fire(self.status())
 
     async def _drain(self) -> None:
         """Wait for the output pipes to close, but not for ever."""

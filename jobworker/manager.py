@@ -67,7 +67,7 @@ class JobManager:
         self._output_cap = output_cap
         self._reactor = reactor
         self._jobs: dict[str, Job] = {}
-        self._starting: dict[str, Deferred[None]] = {}
+        self._starting: dict[str, Job] = {}
         self._closing = False
         self._closed = False
         self._shutdown_waiters: builtins.list[Deferred[None]] = []
@@ -119,13 +119,12 @@ class JobManager:
                 await cgroup.remove()
             remove_tree(dirs.job_dir)
             raise
-        settled = self._starting[record.id] = Deferred()
-        try:
-            await job.started
-            self._jobs[record.id] = job
-        finally:
-            del self._starting[record.id]
-            settled.callback(None)
+        # Registered when exec'd even if our caller stopped waiting (cancel).
+        self._starting[record.id] = job
+        job.when_started().addCallbacks(
+            lambda _: self._jobs.setdefault(record.id, job), lambda _: None
+        ).addBoth(lambda _: self._starting.pop(record.id))
+        await job.when_started()
         return job.status()
 
     def stop(self, job_id: str, grace: float | None = None) -> Deferred[JobStatus]:
@@ -194,14 +193,16 @@ class JobManager:
 
     async def _shutdown(self) -> None:
         try:
-            await gatherResults(builtins.list(self._starting.values()))
+            starts = [job.when_started() for job in self._starting.values()]
+            await gatherResults(starts, consumeErrors=True).addErrback(lambda _: None)
             stops = [job.stop(self._stop_grace) for job in self._jobs.values()]
             await gatherResults(stops, consumeErrors=True)
         finally:
             self._closed = True
             waiters, self._shutdown_waiters = self._shutdown_waiters, []
             for waiter in waiters:
-                waiter.callback(None)
+                if not waiter.called:  # a cancelled waiter has been called
+                    waiter.callback(None)
 
     def _job(self, job_id: str) -> Job:
         job = self._jobs.get(job_id) if isinstance(job_id, str) else None

@@ -38,6 +38,20 @@ def processes_with(text: str, *, helpers: bool = True) -> list[int]:
     return found
 
 
+def sleepers(tag: str) -> list[int]:
+    """The host pids of `sleep <tag>` processes."""
+    wanted = b"sleep\0%s\0" % tag.encode()
+    found = []
+    for pid in processes_with(tag, helpers=False):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as file:
+                if file.read() == wanted:
+                    found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
 @dataclass
 class HelperRun(ProcessProtocol):
     """Collects what a helper process does; `ended` fires when it is gone."""

@@ -28,7 +28,7 @@ from jobworker.errors import (
 from jobworker.isolation import CgroupDriver, IsolationConfig, JobCgroup
 from jobworker.manager import JobManager
 from jobworker.model import JobState, JobStatus, Limits, Stream
-from tests.procutil import marker, processes_with
+from tests.procutil import marker, processes_with, sleepers
 
 reactor: Any = _reactor
 
@@ -93,7 +93,7 @@ class ManagerTests(unittest.TestCase):
             (status.owner, status.command), ("alice", (b"sleep", tag.encode()))
         )
         self.assertEqual(uuid.UUID(status.id).version, 4)
-        self.assertEqual(len(processes_with(tag, helpers=False)), 1)
+        self.assertEqual(len(sleepers(tag)), 1)
         self.assertEqual(self.manager.list(), [self.manager.status(status.id)])
 
     async def test_exit_code_is_recorded(self) -> None:
@@ -174,14 +174,14 @@ class ManagerTests(unittest.TestCase):
 
     async def test_stop_kills_background_and_double_forked_children(self) -> None:
         tag = marker().encode()
-        script = b'sleep %s & setsid sh -c "sleep %s & sleep %s" & echo ready; wait' % (
-            tag,
-            tag,
-            tag,
+        script = (
+            b'sleep %s & setsid sh -c "sleep %s & sleep %s & wait" &'
+            b' while [ $(pgrep -c -x -f "sleep %s") -lt 3 ]; do sleep 0.02; done;'
+            b" echo ready; wait" % (tag, tag, tag, tag)
         )
         status = await self.start_sh(script)
         await until_output(self.manager, status.id, b"ready")
-        self.assertEqual(len(processes_with(tag.decode(), helpers=False)), 3)
+        self.assertEqual(len(sleepers(tag.decode())), 3)
         await self.manager.stop(status.id, grace=5)
         self.assertEqual(processes_with(tag.decode()), [])
 
@@ -287,6 +287,23 @@ class ManagerTests(unittest.TestCase):
             self.manager.read(status.id, 0, max_bytes=0), InvalidRequest
         )
         self.assertRaises(InvalidRequest, JobManager, self.state_dir, stop_grace=-1)
+
+    async def test_cancelled_start_leaves_no_unmanaged_process(self) -> None:
+        tag = marker()
+        started = self.manager.start("alice", [b"sleep", tag.encode()])
+        started.cancel()
+        self.failureResultOf(started, CancelledError)
+        await self.manager.shutdown()
+        self.assertEqual(len(self.manager.list()), 1)
+        self.assertEqual(processes_with(tag), [])
+
+    async def test_cancelled_stop_waiter_does_not_affect_the_stop(self) -> None:
+        status = await self.manager.start("alice", [b"sleep", marker().encode()])
+        cancelled = self.manager.stop(status.id, grace=30)
+        cancelled.cancel()
+        self.failureResultOf(cancelled, CancelledError)
+        final = await self.manager.stop(status.id)
+        self.assertEqual(final.signal, signal.SIGTERM)
 
     async def test_shutdown_stops_every_job_and_refuses_new_ones(self) -> None:
         tag = marker().encode()
