@@ -1,0 +1,218 @@
+"""Tests for jobworker.job through JobManager, on a fake process reactor.
+
+Like Twisted's test_procmon: `spawnProcess` is faked on a
+`MemoryReactorClock`, so "TERM, wait, KILL", the drain timeout and the
+clean-up order are checked without any real time or process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+
+from jobworker.errors import ExecutableNotFound
+from jobworker.isolation import IsolationConfig, JobCgroup
+from jobworker.job import DRAIN_TIMEOUT
+from jobworker.launcher import HELPER
+from jobworker.manager import JobManager
+from jobworker.model import JobState, JobStatus, Limits
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.signals: list[int | str] = []
+        self.closed: list[int] = []
+
+    def signalProcess(self, sig: int | str) -> None:
+        self.signals.append(sig)
+
+    def closeChildFD(self, fd: int) -> None:
+        self.closed.append(fd)
+
+
+class SyncThreadPool:
+    def callInThreadWithCallback(
+        self,
+        on_result: Callable[[bool, object], None],
+        f: Callable[..., object],
+        *a: Any,
+    ) -> None:
+        on_result(True, f(*a))
+
+
+class FakeProcessReactor(MemoryReactorClock):
+    """A clock that records spawned processes instead of starting them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spawned: list[tuple[ProcessProtocol, list[bytes], dict[str, Any]]] = []
+        self.transport = FakeTransport()
+
+    def spawnProcess(
+        self, protocol: ProcessProtocol, executable: bytes, args: list[bytes], **kw: Any
+    ) -> FakeTransport:
+        self.spawned.append((protocol, args, kw))
+        protocol.makeConnection(self.transport)
+        return self.transport
+
+    def callFromThread(self, f: Callable[..., object], *a: Any) -> None:
+        f(*a)
+
+    def getThreadPool(self) -> SyncThreadPool:
+        return SyncThreadPool()
+
+
+class FakeCgroup:
+    def __init__(self) -> None:
+        self.killed = 0
+        self.removing: Deferred[None] = Deferred()
+        self.removed = False
+        self.oom = False
+
+    @property
+    def procs_files(self) -> tuple[str, ...]:
+        return ("/sys/fs/cgroup/fake/cgroup.procs",)
+
+    def kill_all(self) -> None:
+        self.killed += 1
+
+    def oom_killed(self) -> bool:
+        return self.oom
+
+    def cpu_usage_ns(self) -> int:
+        return 0
+
+    def remove(self) -> Deferred[None]:
+        self.removed = True
+        return self.removing
+
+
+class FakeDriver:
+    version = 2
+
+    def __init__(self) -> None:
+        self.cgroups: list[FakeCgroup] = []
+
+    def create(self, job_id: str, limits: Limits, workdir: str) -> JobCgroup:
+        self.cgroups.append(FakeCgroup())
+        return self.cgroups[-1]
+
+    def cleanup_stale(self) -> int:
+        return 0
+
+
+class JobLifecycleTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.reactor = FakeProcessReactor()
+        self.driver = FakeDriver()
+        self.manager = JobManager(
+            os.path.abspath(self.mktemp()),
+            isolation=IsolationConfig(self.driver, namespaces=True),
+            reactor=self.reactor,
+        )
+
+    @property
+    def protocol(self) -> ProcessProtocol:
+        return self.reactor.spawned[-1][0]
+
+    def started_job(self) -> JobStatus:
+        starting = self.manager.start("bob", [b"prog", b"arg"])
+        self.assertNoResult(starting)
+        self.protocol.childConnectionLost(3)
+        return self.successResultOf(starting)
+
+    def exit_process(self, reason: Exception) -> None:
+        self.protocol.processExited(Failure(reason))
+        self.protocol.childConnectionLost(1)
+        self.protocol.childConnectionLost(2)
+
+    def test_helper_is_spawned_without_uid_gid_or_path(self) -> None:
+        self.started_job()
+        _, args, kw = self.reactor.spawned[0]
+        self.assertEqual(
+            args[:4], [os.fsencode(sys.executable), b"-I", b"-S", os.fsencode(HELPER)]
+        )
+        self.assertEqual(args[5:], [b"--", b"prog", b"arg"])
+        self.assertEqual(set(kw), {"env", "childFDs"})
+        fds = kw["childFDs"]
+        self.assertEqual((type(fds[0]), fds[1], fds[2], fds[3]), (int, "r", "r", "r"))
+        self.assertEqual(sorted(kw["env"]), ["HOME", "LANG", "PATH"])
+
+    def test_stop_sends_term_then_kill_after_the_grace(self) -> None:
+        job = self.started_job()
+        stopped = self.manager.stop(job.id, grace=10)
+        self.assertEqual(self.reactor.transport.signals, [signal.SIGTERM])
+        self.reactor.advance(9.9)
+        self.assertEqual(self.reactor.transport.signals, [signal.SIGTERM])
+        self.reactor.advance(0.1)
+        self.assertEqual(
+            self.reactor.transport.signals, [signal.SIGTERM, signal.SIGUSR2]
+        )
+        self.assertEqual(self.driver.cgroups[0].killed, 1)
+        self.exit_process(ProcessTerminated(signal=signal.SIGKILL))
+        self.assertNoResult(stopped)  # the cgroup is still being removed
+        self.assertEqual(self.manager.status(job.id).state, JobState.STOPPING)
+        self.driver.cgroups[0].removing.callback(None)
+        final = self.successResultOf(stopped)
+        self.assertEqual(
+            (final.state, final.signal, final.stop_requested),
+            (JobState.KILLED, signal.SIGKILL, True),
+        )
+        self.assertEqual(final.ended_at, self.reactor.seconds())
+
+    def test_exit_within_the_grace_sends_no_kill(self) -> None:
+        job = self.started_job()
+        stopped = self.manager.stop(job.id, grace=10)
+        self.exit_process(ProcessTerminated(signal=signal.SIGTERM))
+        self.driver.cgroups[0].removing.callback(None)
+        self.reactor.advance(60)
+        self.assertEqual(self.reactor.transport.signals, [signal.SIGTERM])
+        self.assertEqual(self.successResultOf(stopped).signal, signal.SIGTERM)
+
+    def test_oom_flag_comes_from_the_cgroup(self) -> None:
+        job = self.started_job()
+        self.driver.cgroups[0].oom = True
+        self.driver.cgroups[0].removing.callback(None)
+        self.exit_process(ProcessTerminated(signal=signal.SIGKILL))
+        status = self.manager.status(job.id)
+        self.assertEqual((status.state, status.oom_killed), (JobState.KILLED, True))
+
+    def test_open_output_pipes_are_closed_after_the_drain_timeout(self) -> None:
+        job = self.started_job()
+        self.driver.cgroups[0].removing.callback(None)
+        self.protocol.processExited(Failure(ProcessDone(0)))
+        self.assertEqual(self.manager.status(job.id).state, JobState.RUNNING)
+        self.reactor.advance(DRAIN_TIMEOUT)
+        self.assertEqual(sorted(self.reactor.transport.closed), [1, 2])
+        status = self.manager.status(job.id)
+        self.assertEqual((status.state, status.exit_code), (JobState.EXITED, 0))
+
+    def test_failed_start_removes_cgroup_and_directory(self) -> None:
+        starting = self.manager.start("bob", [b"prog"])
+        self.protocol.childDataReceived(3, b"enoent No such file or directory\n")
+        self.protocol.childConnectionLost(3)
+        self.assertNoResult(starting)  # the helper has not exited yet
+        self.exit_process(ProcessTerminated(exitCode=127))
+        self.assertNoResult(starting)  # the cgroup is not removed yet
+        self.driver.cgroups[0].removing.callback(None)
+        self.failureResultOf(starting, ExecutableNotFound)
+        self.assertEqual(self.manager.list(), [])
+        self.assertEqual(os.listdir(os.path.join(self.manager._state_dir, "jobs")), [])
+
+    def test_exit_seen_before_the_status_pipe_closes_still_starts(self) -> None:
+        starting = self.manager.start("bob", [b"prog"])
+        self.driver.cgroups[0].removing.callback(None)
+        self.exit_process(ProcessDone(0))
+        self.protocol.childConnectionLost(3)
+        status = self.successResultOf(starting)
+        self.assertEqual(self.manager.status(status.id).state, JobState.EXITED)
