@@ -1,0 +1,169 @@
+"""Unit tests for the cgroup v1 driver, on fake cgroup trees."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from jobworker.cgroups import CgroupBusy, V1Driver, detect_in, parent_name
+from jobworker.errors import IsolationFailed, IsolationUnavailable
+from jobworker.model import Limits
+from tests.cgroupfake import V1_FILES, FakeKernel, v1_tree
+
+LIMITS = Limits(
+    cpu=0.2, memory_bytes=64 << 20, io_read_bps=1000, io_write_bps=2000, pids=32
+)
+JOB = "0e0e0e0e-1111-2222-3333-444444444444"
+
+
+class V1Tests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.root = self.mktemp()
+        self.state_dir = self.mktemp()
+        self.own = {"memory": "/session/abc"}
+        self.mounts, self.paths = v1_tree(self.root, self.own)
+        self.kernel = FakeKernel(V1_FILES)
+        self.clock = Clock()
+
+    def driver(self, io_devices: list[str] | None = None) -> V1Driver:
+        driver = detect_in(
+            self.mounts,
+            self.paths,
+            self.state_dir,
+            io_devices=io_devices,
+            reactor=self.clock,
+            kernel=self.kernel,
+        )
+        assert isinstance(driver, V1Driver)
+        return driver
+
+    def test_v1_is_chosen_when_unified_lacks_the_controllers(self) -> None:
+        self.assertEqual(self.driver().version, 1)
+
+    def test_parents_are_below_the_servers_own_cgroups(self) -> None:
+        parents = self.driver().parents
+        name = parent_name(self.state_dir)
+        self.assertEqual(
+            parents["memory"], os.path.join(self.root, "memory", "session/abc", name)
+        )
+        self.assertEqual(parents["cpu"], os.path.join(self.root, "cpu,cpuacct", name))
+        self.assertEqual(parents["cpu"], parents["cpuacct"])
+        for parent in parents.values():
+            self.assertTrue(os.path.isdir(parent))
+
+    def test_missing_hierarchy_is_named(self) -> None:
+        mounts = [m for m in self.mounts if "blkio" not in m.super_options]
+        error = self.assertRaises(
+            IsolationUnavailable, detect_in, mounts, self.paths, self.state_dir
+        )
+        self.assertIn("blkio", str(error))
+        self.assertIn("lacks the cpu, memory, io, pids", str(error))
+
+    def test_limits_are_written(self) -> None:
+        cgroup = self.driver(io_devices=["254:0"]).create(JOB, LIMITS, "/")
+        self.assertEqual(self.kernel.written("cpu.cfs_period_us"), ["100000"])
+        self.assertEqual(self.kernel.written("cpu.cfs_quota_us"), ["20000"])
+        self.assertEqual(self.kernel.written("memory.limit_in_bytes"), ["67108864"])
+        self.assertEqual(
+            self.kernel.written("memory.memsw.limit_in_bytes"), ["67108864"]
+        )
+        self.assertEqual(
+            self.kernel.written("blkio.throttle.read_bps_device"), ["254:0 1000"]
+        )
+        self.assertEqual(
+            self.kernel.written("blkio.throttle.write_bps_device"), ["254:0 2000"]
+        )
+        self.assertEqual(self.kernel.written("pids.max"), ["32"])
+        self.assertEqual(len(cgroup.procs_files), 4)  # cpu,cpuacct share one
+
+    def test_memsw_write_comes_after_the_memory_limit(self) -> None:
+        self.driver().create(JOB, LIMITS, "/")
+        names = [os.path.basename(p) for p, _ in self.kernel.writes]
+        self.assertLess(
+            names.index("memory.limit_in_bytes"),
+            names.index("memory.memsw.limit_in_bytes"),
+        )
+
+    def test_without_swap_accounting_swappiness_is_zero(self) -> None:
+        del self.kernel.files["memory.memsw.limit_in_bytes"]
+        self.driver().create(JOB, LIMITS, "/")
+        self.assertEqual(self.kernel.written("memory.swappiness"), ["0"])
+
+    def test_every_disk_gets_a_throttle_line(self) -> None:
+        self.driver(io_devices=None).create(JOB, Limits(io_write_bps=5), "/")
+        lines = self.kernel.written("blkio.throttle.write_bps_device")
+        self.assertTrue(lines)
+        for line in lines:
+            self.assertRegex(line, r"^\d+:\d+ 5$")
+        self.assertEqual(self.kernel.written("blkio.throttle.read_bps_device"), [])
+
+    def test_no_limits_write_nothing(self) -> None:
+        self.driver().create(JOB, Limits(), "/")
+        self.assertEqual(self.kernel.writes, [])
+
+    def test_failed_write_removes_the_half_made_cgroup(self) -> None:
+        driver = self.driver()
+        pids = os.path.join(driver.parents["pids"], JOB, "pids.max")
+        self.kernel.refuse[pids] = OSError(errno.EINVAL, "Invalid argument")
+        self.assertRaises(IsolationFailed, driver.create, JOB, LIMITS, "/")
+        for parent in driver.parents.values():
+            self.assertFalse(os.path.exists(os.path.join(parent, JOB)))
+
+    def test_job_id_that_is_not_a_name_is_refused(self) -> None:
+        driver = self.driver()
+        for bad in ("", "..", "a/b"):
+            self.assertRaises(IsolationFailed, driver.create, bad, LIMITS, "/")
+
+    def test_oom_kill_count_means_oom_killed(self) -> None:
+        cgroup = self.driver().create(JOB, LIMITS, "/")
+        self.assertFalse(cgroup.oom_killed())
+        with open(cgroup.file("memory", "memory.oom_control"), "w") as control:
+            control.write("oom_kill_disable 0\nunder_oom 0\noom_kill 1\n")
+        self.assertTrue(cgroup.oom_killed())
+
+    def test_old_kernel_without_oom_kill_count_uses_failcnt(self) -> None:
+        cgroup = self.driver().create(JOB, LIMITS, "/")
+        with open(cgroup.file("memory", "memory.oom_control"), "w") as control:
+            control.write("oom_kill_disable 0\nunder_oom 0\n")
+        self.assertFalse(cgroup.oom_killed())
+        with open(cgroup.file("memory", "memory.failcnt"), "w") as failcnt:
+            failcnt.write("3\n")
+        self.assertTrue(cgroup.oom_killed())
+
+    def test_cpu_usage_comes_from_cpuacct(self) -> None:
+        cgroup = self.driver().create(JOB, LIMITS, "/")
+        with open(cgroup.file("cpuacct", "cpuacct.usage"), "w") as usage:
+            usage.write("123456789\n")
+        self.assertEqual(cgroup.cpu_usage_ns(), 123456789)
+
+    def test_remove_retries_on_the_clock_while_busy(self) -> None:
+        cgroup = self.driver().create(JOB, LIMITS, "/")
+        self.kernel.busy = 3
+        removed = cgroup.remove()
+        self.assertNoResult(removed)
+        self.clock.advance(1)
+        self.successResultOf(removed)
+        for directory in cgroup.directories:
+            self.assertFalse(os.path.exists(directory))
+        self.assertGreaterEqual(len(self.kernel.kills), 2)
+
+    def test_remove_gives_up_when_busy_for_too_long(self) -> None:
+        cgroup = self.driver().create(JOB, LIMITS, "/")
+        self.kernel.busy = 10**6
+        removed = cgroup.remove()
+        self.clock.pump([0.5] * 30)
+        self.failureResultOf(removed, CgroupBusy)
+
+    def test_cleanup_stale_kills_and_removes_job_cgroups(self) -> None:
+        self.driver().create(JOB, LIMITS, "/")
+        self.driver().create("other", LIMITS, "/")
+        self.kernel.kills.clear()
+        driver = self.driver()
+        self.assertEqual(driver.cleanup_stale(), 2)
+        self.assertEqual(len(self.kernel.kills), 2)
+        for parent in driver.parents.values():
+            self.assertEqual(sorted(os.listdir(parent)), sorted(V1_FILES))
+        self.assertEqual(driver.cleanup_stale(), 0)

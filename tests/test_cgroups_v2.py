@@ -1,0 +1,136 @@
+"""Unit tests for the cgroup v2 driver and its set-up, on fake cgroup trees."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from jobworker.cgroups import V2Driver, detect_in, parent_name
+from jobworker.errors import IsolationUnavailable
+from jobworker.model import Limits
+from tests.cgroupfake import V2_FILES, FakeKernel, fill, v2_tree
+from tests.test_blockdev import make_sysfs
+
+LIMITS = Limits(
+    cpu=1.5, memory_bytes=64 << 20, io_read_bps=1000, io_write_bps=2000, pids=32
+)
+JOB = "0e0e0e0e-1111-2222-3333-444444444444"
+ENABLE = "+cpu +memory +io +pids"
+
+
+class V2Tests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.root = self.mktemp()
+        self.state_dir = self.mktemp()
+        self.own = "/system.slice/jobworker.service"
+        self.mounts, self.paths = v2_tree(self.root, self.own)
+        self.own_dir = os.path.join(self.root, self.own.strip("/"))
+        self.kernel = FakeKernel(V2_FILES)
+        self.clock = Clock()
+
+    def driver(self, io_devices: list[str] | None = None) -> V2Driver:
+        driver = detect_in(
+            self.mounts,
+            self.paths,
+            self.state_dir,
+            io_devices=io_devices,
+            reactor=self.clock,
+            kernel=self.kernel,
+            sys_root=make_sysfs(self.mktemp()),
+        )
+        assert isinstance(driver, V2Driver)
+        return driver
+
+    def test_parent_is_below_the_servers_own_cgroup_with_controllers(self) -> None:
+        driver = self.driver()
+        self.assertEqual(driver.version, 2)
+        self.assertEqual(
+            driver.parent, os.path.join(self.own_dir, parent_name(self.state_dir))
+        )
+        self.assertEqual(self.kernel.written("cgroup.subtree_control"), [ENABLE] * 2)
+
+    def test_server_moves_into_a_leaf_when_its_cgroup_holds_processes(self) -> None:
+        control = os.path.join(self.own_dir, "cgroup.subtree_control")
+        self.kernel.refuse[control] = OSError(errno.EBUSY, "busy")
+        with open(os.path.join(self.own_dir, "cgroup.procs"), "w") as procs:
+            procs.write(f"{os.getpid()}\n")
+        self.driver()
+        leaf = os.path.join(self.own_dir, "jobworker-server")
+        self.assertIn(
+            (os.path.join(leaf, "cgroup.procs"), str(os.getpid())), self.kernel.writes
+        )
+        self.assertIn((control, ENABLE), self.kernel.writes)
+
+    def test_a_server_already_in_its_leaf_uses_the_same_parent(self) -> None:
+        first = self.driver().parent
+        fill(os.path.join(self.own_dir, "jobworker-server"), V2_FILES)
+        paths = {"": self.own + "/jobworker-server"}
+        again = detect_in(self.mounts, paths, self.state_dir, kernel=self.kernel)
+        self.assertEqual(
+            again.create(JOB, Limits(), "/").procs_files[0],
+            os.path.join(first, JOB, "cgroup.procs"),
+        )
+
+    def test_missing_controllers_are_named(self) -> None:
+        with open(os.path.join(self.own_dir, "cgroup.controllers"), "w") as file:
+            file.write("cpu memory\n")
+        error = self.assertRaises(
+            IsolationUnavailable, detect_in, self.mounts, self.paths, self.state_dir
+        )
+        self.assertIn("io, pids", str(error))
+
+    def test_limits_are_written(self) -> None:
+        self.driver(io_devices=["254:0", "259:2"]).create(JOB, LIMITS, "/")
+        self.assertEqual(self.kernel.written("cpu.max"), ["150000 100000"])
+        self.assertEqual(self.kernel.written("memory.max"), ["67108864"])
+        self.assertEqual(self.kernel.written("memory.swap.max"), ["0"])
+        self.assertEqual(
+            self.kernel.written("io.max"),
+            ["254:0 rbps=1000 wbps=2000", "259:2 rbps=1000 wbps=2000"],
+        )
+        self.assertEqual(self.kernel.written("pids.max"), ["32"])
+
+    def test_only_the_requested_io_direction_is_limited(self) -> None:
+        self.driver(io_devices=["254:0"]).create(JOB, Limits(io_read_bps=7), "/")
+        self.assertEqual(self.kernel.written("io.max"), ["254:0 rbps=7"])
+
+    def test_oom_kill_and_cpu_usage_are_read(self) -> None:
+        cgroup = self.driver().create(JOB, LIMITS, "/")
+        self.assertFalse(cgroup.oom_killed())
+        with open(cgroup.file("memory.events"), "w") as events:
+            events.write("low 0\nhigh 0\nmax 9\noom 1\noom_kill 1\n")
+        with open(cgroup.file("cpu.stat"), "w") as stat:
+            stat.write("usage_usec 1500\nuser_usec 1000\n")
+        self.assertTrue(cgroup.oom_killed())
+        self.assertEqual(cgroup.cpu_usage_ns(), 1_500_000)
+
+    def test_kill_all_writes_cgroup_kill(self) -> None:
+        cgroup = self.driver().create(JOB, LIMITS, "/")
+        cgroup.kill_all()
+        self.assertEqual(self.kernel.written("cgroup.kill"), ["1"])
+        self.assertEqual(self.kernel.kills, [])
+
+    def test_without_cgroup_kill_processes_are_killed_one_by_one(self) -> None:
+        del self.kernel.files["cgroup.kill"]
+        cgroup = self.driver().create(JOB, LIMITS, "/")
+        cgroup.kill_all()
+        self.assertEqual(self.kernel.kills, [cgroup.procs_files])
+
+    def test_remove_kills_then_removes(self) -> None:
+        cgroup = self.driver().create(JOB, LIMITS, "/")
+        self.kernel.busy = 2
+        removed = cgroup.remove()
+        self.clock.pump([0.05] * 4)
+        self.successResultOf(removed)
+        self.assertFalse(os.path.exists(cgroup.directory))
+        self.assertEqual(self.kernel.written("cgroup.kill"), ["1"] * 3)
+
+    def test_cleanup_stale_kills_and_removes_job_cgroups(self) -> None:
+        self.driver().create(JOB, LIMITS, "/")
+        driver = self.driver()
+        self.assertEqual(driver.cleanup_stale(), 1)
+        self.assertFalse(os.path.exists(os.path.join(driver.parent, JOB)))
+        self.assertEqual(self.kernel.written("cgroup.kill"), ["1"])
