@@ -48,6 +48,14 @@ class HelperTests(unittest.TestCase):
     async def sh(self, script: bytes, *args: bytes) -> HelperRun:
         return await self.run_spec(self.spec(b"sh", b"-c", script, b"sh", *args))
 
+    async def test_helper_is_spawned_without_fork(self) -> None:
+        def no_fork() -> int:
+            raise AssertionError("the server forked; grpcio does not allow it")
+
+        self.patch(os, "fork", no_fork)
+        run = await self.run_spec(self.spec(b"true"))
+        self.assertEqual((run.report, run.exit_code), (b"", 0))
+
     async def test_exit_code_is_mirrored(self) -> None:
         run = await self.sh(b"echo out; echo err >&2; exit 7")
         self.assertEqual((run.report, run.exit_code, run.signal), (b"", 7, None))
