@@ -1,0 +1,244 @@
+"""`twistd jobworker`: the server's command-line options and its service.
+
+`Options` validates every option as it is parsed (a bad value is a
+`UsageError` naming the option); `makeService` checks the environment
+(TLS material, isolation), then builds the `JobManager` and the
+`JobWorkerServer` inside a `MultiService`. A problem found there ends
+twistd with one line saying what is wrong, not a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from twisted.application.service import MultiService
+from twisted.logger import Logger
+from twisted.python import usage
+
+from jobworker.address import InvalidAddress, parse_address
+from jobworker.errors import InvalidRequest, JobWorkerError
+from jobworker.model import LimitPolicy, Limits
+from jobworker.startup import build_service
+from jobworker.units import InvalidSize, parse_size
+
+log = Logger()
+
+DEFAULT_LISTEN = "127.0.0.1:7443"
+DEFAULT_STATE_DIR = "/var/lib/jobworker"
+DEFAULT_OUTPUT_CAP = 1 << 30
+_UNLIMITED = ("unlimited", "none")
+
+
+def _cpu_count() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+# name -> (default, maximum); None is unlimited. IO is unlimited by default:
+# which device to throttle, and how much, depends on the machine.
+DEFAULT_LIMITS: dict[str, tuple[float | int | None, float | int | None]] = {
+    "cpu": (1.0, float(_cpu_count())),
+    "memory_bytes": (512 << 20, 4 << 30),
+    "io_read_bps": (None, None),
+    "io_write_bps": (None, None),
+    "pids": (1024, 32768),
+}
+
+
+def _parse_cpu(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise usage.UsageError(f"invalid number of CPUs {text!r}") from None
+    return value
+
+
+def _parse_pids(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise usage.UsageError(f"invalid number of processes {text!r}") from None
+
+
+def _parse_bytes(text: str) -> int:
+    try:
+        return parse_size(text)
+    except InvalidSize as error:
+        raise usage.UsageError(str(error)) from None
+
+
+_PARSERS: dict[str, Callable[[str], float | int]] = {
+    "cpu": _parse_cpu,
+    "memory_bytes": _parse_bytes,
+    "io_read_bps": _parse_bytes,
+    "io_write_bps": _parse_bytes,
+    "pids": _parse_pids,
+}
+
+
+def _limit_option(
+    kind: str, name: str, what: str, default: str = "unlimited"
+) -> Callable[[Options, str], None]:
+    """An `opt_default_*` or `opt_max_*` method for the limit `name`."""
+
+    def option(self: Options, value: str) -> None:
+        self._limit(kind, name, value)
+
+    scope = "when it asks for none" if kind == "default" else "the most it may ask"
+    option.__doc__ = f"{what} per job, {scope} [default: {default}]"
+    return option
+
+
+class Options(usage.Options):
+    """Options of `twistd jobworker`."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Serve the jobworker gRPC API over mutual TLS. Sizes are bytes or take"
+        " a K, M, G or T suffix (base 1024); a limit may be 'unlimited'."
+    )
+    optFlags: ClassVar[list[list[str | None]]] = [
+        [
+            "no-isolation",
+            None,
+            "Run jobs without cgroups or namespaces: no limits are enforced."
+            " For development only.",
+        ],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self["listen"] = DEFAULT_LISTEN
+        self["tls-cert"] = self["tls-key"] = self["client-ca"] = None
+        self["state-dir"] = DEFAULT_STATE_DIR
+        self["job-user"] = None
+        self["stop-grace"] = 10.0
+        self["max-followers"] = 64
+        self["output-cap"] = DEFAULT_OUTPUT_CAP
+        self["io-devices"] = []
+        self["defaults"] = {name: pair[0] for name, pair in DEFAULT_LIMITS.items()}
+        self["maximums"] = {name: pair[1] for name, pair in DEFAULT_LIMITS.items()}
+        self["explicit-defaults"] = set()
+        self["policy"] = None
+
+    def opt_listen(self, value: str) -> None:
+        """HOST:PORT to serve on, [::1]:7443 for IPv6 [default: 127.0.0.1:7443]"""
+        try:
+            parse_address(value, allow_port_zero=True)
+        except InvalidAddress as error:
+            raise usage.UsageError(f"--listen: {error}") from None
+        self["listen"] = value
+
+    def opt_tls_cert(self, path: str) -> None:
+        """The server's certificate (PEM) [required]"""
+        self["tls-cert"] = path
+
+    def opt_tls_key(self, path: str) -> None:
+        """The server certificate's private key (PEM) [required]"""
+        self["tls-key"] = path
+
+    def opt_client_ca(self, path: str) -> None:
+        """The CA (PEM) client certificates must chain to [required]"""
+        self["client-ca"] = path
+
+    def opt_state_dir(self, path: str) -> None:
+        """Where job output and work directories live [default: /var/lib/jobworker]"""
+        self["state-dir"] = path
+
+    def opt_job_user(self, name: str) -> None:
+        """User jobs run as [default: nobody when root, else the server's user]"""
+        if not name or "\0" in name:
+            raise usage.UsageError("--job-user: empty user name")
+        self["job-user"] = name
+
+    def opt_stop_grace(self, value: str) -> None:
+        """Seconds between SIGTERM and SIGKILL when stopping a job [default: 10]"""
+        try:
+            grace = float(value)
+        except ValueError:
+            grace = -1.0
+        if not 0 <= grace <= 86400:
+            raise usage.UsageError(f"--stop-grace: {value!r} is not 0..86400 seconds")
+        self["stop-grace"] = grace
+
+    def opt_max_followers(self, value: str) -> None:
+        """Most output streams served at once [default: 64]"""
+        if not value.isdigit() or not 1 <= int(value) <= 10000:
+            raise usage.UsageError(f"--max-followers: {value!r} is not 1..10000")
+        self["max-followers"] = int(value)
+
+    def opt_output_cap(self, value: str) -> None:
+        """Output kept per job; the rest is dropped [default: 1G]"""
+        cap = _parse_bytes(value)
+        if cap < 1:
+            raise usage.UsageError("--output-cap must be at least 1 byte")
+        self["output-cap"] = cap
+
+    def opt_io_device(self, value: str) -> None:
+        """MAJ:MIN of a disk IO limits apply to (repeatable) [default: auto]"""
+        major, _, minor = value.partition(":")
+        if not (major.isdigit() and minor.isdigit()):
+            raise usage.UsageError(f"--io-device: {value!r} is not MAJ:MIN, e.g. 8:0")
+        self["io-devices"].append(f"{int(major)}:{int(minor)}")
+
+    def _limit(self, kind: str, name: str, value: str) -> None:
+        flag = f"--{kind}-{name.replace('_bytes', '').replace('_', '-')}"
+        if value.strip().lower() in _UNLIMITED:
+            parsed = None
+        else:
+            try:
+                parsed = _PARSERS[name](value)
+            except usage.UsageError as error:
+                raise usage.UsageError(f"{flag}: {error}") from None
+        self["defaults" if kind == "default" else "maximums"][name] = parsed
+        if kind == "default":
+            self["explicit-defaults"].add(name)
+
+    opt_default_cpu = _limit_option("default", "cpu", "CPUs", "1")
+    opt_max_cpu = _limit_option("max", "cpu", "CPUs", "all CPUs")
+    opt_default_memory = _limit_option("default", "memory_bytes", "Memory", "512M")
+    opt_max_memory = _limit_option("max", "memory_bytes", "Memory", "4G")
+    opt_default_io_read_bps = _limit_option("default", "io_read_bps", "Disk reads/s")
+    opt_max_io_read_bps = _limit_option("max", "io_read_bps", "Disk reads/s")
+    opt_default_io_write_bps = _limit_option("default", "io_write_bps", "Disk writes/s")
+    opt_max_io_write_bps = _limit_option("max", "io_write_bps", "Disk writes/s")
+    opt_default_pids = _limit_option("default", "pids", "Processes and threads", "1024")
+    opt_max_pids = _limit_option("max", "pids", "Processes and threads", "32768")
+
+    def postOptions(self) -> None:
+        missing = [
+            f"--{name}"
+            for name in ("tls-cert", "tls-key", "client-ca")
+            if not self[name]
+        ]
+        if missing:
+            raise usage.UsageError(f"missing {', '.join(missing)}")
+        self["policy"] = _policy(
+            self["defaults"], self["maximums"], self["explicit-defaults"]
+        )
+
+
+def _policy(
+    defaults: dict[str, Any], maximums: dict[str, Any], explicit: set[str]
+) -> LimitPolicy:
+    """The limit policy; a default not given explicitly follows a lower maximum."""
+    defaults = dict(defaults)
+    for name, maximum in maximums.items():
+        default = defaults[name]
+        if name in explicit or maximum is None:
+            continue
+        if default is None or default > maximum:
+            defaults[name] = maximum
+    try:
+        return LimitPolicy(defaults=Limits(**defaults), maximums=Limits(**maximums))
+    except InvalidRequest as error:
+        raise usage.UsageError(str(error)) from None
+
+
+def makeService(config: Options) -> MultiService:
+    """The jobworker service; ends twistd with one line on a start-up problem."""
+    try:
+        return build_service(config)
+    except (JobWorkerError, OSError) as error:
+        raise SystemExit(f"jobworker: cannot start: {error}") from None

@@ -1,0 +1,233 @@
+"""End-to-end tests of the `jobworker` CLI against a real server over mTLS."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+from typing import Any
+
+from twisted.internet import protocol
+from twisted.internet import reactor as _reactor
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from tests.cliutil import JOBWORKER, CLITestCase, started_job
+
+reactor: Any = _reactor
+UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}\n")
+FIELDS = {
+    "id",
+    "owner",
+    "command",
+    "state",
+    "exit_code",
+    "signal",
+    "oom_killed",
+    "stop_requested",
+    "started_at",
+    "ended_at",
+    "limits",
+    "output_bytes",
+    "output_truncated",
+}
+
+
+class RunTests(CLITestCase):
+    async def test_run_prints_output_and_exits_zero(self) -> None:
+        result = await self.harness.cli("run", "--", "echo", "hello")
+        self.assertEqual((result.out, result.err, result.code), (b"hello\n", b"", 0))
+
+    async def test_run_passes_the_exit_code_through(self) -> None:
+        result = await self.harness.cli("run", "--", "sh", "-c", "exit 3")
+        self.assertEqual(result.code, 3)
+
+    async def test_run_exits_128_plus_the_signal(self) -> None:
+        result = await self.harness.cli("run", "--", "sh", "-c", "kill -9 $$")
+        self.assertEqual(result.code, 128 + signal.SIGKILL)
+        result = await self.harness.cli("run", "--", "sh", "-c", "kill -TERM $$")
+        self.assertEqual(result.code, 128 + signal.SIGTERM)
+
+    async def test_run_copies_stdout_and_stderr_byte_for_byte(self) -> None:
+        script = r"printf 'out\377\n'; printf 'err\000x' >&2; printf 'more'"
+        result = await self.harness.cli("run", "--", "sh", "-c", script)
+        self.assertEqual(result.out, b"out\xff\nmore")
+        self.assertEqual(result.err, b"err\x00x")
+        self.assertEqual(result.code, 0)
+
+    async def test_run_takes_limits(self) -> None:
+        result = await self.harness.cli(
+            "run", "--cpu", "0.5", "--memory", "256M", "--pids", "64", "--", "true"
+        )
+        self.assertEqual(result.code, 0, result.err)
+
+    async def test_start_failure_is_one_line(self) -> None:
+        result = await self.harness.cli("run", "--", "/nonexistent/program")
+        self.assertEqual(result.code, 1)
+        self.assertTrue(result.err.startswith(b"jobworker: "), result.err)
+        self.assertEqual(result.err.count(b"\n"), 1, result.err)
+
+    async def test_limit_above_the_maximum_is_refused(self) -> None:
+        result = await self.harness.cli("start", "--pids", "999999", "--", "true")
+        self.assertEqual(result.code, 1)
+        self.assertIn(b"maximum", result.err)
+
+    async def test_ctrl_c_during_run_stops_following_and_says_how_to_stop(
+        self,
+    ) -> None:
+        ended: Deferred[tuple[bytes, bytes, int]] = Deferred()
+        cli = _Interrupted(ended)
+        reactor.spawnProcess(
+            cli,
+            JOBWORKER,
+            [JOBWORKER, "run", "--", "sh", "-c", "echo ready; exec sleep 600"],
+            env=self.harness.env(),
+        )
+        out, err, code = await ended
+        self.assertEqual(out, b"ready\n")
+        self.assertEqual(code, 130)
+        match = re.search(rb"jobworker stop (\S+)\)", err)
+        self.assertIsNotNone(match, err)
+        assert match is not None
+        job_id = match.group(1).decode()
+        self.assertEqual((await self.status(job_id))["state"], "running")
+        stopped = await self.harness.cli("stop", "--grace", "0", job_id)
+        self.assertEqual(stopped.code, 0, stopped.err)
+
+
+class _Interrupted(protocol.ProcessProtocol):
+    """Sends SIGINT to the CLI once the job has said "ready"."""
+
+    def __init__(self, ended: Deferred[tuple[bytes, bytes, int]]) -> None:
+        self.ended, self.out, self.err = ended, b"", b""
+
+    def outReceived(self, data: bytes) -> None:
+        self.out += data
+        if b"ready" in self.out:
+            transport: Any = self.transport
+            transport.signalProcess("INT")
+
+    def errReceived(self, data: bytes) -> None:
+        self.err += data
+
+    def processEnded(self, reason: Failure) -> None:
+        code = getattr(reason.value, "exitCode", None)
+        self.ended.callback((self.out, self.err, -1 if code is None else code))
+
+
+class CommandTests(CLITestCase):
+    async def test_start_prints_only_the_job_id(self) -> None:
+        result = await self.harness.cli("start", "--", "true")
+        self.assertEqual(result.code, 0, result.err)
+        self.assertRegex(result.out, UUID)
+
+    async def test_status_json_has_every_field(self) -> None:
+        job_id = await started_job(self.harness, "sh", "-c", "echo hi; exit 4")
+        await self.harness.cli("logs", "-f", job_id)
+        status = await self.status(job_id)
+        self.assertEqual(set(status), FIELDS)
+        self.assertEqual(status["id"], job_id)
+        self.assertEqual(status["owner"], "alice")
+        self.assertEqual(status["command"], ["sh", "-c", "echo hi; exit 4"])
+        self.assertEqual(status["state"], "exited")
+        self.assertEqual((status["exit_code"], status["signal"]), (4, None))
+        self.assertIs(status["oom_killed"], False)
+        self.assertIs(status["stop_requested"], False)
+        self.assertRegex(str(status["started_at"]), r"^\d{4}-\d\d-\d\dT[\d:.]+Z$")
+        self.assertRegex(str(status["ended_at"]), r"^\d{4}-\d\d-\d\dT[\d:.]+Z$")
+        self.assertEqual(
+            status["limits"],
+            {
+                "cpu": 1.0,
+                "memory_bytes": 512 << 20,
+                "io_read_bps": None,
+                "io_write_bps": None,
+                "pids": 1024,
+            },
+        )
+        self.assertIsInstance(status["output_bytes"], int)
+        self.assertIs(status["output_truncated"], False)
+
+    async def test_status_json_escapes_invalid_utf8_reversibly(self) -> None:
+        result = await self.harness.cli("start", "--", "echo", b"caf\xc3\xa9\xff")
+        job_id = result.out.decode().strip()
+        command = (await self.status(job_id))["command"]
+        assert isinstance(command, list)
+        self.assertEqual(command[1], "caf\xe9\udcff")
+        self.assertEqual(os.fsencode(command[1]), b"caf\xc3\xa9\xff")
+
+    async def test_status_without_json_is_a_summary(self) -> None:
+        job_id = await started_job(self.harness, "sh", "-c", "exit 2")
+        await self.harness.cli("logs", "-f", job_id)
+        result = await self.harness.cli("status", job_id)
+        self.assertEqual(result.code, 0, result.err)
+        self.assertIn(f"id:       {job_id}".encode(), result.out)
+        self.assertIn(b"state:    exited 2", result.out)
+        self.assertIn(b"command:  sh -c 'exit 2'", result.out)
+        self.assertIn(b"limits:   cpu 1, memory 512M", result.out)
+
+    async def test_stop_returns_when_the_job_has_ended(self) -> None:
+        job_id = await started_job(self.harness, "sleep", "600")
+        result = await self.harness.cli("stop", "--grace", "2", job_id)
+        self.assertEqual(result.code, 0, result.err)
+        self.assertIn(b"killed SIGTERM (stop requested)", result.out)
+        status = await self.status(job_id)
+        self.assertEqual((status["state"], status["signal"]), ("killed", 15))
+        self.assertIs(status["stop_requested"], True)
+
+    async def test_logs_prints_output_from_the_first_byte(self) -> None:
+        job_id = await started_job(
+            self.harness, "sh", "-c", "echo a; echo b >&2; echo c"
+        )
+        await self.harness.cli("logs", "-f", job_id)
+        result = await self.harness.cli("logs", job_id)
+        self.assertEqual((result.out, result.err, result.code), (b"a\nc\n", b"b\n", 0))
+
+    async def test_logs_without_follow_returns_while_the_job_runs(self) -> None:
+        job_id = await started_job(self.harness, "sh", "-c", "echo one; exec sleep 600")
+        await self.wait_for_output(job_id)
+        result = await self.harness.cli("logs", job_id)
+        self.assertEqual((result.out, result.code), (b"one\n", 0))
+        self.assertEqual((await self.status(job_id))["state"], "running")
+        await self.harness.cli("stop", "--grace", "0", job_id)
+
+    async def test_late_followers_get_everything_from_the_first_byte(self) -> None:
+        trigger = os.path.abspath(self.mktemp())
+        os.chmod(os.path.dirname(trigger), 0o755)  # the job user must see it
+        script = f"echo one; while [ ! -e {trigger} ]; do sleep 0.05; done; echo two"
+        job_id = await started_job(self.harness, "sh", "-c", script)
+        await self.wait_for_output(job_id)
+        follower = self.harness.cli("logs", "-f", job_id)
+        with open(trigger, "w"):
+            pass
+        during, after = await follower, await self.harness.cli("logs", "-f", job_id)
+        self.assertEqual((during.out, during.code), (b"one\ntwo\n", 0))
+        self.assertEqual((after.out, after.code), (b"one\ntwo\n", 0))
+
+    async def test_list_shows_only_what_the_caller_may_see(self) -> None:
+        bobs = await started_job(self.harness, "true", user="bob")
+        carols = await started_job(self.harness, "true", user="carol")
+        result = await self.harness.cli("list", user="bob")
+        self.assertEqual(result.code, 0, result.err)
+        self.assertTrue(result.out.startswith(b"ID "), result.out)
+        self.assertIn(bobs.encode(), result.out)
+        self.assertNotIn(carols.encode(), result.out)
+        result = await self.harness.cli("list", "--json")
+        jobs = json.loads(result.out)
+        self.assertEqual({job["id"] for job in jobs}, {bobs, carols})
+        self.assertEqual(set(jobs[0]), FIELDS)
+
+    async def test_other_users_job_is_not_found(self) -> None:
+        job_id = await started_job(self.harness, "sleep", "600", user="bob")
+        expected = f"jobworker: job {job_id} not found\n".encode()
+        for command in (["status"], ["logs"], ["logs", "-f"], ["stop"]):
+            result = await self.harness.cli(*command, job_id, user="carol")
+            self.assertEqual((result.err, result.code), (expected, 1), command)
+        self.assertEqual((await self.status(job_id, user="alice"))["owner"], "bob")
+        await self.harness.cli("stop", "--grace", "0", job_id, user="bob")
+
+    async def test_unknown_job_is_not_found(self) -> None:
+        result = await self.harness.cli("status", "no-such-job")
+        self.assertEqual(result.err, b"jobworker: job no-such-job not found\n")
+        self.assertEqual(result.code, 1)

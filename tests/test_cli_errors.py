@@ -1,0 +1,118 @@
+"""The CLI's error paths: usage errors, connection and certificate problems."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from twisted.trial import unittest
+
+from tests.cliutil import CLITestCase
+
+
+def _one_line(err: bytes) -> bool:
+    return err.startswith(b"jobworker: ") and err.count(b"\n") == 1
+
+
+class UsageTests(CLITestCase):
+    async def test_usage_errors_exit_2_with_one_line(self) -> None:
+        for args in (
+            [],
+            ["frobnicate"],
+            ["start"],
+            ["start", "--"],
+            ["run", "--memory", "12Q", "--", "true"],
+            ["run", "--cpu", "-1", "--", "true"],
+            ["status"],
+            ["stop", "--grace", "soon", "x"],
+            ["--server", "nohostport", "list"],
+        ):
+            result = await self.harness.cli(*args)
+            self.assertEqual(result.code, 2, args)
+            self.assertTrue(_one_line(result.err), (args, result.err))
+            self.assertNotIn(b"Traceback", result.err)
+
+    async def test_missing_tls_settings_are_usage_errors(self) -> None:
+        result = await self.harness.cli("list", env={"PATH": os.defpath})
+        self.assertEqual(result.code, 2)
+        self.assertIn(b"JOBWORKER_CA", result.err)
+
+    async def test_unreadable_tls_file_is_named(self) -> None:
+        env = self.harness.env(JOBWORKER_CERT="/nonexistent/alice.pem")
+        result = await self.harness.cli("list", env=env)
+        self.assertEqual(result.code, 2)
+        self.assertIn(b"/nonexistent/alice.pem", result.err)
+
+    async def test_flags_win_over_the_environment(self) -> None:
+        env = self.harness.env(JOBWORKER_SERVER="127.0.0.1:1")
+        result = await self.harness.cli(
+            "--server", self.harness.address, "list", env=env
+        )
+        self.assertEqual(result.code, 0, result.err)
+
+
+class ConnectionTests(CLITestCase):
+    async def test_server_down_says_cannot_connect(self) -> None:
+        with socket.socket() as unused:
+            unused.bind(("127.0.0.1", 0))
+            address = f"127.0.0.1:{unused.getsockname()[1]}"
+        result = await self.harness.cli(
+            "list", env=self.harness.env(JOBWORKER_SERVER=address)
+        )
+        self.assertEqual(result.code, 1)
+        self.assertEqual(
+            result.err,
+            f"jobworker: cannot connect to {address}: connection refused"
+            " (is the server running?)\n".encode(),
+        )
+
+    async def test_silent_server_times_out(self) -> None:
+        with socket.socket() as silent:
+            silent.bind(("127.0.0.1", 0))
+            silent.listen(8)
+            address = f"127.0.0.1:{silent.getsockname()[1]}"
+            env = self.harness.env(JOBWORKER_SERVER=address)
+            result = await self.harness.cli("--connect-timeout", "0.5", "list", env=env)
+        self.assertEqual(result.code, 1)
+        self.assertIn(b"no answer within 0.5s", result.err)
+
+    async def test_wrong_ca_is_an_untrusted_server_certificate(self) -> None:
+        env = self.harness.env(JOBWORKER_CA=os.path.join(self.pki, "client-ca.pem"))
+        result = await self.harness.cli("list", env=env)
+        self.assertEqual(result.code, 1)
+        self.assertTrue(_one_line(result.err), result.err)
+        self.assertIn(b"untrusted server certificate", result.err)
+
+    async def test_name_not_in_the_server_certificate_is_a_mismatch(self) -> None:
+        name = socket.gethostname()
+        try:
+            loopback = socket.gethostbyname(name) == "127.0.0.1"
+        except OSError:
+            loopback = False
+        if not loopback or name == "localhost":
+            raise unittest.SkipTest(f"host name {name!r} does not resolve to 127.0.0.1")
+        env = self.harness.env(JOBWORKER_SERVER=f"{name}:{self.harness.port}")
+        result = await self.harness.cli("list", env=env)
+        self.assertEqual(result.code, 1)
+        self.assertIn(b"name mismatch", result.err)
+
+    async def test_client_certificate_of_another_ca_is_refused(self) -> None:
+        for name in ("alien", "expired"):
+            env = self.harness.env(
+                JOBWORKER_CERT=os.path.join(self.pki, f"{name}.pem"),
+                JOBWORKER_KEY=os.path.join(self.pki, f"{name}.key"),
+            )
+            result = await self.harness.cli("list", env=env)
+            self.assertEqual(result.code, 1)
+            self.assertIn(b"refused the client certificate", result.err, name)
+
+    async def test_certificate_without_a_role_is_permission_denied(self) -> None:
+        result = await self.harness.cli("list", user="noou")
+        self.assertEqual(result.code, 1)
+        self.assertTrue(result.err.startswith(b"jobworker: permission denied"))
+
+    async def test_key_of_another_certificate_is_named(self) -> None:
+        env = self.harness.env(JOBWORKER_KEY=os.path.join(self.pki, "bob.key"))
+        result = await self.harness.cli("list", env=env)
+        self.assertEqual(result.code, 1)
+        self.assertIn(b"is it the key of this certificate?", result.err)

@@ -1,0 +1,193 @@
+"""Tests for `twistd jobworker`: option validation and the plugin."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import cast
+
+from twisted.application.service import MultiService
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.logger import (
+    ILogObserver,
+    LogEvent,
+    LogLevel,
+    formatEvent,
+    globalLogPublisher,
+)
+from twisted.python import usage
+from twisted.trial import unittest
+
+from jobworker.model import Limits
+from jobworker.server import JobWorkerServer
+from jobworker.tap import Options, makeService
+from tests import pkiutil
+from tests.cliutil import remove_parent_cgroups
+
+REQUIRED = ["--tls-cert", "c.pem", "--tls-key", "c.key", "--client-ca", "ca.pem"]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def parse(*args: str) -> Options:
+    options = Options()
+    options.parseOptions([*REQUIRED, *args])
+    return options
+
+
+class OptionsTests(unittest.TestCase):
+    def test_defaults(self) -> None:
+        options = parse()
+        self.assertEqual(options["listen"], "127.0.0.1:7443")
+        self.assertEqual(options["state-dir"], "/var/lib/jobworker")
+        self.assertEqual(options["stop-grace"], 10.0)
+        self.assertEqual(options["max-followers"], 64)
+        self.assertEqual(options["output-cap"], 1 << 30)
+        self.assertFalse(options["no-isolation"])
+        policy = options["policy"]
+        self.assertEqual(
+            policy.defaults, Limits(cpu=1.0, memory_bytes=512 << 20, pids=1024)
+        )
+        self.assertEqual(policy.maximums.memory_bytes, 4 << 30)
+        self.assertEqual(policy.maximums.cpu, float(len(os.sched_getaffinity(0))))
+        self.assertEqual(policy.maximums.pids, 32768)
+        self.assertIsNone(policy.maximums.io_read_bps)
+
+    def test_tls_files_are_required(self) -> None:
+        error = self.assertRaises(usage.UsageError, Options().parseOptions, [])
+        self.assertIn("--tls-cert", str(error))
+        self.assertIn("--client-ca", str(error))
+
+    def test_listen_takes_ipv6_in_brackets(self) -> None:
+        self.assertEqual(parse("--listen", "[::1]:7443")["listen"], "[::1]:7443")
+
+    def test_listen_refuses_a_bad_address(self) -> None:
+        for value in ("7443", "host:99999", "::1:7443"):
+            error = self.assertRaises(usage.UsageError, parse, "--listen", value)
+            self.assertIn("--listen", str(error))
+
+    def test_sizes_take_suffixes(self) -> None:
+        options = parse(
+            "--default-memory", "256M", "--max-memory", "1G", "--output-cap", "10M"
+        )
+        self.assertEqual(options["policy"].defaults.memory_bytes, 256 << 20)
+        self.assertEqual(options["policy"].maximums.memory_bytes, 1 << 30)
+        self.assertEqual(options["output-cap"], 10 << 20)
+
+    def test_bad_size_names_the_option(self) -> None:
+        error = self.assertRaises(usage.UsageError, parse, "--max-memory", "lots")
+        self.assertIn("--max-memory", str(error))
+
+    def test_io_maximum_alone_becomes_the_default(self) -> None:
+        options = parse("--max-io-read-bps", "10M", "--max-io-write-bps", "5M")
+        self.assertEqual(options["policy"].defaults.io_read_bps, 10 << 20)
+        self.assertEqual(options["policy"].defaults.io_write_bps, 5 << 20)
+
+    def test_lower_maximum_lowers_an_implicit_default(self) -> None:
+        options = parse("--max-memory", "128M", "--max-cpu", "0.5")
+        self.assertEqual(options["policy"].defaults.memory_bytes, 128 << 20)
+        self.assertEqual(options["policy"].defaults.cpu, 0.5)
+
+    def test_explicit_default_above_maximum_is_refused(self) -> None:
+        error = self.assertRaises(
+            usage.UsageError, parse, "--default-pids", "100", "--max-pids", "10"
+        )
+        self.assertIn("pids", str(error))
+
+    def test_limits_may_be_unlimited(self) -> None:
+        options = parse("--max-memory", "unlimited", "--default-memory", "none")
+        self.assertIsNone(options["policy"].maximums.memory_bytes)
+        self.assertIsNone(options["policy"].defaults.memory_bytes)
+
+    def test_out_of_range_limit_is_refused(self) -> None:
+        self.assertRaises(usage.UsageError, parse, "--default-cpu", "-1")
+        self.assertRaises(usage.UsageError, parse, "--max-cpu", "many")
+
+    def test_stop_grace_and_followers_are_checked(self) -> None:
+        self.assertEqual(parse("--stop-grace", "2.5")["stop-grace"], 2.5)
+        self.assertRaises(usage.UsageError, parse, "--stop-grace", "-1")
+        self.assertRaises(usage.UsageError, parse, "--stop-grace", "soon")
+        self.assertRaises(usage.UsageError, parse, "--max-followers", "0")
+
+    def test_io_device_repeats(self) -> None:
+        options = parse("--io-device", "8:0", "--io-device", "259:0")
+        self.assertEqual(options["io-devices"], ["8:0", "259:0"])
+        self.assertRaises(usage.UsageError, parse, "--io-device", "sda")
+
+    def test_job_user_and_no_isolation(self) -> None:
+        options = parse("--job-user", "root", "--no-isolation")
+        self.assertEqual(options["job-user"], "root")
+        self.assertTrue(options["no-isolation"])
+
+
+class PluginTests(unittest.TestCase):
+    async def test_twistd_finds_the_plugin(self) -> None:
+        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        out, err, code = await getProcessOutputAndValue(
+            twistd, ["jobworker", "--help"], env={"PATH": os.defpath}, path=ROOT
+        )
+        self.assertEqual(code, 0, err)
+        for option in (b"--listen", b"--tls-cert", b"--no-isolation", b"--max-cpu"):
+            self.assertIn(option, out)
+
+
+class MakeServiceTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.pki = pkiutil.pki_dir()
+
+    def config(self, *args: str, key: str = "server.key") -> Options:
+        options = Options()
+        options.parseOptions(
+            [
+                "--listen",
+                "127.0.0.1:0",
+                "--tls-cert",
+                os.path.join(self.pki, "server.pem"),
+                "--tls-key",
+                os.path.join(self.pki, key),
+                "--client-ca",
+                os.path.join(self.pki, "client-ca.pem"),
+                "--state-dir",
+                self.mktemp(),
+                *args,
+            ]
+        )
+        return options
+
+    def test_make_service_builds_the_api_server(self) -> None:
+        service = makeService(self.config("--no-isolation"))
+        self.assertIsInstance(service, MultiService)
+        self.assertEqual([type(child) for child in service], [JobWorkerServer])
+
+    def test_no_isolation_warns_that_it_is_for_development(self) -> None:
+        events: list[LogEvent] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        makeService(self.config("--no-isolation"))
+        warnings = [
+            formatEvent(event)
+            for event in events
+            if event["log_level"] == LogLevel.warn
+        ]
+        self.assertTrue(any("development only" in text for text in warnings), warnings)
+
+    def test_bad_tls_material_is_one_line(self) -> None:
+        config = self.config("--no-isolation", key="bob.key")
+        error = self.assertRaises(SystemExit, makeService, config)
+        message = str(error.code)
+        self.assertTrue(message.startswith("jobworker: cannot start: "), message)
+        self.assertNotIn("\n", message)
+
+    def test_refuses_to_isolate_without_root(self) -> None:
+        self.patch(os, "geteuid", lambda: 1000)
+        error = self.assertRaises(SystemExit, makeService, self.config())
+        self.assertIn("needs root", str(error.code))
+        self.assertIn("--no-isolation", str(error.code))
+
+    def test_isolates_jobs_when_root(self) -> None:
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("isolation needs root")
+        config = self.config()
+        self.addCleanup(remove_parent_cgroups, config["state-dir"])
+        service = makeService(config)
+        self.assertEqual([type(child) for child in service], [JobWorkerServer])

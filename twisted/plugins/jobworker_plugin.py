@@ -1,0 +1,10 @@
+"""The `twistd jobworker` plugin: a pointer to `jobworker.tap`."""
+
+from twisted.application.service import ServiceMaker
+
+jobworker = ServiceMaker(  # type: ignore[no-untyped-call]
+    "jobworker",
+    "jobworker.tap",
+    "Run Linux processes for remote clients over a mutual-TLS gRPC API.",
+    "jobworker",
+)
