@@ -1,0 +1,93 @@
+"""Shared set-up of the JobManager tests: real processes, optional namespaces."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.internet import reactor as _reactor
+from twisted.trial import unittest
+
+from jobworker.cgroups import detect
+from jobworker.isolation import IsolationConfig
+from jobworker.manager import JobManager
+from jobworker.model import JobStatus, Stream
+from tests.procutil import processes_with
+
+reactor: Any = _reactor
+
+
+async def output_of(manager: JobManager, job_id: str, offset: int = 0) -> bytes:
+    """Follow a job's output to its end; stdout and stderr, tagged."""
+    data = b""
+    while chunks := await manager.read(job_id, offset):
+        for chunk in chunks:
+            data += (b"" if chunk.stream == Stream.STDOUT else b"E:") + chunk.data
+        offset = chunks[-1].next_offset
+    return data
+
+
+async def until_output(manager: JobManager, job_id: str, text: bytes) -> None:
+    """Wait until the job's stdout contains `text`."""
+    offset, seen = 0, b""
+    while text not in seen:
+        chunks = await manager.read(job_id, offset)
+        if not chunks:
+            raise AssertionError(f"output ended without {text!r}: {seen!r}")
+        seen += b"".join(c.data for c in chunks)
+        offset = chunks[-1].next_offset
+
+
+class ManagerTestCase(unittest.TestCase):
+    """A JobManager in a temporary state dir, without isolation."""
+
+    def isolation(self) -> IsolationConfig | None:
+        return None
+
+    def setUp(self) -> None:
+        self.state_dir = os.path.abspath(self.mktemp())
+        self.manager = self.make_manager()
+
+    def make_manager(self, **options: Any) -> JobManager:
+        manager = JobManager(
+            self.state_dir, isolation=self.isolation(), reactor=reactor, **options
+        )
+        self.addCleanup(manager.shutdown)
+        return manager
+
+    def start_sh(self, script: bytes, manager: JobManager | None = None) -> Any:
+        return (manager or self.manager).start("alice", [b"sh", b"-c", script])
+
+    async def run_sh(self, script: bytes) -> tuple[JobStatus, bytes]:
+        status = await self.start_sh(script)
+        output = await output_of(self.manager, status.id)
+        return self.manager.status(status.id), output
+
+    def assert_no_trace_of_failed_start(self, tag: str) -> None:
+        self.assertEqual(self.manager.list(), [])
+        jobs = os.path.join(self.state_dir, "jobs")
+        self.assertEqual(os.listdir(jobs) if os.path.exists(jobs) else [], [])
+        self.assertEqual(processes_with(tag), [])
+
+
+class NamespacedMixin:
+    """Runs a `ManagerTestCase`'s tests with real cgroups and namespaces."""
+
+    state_dir: str
+
+    def isolation(self) -> IsolationConfig | None:
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("namespaces and cgroups need root")
+        driver = detect(self.state_dir, reactor=reactor)
+        # The driver has no call to remove its parent cgroups; they are empty
+        # once the manager has shut down (cleanups run last-added first).
+        parents = [*getattr(driver, "parents", {}).values()]
+        parents += [getattr(driver, "parent", None)] if driver.version == 2 else []
+        for parent in parents:
+            self.addCleanup(_remove_dir, parent)  # type: ignore[attr-defined]
+        return IsolationConfig(driver, namespaces=True)
+
+
+def _remove_dir(path: str) -> None:
+    if os.path.isdir(path):
+        os.rmdir(path)
