@@ -165,5 +165,19 @@ class V1Tests(unittest.TestCase):
         self.assertEqual(driver.cleanup_stale(), 2)
         self.assertEqual(len(self.kernel.kills), 2)
         for parent in driver.parents.values():
-            self.assertEqual(sorted(os.listdir(parent)), sorted(V1_FILES))
+            self.assertFalse(os.path.exists(parent))
         self.assertEqual(driver.cleanup_stale(), 0)
+
+    def test_parents_go_with_the_last_job_and_come_back_with_the_next(self) -> None:
+        driver = self.driver()
+        first = driver.create(JOB, LIMITS, "/")
+        second = driver.create("second", LIMITS, "/")
+        self.successResultOf(first.remove())
+        for parent in driver.parents.values():
+            self.assertTrue(os.path.isdir(parent))
+        self.successResultOf(second.remove())
+        for parent in driver.parents.values():
+            self.assertFalse(os.path.exists(parent))
+        driver.create("third", LIMITS, "/")
+        for parent in driver.parents.values():
+            self.assertTrue(os.path.isdir(os.path.join(parent, "third")))

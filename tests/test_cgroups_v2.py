@@ -132,5 +132,13 @@ class V2Tests(unittest.TestCase):
         self.driver().create(JOB, LIMITS, "/")
         driver = self.driver()
         self.assertEqual(driver.cleanup_stale(), 1)
-        self.assertFalse(os.path.exists(os.path.join(driver.parent, JOB)))
+        self.assertFalse(os.path.exists(driver.parent))
         self.assertEqual(self.kernel.written("cgroup.kill"), ["1"])
+
+    def test_a_new_parent_enables_the_controllers_again(self) -> None:
+        driver = self.driver()
+        self.successResultOf(driver.create(JOB, LIMITS, "/").remove())
+        self.assertFalse(os.path.exists(driver.parent))
+        self.kernel.writes.clear()
+        driver.create("next", LIMITS, "/")
+        self.assertEqual(self.kernel.written("cgroup.subtree_control"), [ENABLE])

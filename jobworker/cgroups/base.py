@@ -132,11 +132,23 @@ def _removal(
         kill()
         remaining = _try_rmdir(kernel, remaining)
         if not remaining:
+            prune_parents(kernel, directories)
             return
         if now() >= deadline:
             raise CgroupBusy(f"cgroup {remaining[0]} still busy after {timeout}s")
         yield delay
         delay = min(delay * 2, _MAX_DELAY)
+
+
+def prune_parents(kernel: Kernel, directories: Sequence[str]) -> None:
+    """Remove the per-state-dir parents once their last job is gone.
+
+    An idle server leaves nothing behind; the next `create` makes them again.
+    A parent that still has jobs is busy and stays.
+    """
+    for parent in dict.fromkeys(os.path.dirname(d) for d in directories):
+        with suppress(OSError):
+            kernel.rmdir(parent)
 
 
 async def remove_busy(
@@ -187,6 +199,7 @@ class JobCgroupBase:
         """Undo a half-made cgroup at creation; nothing can run in it yet."""
         with suppress(OSError, CgroupBusy):
             _try_rmdir(self._kernel, self.directories)
+            prune_parents(self._kernel, self.directories)
 
 
 def stale_job_dirs(parents: Iterable[str]) -> dict[str, list[str]]:

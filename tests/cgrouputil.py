@@ -1,0 +1,72 @@
+"""Helpers for tests that use the real cgroups of this machine (as root)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from collections.abc import Sequence
+
+from twisted.trial import unittest
+
+from jobworker.cgroups import V1Driver, V2Driver, detect
+from jobworker.isolation import CgroupDriver, JobCgroup
+
+EXPECT_ENV = "JOBWORKER_EXPECT_CGROUP"
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise unittest.SkipTest("needs root to create cgroups and namespaces")
+
+
+def real_driver(case: unittest.TestCase, state_dir: str) -> CgroupDriver:
+    """Detect this kernel's cgroups; remove the state dir's parent afterwards."""
+    require_root()
+    driver = detect(state_dir)
+    expected = os.environ.get(EXPECT_ENV)
+    if expected:
+        case.assertEqual(str(driver.version), expected, f"{EXPECT_ENV}={expected}")
+    case.addCleanup(remove_parents, driver)
+    return driver
+
+
+def parent_dirs(driver: CgroupDriver) -> list[str]:
+    if isinstance(driver, V1Driver):
+        return list(dict.fromkeys(driver.parents.values()))
+    assert isinstance(driver, V2Driver)
+    return [driver.parent]
+
+
+def remove_parents(driver: CgroupDriver) -> None:
+    """Remove the per-state-dir parents; fails if a job cgroup is left in one."""
+    for parent in parent_dirs(driver):
+        if os.path.isdir(parent):
+            os.rmdir(parent)
+
+
+def job_dirs(driver: CgroupDriver) -> list[str]:
+    """The job cgroups currently below the driver's parents."""
+    return [
+        entry.path
+        for parent in parent_dirs(driver)
+        if os.path.isdir(parent)
+        for entry in os.scandir(parent)
+        if entry.is_dir()
+    ]
+
+
+def spawn_in(cgroup: JobCgroup, argv: Sequence[str]) -> subprocess.Popen[bytes]:
+    """Run `argv` inside `cgroup`: a shell joins it, then execs the command."""
+    joins = "".join(
+        f"echo $$ > {shlex.quote(path)} || exit 99; " for path in cgroup.procs_files
+    )
+    return subprocess.Popen(["sh", "-c", joins + 'exec "$@"', "sh", *argv])
+
+
+def listed(cgroup: JobCgroup) -> set[int]:
+    pids: set[int] = set()
+    for path in cgroup.procs_files:
+        with open(path) as procs:
+            pids.update(int(pid) for pid in procs.read().split())
+    return pids
