@@ -58,21 +58,21 @@ class UsageError(ClientError):
 def copy_output(client: Client, job_id: str, *, until: int | None = None) -> int:
     """Copy the job's stdout and stderr to ours, byte for byte, from the start.
 
-    Follows until the job has ended, or (with `until`) until the log cursor
-    reaches `until`. Returns the cursor reached.
+    Follows until the job has ended or, with `until`, until that many bytes
+    of output (the status's `output_bytes`) are copied. Returns the count.
     """
     out, err = sys.stdout.buffer, sys.stderr.buffer
-    cursor = 0
+    copied = 0
     if until is not None and until <= 0:
-        return cursor
+        return copied
     for chunk in client.output(job_id):
         target = err if chunk.stream == pb.STREAM_STDERR else out
         target.write(chunk.data)
         target.flush()
-        cursor = chunk.next_offset
-        if until is not None and cursor >= until:
+        copied += len(chunk.data)
+        if until is not None and copied >= until:
             break
-    return cursor
+    return copied
 
 
 def cmd_start(client: Client, args: argparse.Namespace) -> int:

@@ -132,10 +132,12 @@ class CLITestCase(unittest.TestCase):
         value: dict[str, object] = json.loads(result.out)
         return value
 
-    async def wait_for_output(self, job_id: str) -> None:
-        """Poll (no sleeping) until the job has written something."""
+    async def wait_for_output(self, job_id: str, size: int = 1) -> None:
+        """Poll (no sleeping) until the job has written `size` bytes."""
         for _ in range(200):
-            if (await self.status(job_id))["output_bytes"]:
+            written = (await self.status(job_id))["output_bytes"]
+            assert isinstance(written, int)
+            if written >= size:
                 return
         self.fail(f"job {job_id} wrote nothing")
 

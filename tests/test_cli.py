@@ -185,10 +185,12 @@ class CommandTests(CLITestCase):
         self.assertEqual((result.out, result.err, result.code), (b"a\nc\n", b"b\n", 0))
 
     async def test_logs_without_follow_returns_while_the_job_runs(self) -> None:
-        job_id = await started_job(self.harness, "sh", "-c", "echo one; exec sleep 600")
-        await self.wait_for_output(job_id)
+        script = "echo one; echo two >&2; echo three; exec sleep 600"
+        job_id = await started_job(self.harness, "sh", "-c", script)
+        await self.wait_for_output(job_id, 14)
         result = await self.harness.cli("logs", job_id)
-        self.assertEqual((result.out, result.code), (b"one\n", 0))
+        self.assertEqual((result.out, result.err), (b"one\nthree\n", b"two\n"))
+        self.assertEqual(result.code, 0)
         self.assertEqual((await self.status(job_id))["state"], "running")
         await self.harness.cli("stop", "--grace", "0", job_id)
 
