@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,8 +26,11 @@ from service_identity.cryptography import (
     verify_certificate_hostname,
     verify_certificate_ip_address,
 )
+from twisted.logger import Logger
 
 from jobworker.errors import JobWorkerError
+
+log = Logger()
 
 # TLS 1.2 suites, should a client get that far (it is refused at the first
 # call): ECDHE key exchange, ECDSA certificates, AEAD ciphers only. grpcio's
@@ -44,8 +48,19 @@ def configure_grpc_environment() -> None:
     grpc reads these once, when it initialises; an explicit setting in the
     environment wins.
     """
-    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
-    os.environ.setdefault("GRPC_SSL_CIPHER_SUITES", CIPHER_SUITES)
+    settings = {
+        "GRPC_ENABLE_FORK_SUPPORT": "0",
+        "GRPC_SSL_CIPHER_SUITES": CIPHER_SUITES,
+    }
+    late = "grpc" in sys.modules and any(name not in os.environ for name in settings)
+    for name, value in settings.items():
+        os.environ.setdefault(name, value)
+    if late:
+        log.warn(
+            "grpc was imported before jobworker.api: grpc-core may ignore"
+            " {names}; import jobworker.api (or jobworker.server) first",
+            names=", ".join(settings),
+        )
 
 
 class TLSConfigError(JobWorkerError):

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 import grpc
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.python.failure import Failure
 
 from jobworker.api.errors import ClientGone, Refused
@@ -87,6 +87,9 @@ class CallWaiter:
         if pending is not None:
             self._reactor.callFromThread(pending.cancel)
 
+    def _reason(self) -> BaseException | None:
+        return self._ended
+
     def wait(
         self,
         function: Callable[..., Deferred[T] | T],
@@ -132,15 +135,16 @@ class CallWaiter:
         with self._lock:
             self._wake = None
             pending, self._pending = self._pending, None
-            ended = self._ended
+            ended = self._reason()
             results = list(outcome)
             if not results:
                 gave_up.set()
         if results:
             result = results[0]
-            if isinstance(result, Failure):
+            if not isinstance(result, Failure):
+                return result  # type: ignore[no-any-return]
+            if ended is None or not isinstance(result.value, CancelledError):
                 result.raiseException()
-            return result  # type: ignore[no-any-return]
         if pending is not None:
             self._reactor.callFromThread(pending.cancel)
         if ended is not None:

@@ -1,0 +1,174 @@
+"""Output streaming through the real server: followers, disconnects, cap, shutdown."""
+
+from __future__ import annotations
+
+# grpc-core reads its settings when grpc is first imported: ours go first.
+import jobworker.api  # noqa: F401
+
+# isort: split
+import itertools
+import threading
+from typing import Any
+
+import grpc
+
+from jobworker.api.service import JobWorkerService
+from jobworker.model import JobState
+from jobworker.v1 import jobworker_pb2 as pb
+from tests.apiutil import APITestCase, shell, threads_in
+
+# Interleaved stdout/stderr, with pauses so followers join mid-stream.
+CHATTY = (
+    "for i in $(seq 1 40); do echo out $i; echo err $i >&2;"
+    " [ $((i % 10)) = 0 ] && sleep 0.1; done; echo done"
+)
+SILENT = "sleep 1000"
+
+
+def serving_followers() -> int:
+    """Threads that are inside a StreamOutput handler right now."""
+    return threads_in(JobWorkerService._chunks)
+
+
+class StreamTests(APITestCase):
+    max_followers = 24
+
+    async def test_stream_tags_each_chunk_with_stream_and_offsets(self) -> None:
+        job_id = await self.start_job("alice", shell("echo a; echo b >&2; echo c"))
+        chunks = await self.read_all("alice", job_id)
+        data = [(stream, text) for stream, _, _, text in chunks]
+        joined = b"".join(text for _, text in data)
+        self.assertEqual(sorted(joined.split()), [b"a", b"b", b"c"])
+        self.assertIn((pb.STREAM_STDERR, b"b\n"), data)
+        self.assertEqual(chunks[0][1], 0)
+        for before, after in itertools.pairwise(chunks):
+            self.assertEqual(before[2], after[1])
+
+    async def test_stream_resumes_from_a_next_offset(self) -> None:
+        job_id = await self.start_job("alice", shell("echo one; echo two >&2"))
+        chunks = await self.read_all("alice", job_id)
+        rest = await self.read_all("alice", job_id, chunks[0][2])
+        self.assertEqual(rest, chunks[1:])
+
+    async def test_many_concurrent_followers_get_identical_bytes(self) -> None:
+        job_id = await self.start_job("alice", shell(CHATTY))
+        followers = [self.read_all("alice", job_id) for _ in range(20)]
+        results = [await follower for follower in followers]
+        first = results[0]
+        self.assertIn(
+            (pb.STREAM_STDOUT, b"done\n"), [(s, d[-5:]) for s, _, _, d in first]
+        )
+        text = b"".join(chunk[3] for chunk in first)
+        self.assertEqual(text.count(b"out "), 40)
+        self.assertEqual(text.count(b"err "), 40)
+        for result in results[1:]:
+            self.assertEqual(result, first)
+
+    async def test_disconnecting_follower_frees_its_thread(self) -> None:
+        baseline = serving_followers()
+        job_id = await self.start_job("alice", shell(SILENT))
+        call = self.follow("alice", job_id)
+        ended = self.in_thread(_drain, call)
+        await self.eventually(
+            lambda: serving_followers() == baseline + 1, "the follower is served"
+        )
+        self.assertEqual(self.server.service.followers, 1)
+        call.cancel()
+        code = await ended
+        self.assertEqual(code, grpc.StatusCode.CANCELLED)
+        # The job is silent: only the disconnect can have released the thread.
+        await self.eventually(
+            lambda: serving_followers() == baseline, "the handler thread is released"
+        )
+        await self.eventually(
+            lambda: (
+                self.server.service.followers == 0 and self.server.bridge.active == 0
+            ),
+            "the follower is forgotten",
+        )
+        status = await self.call("alice", "Status", pb.StatusRequest(job_id=job_id))
+        self.assertEqual(status.job.state, pb.JOB_STATE_RUNNING)
+
+
+class FollowerCapTests(APITestCase):
+    max_followers = 2
+
+    async def test_followers_past_the_cap_are_resource_exhausted(self) -> None:
+        job_id = await self.start_job("alice", shell(SILENT))
+        calls = [self.follow("alice", job_id) for _ in range(2)]
+        ended = [self.in_thread(_drain, call) for call in calls]
+        await self.eventually(
+            lambda: self.server.service.followers == 2, "two followers are served"
+        )
+        code, details = await self.in_thread(_first_error, self.follow("bob", job_id))
+        self.assertEqual(code, grpc.StatusCode.RESOURCE_EXHAUSTED)
+        self.assertIn("too many output streams", details)
+        # Unary calls are not starved by the followers.
+        status = await self.call("alice", "Status", pb.StatusRequest(job_id=job_id))
+        self.assertEqual(status.job.id, job_id)
+        calls[0].cancel()
+        await ended[0]
+        await self.eventually(
+            lambda: self.server.service.followers == 1, "a follower left"
+        )
+        again = self.follow("alice", job_id)
+        ended.append(self.in_thread(_drain, again))
+        await self.eventually(
+            lambda: self.server.service.followers == 2, "a new follower is served"
+        )
+        for call in (calls[1], again):
+            call.cancel()
+        for done in ended:
+            await done
+
+
+class ShutdownTests(APITestCase):
+    stop_grace = 1.0
+
+    async def test_shutdown_ends_streams_and_jobs_and_leaves_no_thread(self) -> None:
+        before = {thread.ident for thread in threading.enumerate()}
+        jobs = [await self.start_job("alice", shell(SILENT)) for _ in range(2)]
+        # A job that ignores SIGTERM must be killed after the grace period.
+        jobs.append(await self.start_job("bob", shell("trap '' TERM; sleep 1000")))
+        calls = [self.follow("alice", job_id) for job_id in jobs]
+        streams = [self.in_thread(_first_error, call) for call in calls]
+        await self.eventually(
+            lambda: self.server.service.followers == 3, "three followers are served"
+        )
+        await self.stop_server()
+        for stream in streams:
+            code, details = await stream
+            self.assertEqual(code, grpc.StatusCode.UNAVAILABLE)
+            self.assertEqual(details, "server shutting down")
+        for job_id in jobs:
+            self.assertTrue(self.manager.status(job_id).state.ended)
+        self.assertEqual(self.manager.status(jobs[2]).state, JobState.KILLED)
+        left = [
+            thread.name
+            for thread in threading.enumerate()
+            # Twisted's pools (the test's clients, the reactor's) persist by design.
+            if thread.ident not in before and not thread.name.startswith("PoolThread-")
+        ]
+        self.assertEqual(left, [])
+        code, _ = await self.in_thread(_first_error, self.follow("alice", jobs[0]))
+        self.assertEqual(code, grpc.StatusCode.UNAVAILABLE)
+
+
+def _drain(call: Any) -> grpc.StatusCode | None:
+    """Read a stream to its end; its final status code."""
+    try:
+        for _ in call:
+            pass
+    except grpc.RpcError as error:
+        code: grpc.StatusCode = error.code()
+        return code
+    return grpc.StatusCode.OK
+
+
+def _first_error(call: Any) -> tuple[grpc.StatusCode, str]:
+    try:
+        for _ in call:
+            pass
+    except grpc.RpcError as error:
+        return error.code(), error.details() or ""
+    return grpc.StatusCode.OK, ""
