@@ -150,6 +150,16 @@ class APITestCase(unittest.TestCase):
         self.fail(f"never happened: {what}")
 
 
+def stream_end(call: Any) -> tuple[grpc.StatusCode, str]:
+    """Read a stream to its end; its final status code and details."""
+    try:
+        for _ in call:
+            pass
+    except grpc.RpcError as error:
+        return error.code(), error.details() or ""
+    return grpc.StatusCode.OK, ""
+
+
 def threads_in(function: Callable[..., Any]) -> int:
     """How many threads are executing `function` right now (any frame)."""
     code = function.__code__

@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 
 from jobworker.v1 import jobworker_pb2 as pb
-from tests.apiutil import APITestCase, shell
+from tests.apiutil import APITestCase, shell, stream_end
 
 QUICK = shell("echo hello")
 LONG = shell("sleep 1000")
@@ -44,16 +44,7 @@ class AuthorizationMatrixTests(APITestCase):
     async def refused(self, user: str, verb: str, job_id: str) -> tuple[Any, str]:
         """`user` gets NOT_FOUND for the job; return the code and details."""
         if verb == "StreamOutput":
-            call = self.follow(user, job_id)
-
-            def first() -> tuple[Any, str]:
-                try:
-                    list(call)
-                except grpc.RpcError as error:
-                    return error.code(), error.details() or ""
-                raise AssertionError("the stream succeeded")
-
-            return await self.in_thread(first)
+            return await self.in_thread(stream_end, self.follow(user, job_id))
         request: Any = (
             pb.StatusRequest(job_id=job_id)
             if verb == "Status"

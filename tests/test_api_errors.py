@@ -14,7 +14,7 @@ from twisted.trial import unittest
 from jobworker import errors
 from jobworker.api.errors import ClientGone, Refused, status_for
 from jobworker.v1 import jobworker_pb2 as pb
-from tests.apiutil import APITestCase, shell
+from tests.apiutil import APITestCase, shell, stream_end
 
 
 class StatusForTests(unittest.TestCase):
@@ -111,14 +111,8 @@ class ServerErrorTests(APITestCase):
         job_id = await self.start_job("alice", shell("echo hello"))
         await self.read_all("alice", job_id)
 
-        def first_error() -> tuple[Any, str]:
-            try:
-                list(self.follow("alice", job_id, offset=2))
-            except grpc.RpcError as error:
-                return error.code(), error.details() or ""
-            return grpc.StatusCode.OK, ""
-
-        code, details = await self.in_thread(first_error)
+        call = self.follow("alice", job_id, offset=2)
+        code, details = await self.in_thread(stream_end, call)
         self.assertEqual(code, grpc.StatusCode.INVALID_ARGUMENT)
         self.assertIn("offset 2", details)
 

@@ -8,14 +8,13 @@ import jobworker.api  # noqa: F401
 # isort: split
 import itertools
 import threading
-from typing import Any
 
 import grpc
 
 from jobworker.api.service import JobWorkerService
 from jobworker.model import JobState
 from jobworker.v1 import jobworker_pb2 as pb
-from tests.apiutil import APITestCase, shell, threads_in
+from tests.apiutil import APITestCase, shell, stream_end, threads_in
 
 # Interleaved stdout/stderr, with pauses so followers join mid-stream.
 CHATTY = (
@@ -68,13 +67,13 @@ class StreamTests(APITestCase):
         baseline = serving_followers()
         job_id = await self.start_job("alice", shell(SILENT))
         call = self.follow("alice", job_id)
-        ended = self.in_thread(_drain, call)
+        ended = self.in_thread(stream_end, call)
         await self.eventually(
             lambda: serving_followers() == baseline + 1, "the follower is served"
         )
         self.assertEqual(self.server.service.followers, 1)
         call.cancel()
-        code = await ended
+        code, _ = await ended
         self.assertEqual(code, grpc.StatusCode.CANCELLED)
         # The job is silent: only the disconnect can have released the thread.
         await self.eventually(
@@ -96,11 +95,11 @@ class FollowerCapTests(APITestCase):
     async def test_followers_past_the_cap_are_resource_exhausted(self) -> None:
         job_id = await self.start_job("alice", shell(SILENT))
         calls = [self.follow("alice", job_id) for _ in range(2)]
-        ended = [self.in_thread(_drain, call) for call in calls]
+        ended = [self.in_thread(stream_end, call) for call in calls]
         await self.eventually(
             lambda: self.server.service.followers == 2, "two followers are served"
         )
-        code, details = await self.in_thread(_first_error, self.follow("bob", job_id))
+        code, details = await self.in_thread(stream_end, self.follow("bob", job_id))
         self.assertEqual(code, grpc.StatusCode.RESOURCE_EXHAUSTED)
         self.assertIn("too many output streams", details)
         # Unary calls are not starved by the followers.
@@ -112,7 +111,7 @@ class FollowerCapTests(APITestCase):
             lambda: self.server.service.followers == 1, "a follower left"
         )
         again = self.follow("alice", job_id)
-        ended.append(self.in_thread(_drain, again))
+        ended.append(self.in_thread(stream_end, again))
         await self.eventually(
             lambda: self.server.service.followers == 2, "a new follower is served"
         )
@@ -131,7 +130,7 @@ class ShutdownTests(APITestCase):
         # A job that ignores SIGTERM must be killed after the grace period.
         jobs.append(await self.start_job("bob", shell("trap '' TERM; sleep 1000")))
         calls = [self.follow("alice", job_id) for job_id in jobs]
-        streams = [self.in_thread(_first_error, call) for call in calls]
+        streams = [self.in_thread(stream_end, call) for call in calls]
         await self.eventually(
             lambda: self.server.service.followers == 3, "three followers are served"
         )
@@ -150,25 +149,5 @@ class ShutdownTests(APITestCase):
             if thread.ident not in before and not thread.name.startswith("PoolThread-")
         ]
         self.assertEqual(left, [])
-        code, _ = await self.in_thread(_first_error, self.follow("alice", jobs[0]))
+        code, _ = await self.in_thread(stream_end, self.follow("alice", jobs[0]))
         self.assertEqual(code, grpc.StatusCode.UNAVAILABLE)
-
-
-def _drain(call: Any) -> grpc.StatusCode | None:
-    """Read a stream to its end; its final status code."""
-    try:
-        for _ in call:
-            pass
-    except grpc.RpcError as error:
-        code: grpc.StatusCode = error.code()
-        return code
-    return grpc.StatusCode.OK
-
-
-def _first_error(call: Any) -> tuple[grpc.StatusCode, str]:
-    try:
-        for _ in call:
-            pass
-    except grpc.RpcError as error:
-        return error.code(), error.details() or ""
-    return grpc.StatusCode.OK, ""
