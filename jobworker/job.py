@@ -93,9 +93,9 @@ class Job:
     reactor: Any
     started_at: float = 0.0
     transport: Any = None
-    _start_waiters: Waiters[None] = field(default_factory=Waiters[None])
     ended_at: float | None = None
     oom_killed: bool = False
+    _start_waiters: Waiters[None] = field(default_factory=Waiters[None])
     _report: bytes = b""
     _status_open: bool = True
     _exit: _Exit | None = None
@@ -187,7 +187,7 @@ class Job:
             Deferred.fromCoroutine(self._fail_start())
         else:
             self.machine.process_exited()
-            Deferred.fromCoroutine(self._end())
+            Deferred.fromCoroutine(self._end(self._exit))
 
     async def _fail_start(self) -> None:
         error: StartFailed = start_error(self._report, self.record.command)
@@ -197,21 +197,21 @@ class Job:
         await self._in_thread(remove_tree, self.dirs.job_dir)
         self._start_waiters.fail(error)
 
-    async def _end(self) -> None:
-        await self._drain()
-        if self.cgroup is not None:
-            try:
+    async def _end(self, how: _Exit) -> None:
+        try:
+            await self._drain()
+            if self.cgroup is not None:
                 self.oom_killed = self.cgroup.oom_killed()
-            except Exception:
-                _log.failure("job {id}: cannot read the OOM flag", id=self.record.id)
-        await self._release()
-        await self._in_thread(remove_tree, self.dirs.work_dir)
+            await self._release()
+            await self._in_thread(remove_tree, self.dirs.work_dir)
+        except Exception:
+            _log.failure("job {id}: clean-up failed", id=self.record.id)
+        # Whatever went wrong above, the job has ended: record it.
         self.ended_at = self.reactor.seconds()
-        assert self._exit is not None
-        if self._exit.signal is not None:
-            self.machine.killed(self._exit.signal)
+        if how.signal is not None:
+            self.machine.killed(how.signal)
         else:
-            self.machine.exited(self._exit.exit_code or 0)
+            self.machine.exited(how.exit_code or 0)
         self.output.finish()
         self._end_waiters.fire(self.status())
 
