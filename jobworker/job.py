@@ -191,10 +191,13 @@ class Job:
 
     async def _fail_start(self) -> None:
         error: StartFailed = start_error(self._report, self.record.command)
-        await self._drain()
-        await self._release()
-        self.output.finish()
-        await self._in_thread(remove_tree, self.dirs.job_dir)
+        try:
+            await self._drain()
+            await self._release()
+            self.output.finish()
+            await self._in_thread(remove_tree, self.dirs.job_dir)
+        except Exception:
+            _log.failure("job {id}: clean-up failed", id=self.record.id)
         self._start_waiters.fail(error)
 
     async def _end(self, how: _Exit) -> None:
