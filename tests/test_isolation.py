@@ -1,0 +1,272 @@
+"""Issue 4's enforcement tests: real jobs through JobManager, limits measured.
+
+Root only. Each test checks afterwards that no job cgroup, mount or process
+is left. Set JOBWORKER_TEST_STATE_ROOT to a directory on a real block device
+(default /var/tmp) for the disk IO test, and JOBWORKER_EXPECT_CGROUP to 1 or
+2 to fail when the other hierarchy is in use (the v2 guest sets it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from typing import Any
+
+from twisted.internet import reactor as _reactor
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
+from twisted.trial import unittest
+
+from jobworker.blockdev import job_disks
+from jobworker.cgroups import V1JobCgroup, V2JobCgroup
+from jobworker.isolation import CgroupDriver, IsolationConfig, JobCgroup
+from jobworker.manager import JobManager
+from jobworker.model import JobState, JobStatus, Limits
+from tests.cgrouputil import job_dirs, real_driver, require_root
+from tests.managerutil import output_of, until_output
+
+reactor: Any = _reactor
+STATE_ROOT_ENV = "JOBWORKER_TEST_STATE_ROOT"
+MiB = 1 << 20
+
+
+class RecordingDriver:
+    """The real driver, remembering the cgroups it made so tests can read them."""
+
+    def __init__(self, driver: CgroupDriver) -> None:
+        self.driver = driver
+        self.created: dict[str, JobCgroup] = {}
+
+    @property
+    def version(self) -> int:
+        return self.driver.version
+
+    def create(self, job_id: str, limits: Limits, workdir: str) -> JobCgroup:
+        cgroup = self.driver.create(job_id, limits, workdir)
+        self.created[job_id] = cgroup
+        return cgroup
+
+    def cleanup_stale(self) -> int:
+        return self.driver.cleanup_stale()
+
+
+def control_file(cgroup: JobCgroup, controller: str, name: str) -> str:
+    if isinstance(cgroup, V1JobCgroup):
+        return cgroup.file(controller, name)
+    assert isinstance(cgroup, V2JobCgroup)
+    return cgroup.file(name)
+
+
+def keyed(path: str) -> dict[str, str]:
+    with open(path) as file:
+        return dict(line.split(" ", 1) for line in file.read().splitlines())
+
+
+async def pause(seconds: float) -> None:
+    await deferLater(reactor, seconds, lambda: None)
+
+
+class IsolationTestCase(unittest.TestCase):
+    timeout = 180
+
+    def setUp(self) -> None:
+        require_root()
+        root = os.environ.get(STATE_ROOT_ENV, "/var/tmp")
+        self.state_dir = tempfile.mkdtemp(prefix="jobworker-isolation-", dir=root)
+        self.addCleanup(shutil.rmtree, self.state_dir, ignore_errors=True)
+        self.driver = RecordingDriver(real_driver(self, self.state_dir))
+        self.addCleanup(self.assert_nothing_left)
+
+    def manager(self, job_user: str | None = None) -> JobManager:
+        manager = JobManager(
+            self.state_dir,
+            isolation=IsolationConfig(self.driver, namespaces=True),
+            job_user=job_user,
+            stop_grace=2.0,
+            reactor=reactor,
+        )
+        self.addCleanup(manager.shutdown)
+        return manager
+
+    def assert_nothing_left(self) -> None:
+        self.assertEqual(job_dirs(self.driver.driver), [])
+        for cgroup in self.driver.created.values():
+            for path in cgroup.procs_files:
+                self.assertFalse(os.path.exists(path), path)
+        with open("/proc/self/mountinfo") as mountinfo:
+            self.assertNotIn(self.state_dir, mountinfo.read())
+        jobs = os.path.join(self.state_dir, "jobs")
+        for job_id in os.listdir(jobs) if os.path.isdir(jobs) else []:
+            self.assertFalse(os.path.exists(os.path.join(jobs, job_id, "work")))
+
+    async def finish(
+        self, manager: JobManager, status: JobStatus
+    ) -> tuple[JobStatus, bytes]:
+        output = await output_of(manager, status.id)
+        return manager.status(status.id), output
+
+    async def sh(
+        self, manager: JobManager, script: str, limits: Limits | None = None
+    ) -> JobStatus:
+        return await manager.start("alice", [b"sh", b"-c", script.encode()], limits)
+
+
+class LimitTests(IsolationTestCase):
+    async def test_busy_loop_under_a_fifth_of_a_cpu_uses_about_a_fifth(self) -> None:
+        manager = self.manager()
+        status = await self.sh(manager, "while :; do :; done", Limits(cpu=0.2))
+        cgroup = self.driver.created[status.id]
+        await pause(0.5)
+        used, since = cgroup.cpu_usage_ns(), reactor.seconds()
+        await pause(3.0)
+        share = (cgroup.cpu_usage_ns() - used) / 1e9 / (reactor.seconds() - since)
+        await manager.stop(status.id)
+        self.assertTrue(0.12 <= share <= 0.28, f"used {share:.3f} CPUs, not ~0.2")
+
+    async def test_allocating_past_the_memory_limit_is_oom_killed(self) -> None:
+        manager = self.manager()
+        code = "b = bytearray(512 << 20); print('survived')"
+        status = await manager.start(
+            "alice", [b"python3", b"-c", code.encode()], Limits(memory_bytes=32 * MiB)
+        )
+        final, output = await self.finish(manager, status)
+        self.assertNotIn(b"survived", output)
+        self.assertTrue(final.oom_killed, final)
+        self.assertEqual(final.state, JobState.KILLED)
+        self.assertEqual(final.signal, 9)
+        self.assertFalse(manager.status(status.id).stop_requested)
+
+    async def test_a_job_within_its_memory_is_not_reported_oom_killed(self) -> None:
+        manager = self.manager()
+        status = await self.sh(manager, "echo fine", Limits(memory_bytes=64 * MiB))
+        final, _ = await self.finish(manager, status)
+        self.assertEqual((final.exit_code, final.oom_killed), (0, False))
+
+    async def test_direct_io_is_throttled_near_the_limit_both_ways(self) -> None:
+        if not job_disks(self.state_dir):
+            raise unittest.SkipTest(f"{self.state_dir} is not on a block device")
+        rate = 2 * MiB
+        manager = self.manager()
+        script = (
+            "dd if=/dev/zero of=data bs=64k count=80 oflag=direct 2>&1 && "
+            "dd if=data of=/dev/null bs=64k iflag=direct 2>&1"
+        )
+        limits = Limits(io_read_bps=rate, io_write_bps=rate)
+        final, output = await self.finish(
+            manager, await self.sh(manager, script, limits)
+        )
+        self.assertEqual(final.exit_code, 0, output)
+        rates = [
+            int(copied) / float(seconds)
+            for copied, seconds in re.findall(
+                rb"(\d+) bytes .* copied, ([\d.]+) s", output
+            )
+        ]
+        self.assertEqual(len(rates), 2, output)
+        for measured in rates:
+            self.assertTrue(
+                0.5 * rate <= measured <= 1.3 * rate,
+                f"{measured / MiB:.2f} MiB/s, limit {rate / MiB} MiB/s: {output!r}",
+            )
+
+    async def test_fork_bomb_is_contained_and_the_job_still_stops(self) -> None:
+        manager = self.manager()
+        bomb = (
+            "import os\n"
+            "while True:\n"
+            "    try:\n"
+            "        os.fork()\n"
+            "    except OSError:\n"
+            "        pass\n"
+        )
+        status = await manager.start(
+            "alice", [b"python3", b"-c", bomb.encode()], Limits(pids=16, cpu=0.5)
+        )
+        cgroup = self.driver.created[status.id]
+        events = control_file(cgroup, "pids", "pids.events")
+        for _ in range(200):
+            if int(keyed(events).get("max", "0")) > 0:
+                break
+            await pause(0.05)
+        self.assertGreater(int(keyed(events)["max"]), 0, "no fork was refused")
+        with open(control_file(cgroup, "pids", "pids.current")) as current:
+            self.assertLessEqual(int(current.read()), 16)
+        final = await manager.stop(status.id, grace=0.5)
+        self.assertEqual(final.state, JobState.KILLED)
+        self.assertTrue(final.stop_requested)
+
+
+class NamespaceTests(IsolationTestCase):
+    async def test_job_sees_only_its_own_processes(self) -> None:
+        manager = self.manager()
+        script = "for p in /proc/[0-9]*; do echo ${p#/proc/}; done"
+        _, output = await self.finish(manager, await self.sh(manager, script))
+        pids = sorted(int(pid) for pid in output.split())
+        self.assertEqual(pids[0], 1)
+        self.assertLessEqual(len(pids), 2, pids)  # the init and the shell
+
+    async def test_root_job_cannot_signal_host_processes(self) -> None:
+        host = subprocess.Popen(["sleep", "1000"])
+        self.addCleanup(host.wait)
+        self.addCleanup(host.kill)
+        manager = self.manager(job_user="root")
+        script = f"kill -9 {host.pid}; echo rc=$?"
+        _, output = await self.finish(manager, await self.sh(manager, script))
+        self.assertIn(b"rc=1", output)
+        self.assertIsNone(host.poll())
+
+    async def test_job_has_only_loopback_and_it_is_up(self) -> None:
+        manager = self.manager()
+        script = "ip -o link; cat /proc/net/dev"
+        _, output = await self.finish(manager, await self.sh(manager, script))
+        links = re.findall(rb"^\d+: ([^:@]+)", output, re.MULTILINE)
+        self.assertEqual(links, [b"lo"], output)
+        self.assertRegex(output, rb"<LOOPBACK,UP,LOWER_UP>")
+        devices = re.findall(rb"^\s*([^\s:]+):\s+\d", output, re.MULTILINE)
+        self.assertEqual(devices, [b"lo"], output)
+
+    async def test_job_cannot_reach_a_host_loopback_listener(self) -> None:
+        accepted: list[Protocol] = []
+
+        class Counting(Protocol):
+            def connectionMade(self) -> None:
+                accepted.append(self)
+
+        port = reactor.listenTCP(
+            0, Factory.forProtocol(Counting), interface="127.0.0.1"
+        )
+        self.addCleanup(port.stopListening)
+        host_port = port.getHost().port
+        code = (
+            "import socket\n"
+            "inner = socket.create_server(('127.0.0.1', 0))\n"
+            "socket.create_connection(inner.getsockname(), timeout=5)\n"
+            "print('own loopback works')\n"
+            "try:\n"
+            f"    socket.create_connection(('127.0.0.1', {host_port}), timeout=5)\n"
+            "    print('reached the host')\n"
+            "except OSError as error:\n"
+            "    print('host unreachable', error.errno)\n"
+        )
+        manager = self.manager()
+        status = await manager.start("alice", [b"python3", b"-c", code.encode()])
+        _, output = await self.finish(manager, status)
+        self.assertIn(b"own loopback works", output)
+        self.assertIn(b"host unreachable", output)
+        self.assertEqual(accepted, [])
+
+    async def test_tmpfs_mounted_by_a_root_job_is_not_visible_on_the_host(self) -> None:
+        manager = self.manager(job_user="root")
+        script = (
+            "mkdir m && mount -t tmpfs jobworker-probe m && echo mounted && sleep 1000"
+        )
+        status = await self.sh(manager, script)
+        await until_output(manager, status.id, b"mounted")
+        with open("/proc/self/mountinfo") as mountinfo:
+            self.assertNotIn("jobworker-probe", mountinfo.read())
+        with open("/proc/1/mountinfo") as mountinfo:
+            self.assertNotIn("jobworker-probe", mountinfo.read())
+        await manager.stop(status.id, grace=0.5)
