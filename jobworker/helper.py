@@ -58,14 +58,14 @@ class SetupError(Exception):
     """A set-up step failed; the message is the status line for the server."""
 
 
-def _check(result: int, kind: str, what: str) -> None:
+def _check(result: int, what: str) -> None:
     if result != 0:
         code = ctypes.get_errno()
-        raise SetupError(f"{kind} {errno.errorcode.get(code, code)} {what}")
+        raise SetupError(f"isolation {errno.errorcode.get(code, code)} {what}")
 
 
-def _prctl(option: int, value: int, kind: str = "isolation") -> None:
-    _check(_libc.prctl(option, value, 0, 0, 0), kind, f"prctl {option}")
+def _prctl(option: int, value: int) -> None:
+    _check(_libc.prctl(option, value, 0, 0, 0), f"prctl {option}")
 
 
 def _report(message: str) -> NoReturn:
@@ -86,16 +86,13 @@ def _join_cgroups(procs_files: list[str]) -> None:
 
 
 def _setup_namespace() -> None:
-    """In the new namespaces: private mounts, a fresh /proc, `lo` up."""
-    _check(
-        _libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None),
-        "isolation",
-        "make / private",
-    )
+    """In the new namespaces: private mounts, fresh /proc and /sys, `lo` up."""
+    private = _MS_REC | _MS_PRIVATE
+    _check(_libc.mount(b"none", b"/", None, private, None), "make / private")
     flags = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
-    _check(
-        _libc.mount(b"proc", b"/proc", b"proc", flags, None), "isolation", "mount /proc"
-    )
+    _check(_libc.mount(b"proc", b"/proc", b"proc", flags, None), "mount /proc")
+    # Best effort: a sysfs of the new network namespace (only `lo` in it).
+    _libc.mount(b"sysfs", b"/sys", b"sysfs", flags, None)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         try:
             ifreq = fcntl.ioctl(sock, _SIOCGIFFLAGS, struct.pack("16sH14x", b"lo", 0))
@@ -183,12 +180,14 @@ def _kill_and_reap_all(main: int, status: int) -> int:
 
 
 def _signal_group(leader: int, sig: int) -> None:
-    """Signal the command's process group (or the command, before setsid)."""
-    try:
-        os.killpg(leader, sig)
-    except ProcessLookupError:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(leader, sig)
+    """Signal the command's process group (or the command, before setsid),
+    then SIGCONT it so that a stopped job gets the signal too."""
+    for each in (sig, signal.SIGCONT):
+        try:
+            os.killpg(leader, each)
+        except ProcessLookupError:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(leader, each)
 
 
 def _act_as_init(config: dict[str, Any], argv: list[bytes]) -> int:
@@ -245,11 +244,7 @@ def _namespace_init(
 
 def _run_namespaced(config: dict[str, Any], argv: list[bytes]) -> NoReturn:
     """H with namespaces: unshare, fork I, relay signals, mirror C's status."""
-    _check(
-        _libc.unshare(_CLONE_NEWPID | _CLONE_NEWNS | _CLONE_NEWNET),
-        "isolation",
-        "unshare",
-    )
+    _check(_libc.unshare(_CLONE_NEWPID | _CLONE_NEWNS | _CLONE_NEWNET), "unshare")
     alive_r, alive_w = os.pipe()
     report_r, report_w = os.pipe()
     init = os.fork()

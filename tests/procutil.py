@@ -7,6 +7,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from twisted.internet import task
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
@@ -50,6 +51,15 @@ def sleepers(tag: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+async def until_stopped(reactor: Any, pid: int) -> None:
+    """Wait (polling /proc, there is no event for it) until `pid` is stopped."""
+    while True:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            if stat.read().rsplit(b")", 1)[1].split()[0] == b"T":
+                return
+        await task.deferLater(reactor, 0.01, lambda: None)
 
 
 @dataclass

@@ -17,7 +17,13 @@ from twisted.trial import unittest
 
 from jobworker.jobdirs import JobUser, job_env, resolve_user
 from jobworker.launcher import HELPER, LaunchSpec
-from tests.procutil import HelperRun, marker, processes_with, run_helper
+from tests.procutil import (
+    HelperRun,
+    marker,
+    processes_with,
+    run_helper,
+    until_stopped,
+)
 
 reactor: Any = _reactor
 
@@ -143,6 +149,17 @@ class HelperTests(unittest.TestCase):
         await run.ended
         self.assertEqual(run.signal, signal.SIGTERM)
 
+    async def test_term_reaches_a_stopped_command(self) -> None:
+        tag = marker()
+        spec = self.spec(b"sh", b"-c", b"kill -STOP $$; exit 0", tag.encode())
+        run, transport = run_helper(reactor, spec)
+        await run.started
+        (command,) = processes_with(tag, helpers=False)
+        await until_stopped(reactor, command)
+        transport.signalProcess("TERM")
+        await run.ended
+        self.assertEqual(run.signal, signal.SIGTERM)
+
     async def test_usr2_kills_everything(self) -> None:
         tag = marker()
         script = b"trap '' TERM; sleep %s & echo ready; wait" % tag.encode()
@@ -187,6 +204,10 @@ class NamespacedHelperTests(HelperTests):
         run = await self.run_spec(self.spec(b"ps", b"-e", b"-o", b"pid=,comm="))
         pids = [int(line.split()[0]) for line in run.stdout.splitlines()]
         self.assertEqual(sorted(pids), [1, 2], run.stdout)
+
+    async def test_job_sysfs_shows_only_loopback(self) -> None:
+        run = await self.run_spec(self.spec(b"ls", b"/sys/class/net"))
+        self.assertEqual(run.stdout, b"lo\n")
 
     async def test_job_has_only_loopback_and_it_is_up(self) -> None:
         run = await self.run_spec(self.spec(b"ip", b"-o", b"link"))
