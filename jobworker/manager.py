@@ -16,7 +16,12 @@ from typing import Any, cast
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
 
-from jobworker.errors import InvalidRequest, JobNotFound, ShuttingDown
+from jobworker.errors import (
+    InvalidRequest,
+    IsolationFailed,
+    JobNotFound,
+    ShuttingDown,
+)
 from jobworker.isolation import IsolationConfig, JobCgroup
 from jobworker.job import Job, JobRecord
 from jobworker.jobdirs import create_job_dirs, job_env, remove_tree, resolve_user
@@ -98,9 +103,12 @@ class JobManager:
         try:
             output = OutputLog(dirs.output_path, self._output_cap)
             if self._isolation is not None:
-                cgroup = self._isolation.cgroups.create(
-                    record.id, resolved, dirs.work_dir
-                )
+                try:
+                    cgroup = self._isolation.cgroups.create(
+                        record.id, resolved, dirs.work_dir
+                    )
+                except OSError as e:
+                    raise IsolationFailed(f"cannot create the job's cgroup: {e}") from e
             job = Job(record, dirs, output, cgroup, self._reactor)
             job.started_at = self._reactor.seconds()
             spec = LaunchSpec(

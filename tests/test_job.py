@@ -20,7 +20,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from jobworker.errors import ExecutableNotFound
+from jobworker.errors import ExecutableNotFound, IsolationFailed
 from jobworker.isolation import IsolationConfig, JobCgroup
 from jobworker.job import DRAIN_TIMEOUT
 from jobworker.launcher import HELPER
@@ -102,8 +102,11 @@ class FakeDriver:
 
     def __init__(self) -> None:
         self.cgroups: list[FakeCgroup] = []
+        self.broken = False
 
     def create(self, job_id: str, limits: Limits, workdir: str) -> JobCgroup:
+        if self.broken:
+            raise PermissionError(13, "Permission denied")
         self.cgroups.append(FakeCgroup())
         return self.cgroups[-1]
 
@@ -216,3 +219,9 @@ class JobLifecycleTests(unittest.TestCase):
         self.protocol.childConnectionLost(3)
         status = self.successResultOf(starting)
         self.assertEqual(self.manager.status(status.id).state, JobState.EXITED)
+
+    def test_cgroup_that_cannot_be_made_fails_the_start_cleanly(self) -> None:
+        self.driver.broken = True
+        self.failureResultOf(self.manager.start("bob", [b"prog"]), IsolationFailed)
+        self.assertEqual(self.reactor.spawned, [])
+        self.assertEqual(os.listdir(os.path.join(self.manager._state_dir, "jobs")), [])
