@@ -49,6 +49,16 @@ class ManagerOutputTests(ManagerTestCase):
         self.failureResultOf(waiter, CancelledError)
         self.assertEqual(self.manager._job(status.id).output.waiter_count, 0)
 
+    async def test_cancelled_read_is_released(self) -> None:
+        status = await self.manager.start("alice", [b"sleep", marker().encode()])
+        output = self.manager._job(status.id).output
+        readers = [self.manager.read(status.id, 0) for _ in range(100)]
+        self.assertEqual(output.waiter_count, 100)
+        for reader in readers:
+            reader.cancel()
+            self.failureResultOf(reader, CancelledError)
+        self.assertEqual(output.waiter_count, 0)
+
     async def test_output_past_the_cap_is_dropped_without_blocking_the_job(
         self,
     ) -> None:
