@@ -25,8 +25,8 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from jobworker.api.auth import AuthInterceptor
 from jobworker.api.bridge import Bridge
+from jobworker.api.gate import Gate
 from jobworker.api.service import SERVICE_NAME, JobWorkerService
 from jobworker.errors import JobWorkerError
 from jobworker.tlsconfig import ServerTLS
@@ -37,6 +37,8 @@ log = Logger()
 # reflection; grpcio refuses calls past the pool (RESOURCE_EXHAUSTED)
 # instead of queueing them behind followers.
 UNARY_HEADROOM = 16
+# Health watches and reflection streams allowed at once (out of the headroom).
+SIDE_STREAMS = 4
 # Seconds in-flight unary calls get to finish once the jobs are stopped.
 GRPC_STOP_GRACE = 5.0
 
@@ -88,7 +90,7 @@ class JobWorkerServer(Service):
         server = grpc.server(
             executor,
             handlers=[self.service.handler()],
-            interceptors=[AuthInterceptor()],
+            interceptors=[Gate(SERVICE_NAME, SIDE_STREAMS)],
             maximum_concurrent_rpcs=workers,
             # Without this, a second server could silently share the port.
             options=[("grpc.so_reuseport", 0)],

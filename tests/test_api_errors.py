@@ -13,6 +13,7 @@ from twisted.trial import unittest
 
 from jobworker import errors
 from jobworker.api.errors import ClientGone, Refused, status_for
+from jobworker.server import JobWorkerServer, ListenFailed
 from jobworker.v1 import jobworker_pb2 as pb
 from tests.apiutil import APITestCase, shell, stream_end
 
@@ -126,6 +127,16 @@ class ServerErrorTests(APITestCase):
         self.assertNotIn("Traceback", error.details())
         self.assertNotIn("internal detail", error.details())
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_port_in_use_is_a_clear_start_up_error(self) -> None:
+        second = JobWorkerServer(
+            self.manager,
+            listen=f"127.0.0.1:{self.server.port}",
+            tls=self.server.tls,
+        )
+        error = self.assertRaises(ListenFailed, second.startService)
+        self.assertIn(f"cannot listen on 127.0.0.1:{self.server.port}", str(error))
+        self.assertFalse(second.running)
 
     async def test_calls_after_shutdown_are_unavailable(self) -> None:
         stopping = self.stop_server()

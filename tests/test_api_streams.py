@@ -8,11 +8,14 @@ import jobworker.api  # noqa: F401
 # isort: split
 import itertools
 import threading
+from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from jobworker.api.service import JobWorkerService
 from jobworker.model import JobState
+from jobworker.server import SIDE_STREAMS
 from jobworker.v1 import jobworker_pb2 as pb
 from tests.apiutil import APITestCase, shell, stream_end, threads_in
 
@@ -52,12 +55,11 @@ class StreamTests(APITestCase):
     async def test_many_concurrent_followers_get_identical_bytes(self) -> None:
         job_id = await self.start_job("alice", shell(CHATTY))
         followers = [self.read_all("alice", job_id) for _ in range(20)]
-        results = [await follower for follower in followers]
+        results = [_runs(await follower) for follower in followers]
         first = results[0]
-        self.assertIn(
-            (pb.STREAM_STDOUT, b"done\n"), [(s, d[-5:]) for s, _, _, d in first]
-        )
-        text = b"".join(chunk[3] for chunk in first)
+        self.assertEqual(first[-1], (pb.STREAM_STDOUT, first[-1][1]))
+        self.assertTrue(first[-1][1].endswith(b"done\n"))
+        text = b"".join(data for _, data in first)
         self.assertEqual(text.count(b"out "), 40)
         self.assertEqual(text.count(b"err "), 40)
         for result in results[1:]:
@@ -119,6 +121,51 @@ class FollowerCapTests(APITestCase):
             call.cancel()
         for done in ended:
             await done
+
+
+class SideStreamCapTests(APITestCase):
+    async def test_health_watches_past_their_cap_are_resource_exhausted(self) -> None:
+        def watch() -> Any:
+            stub = health_pb2_grpc.HealthStub(self.channel("bob"))
+            return stub.Watch(health_pb2.HealthCheckRequest(), timeout=60)
+
+        def first(call: Any) -> Any:
+            return next(call).status
+
+        watches = [watch() for _ in range(SIDE_STREAMS)]
+        for call in watches:
+            status = await self.in_thread(first, call)
+            self.assertEqual(status, health_pb2.HealthCheckResponse.SERVING)
+        code, details = await self.in_thread(stream_end, watch())
+        self.assertEqual(code, grpc.StatusCode.RESOURCE_EXHAUSTED)
+        self.assertIn("health watches", details)
+        response = await self.call("bob", "List", pb.ListRequest())
+        self.assertEqual(list(response.jobs), [])
+        watches[0].cancel()
+        await self.eventually(lambda: _admits(watch()), "a watch slot is free again")
+        for call in watches:
+            call.cancel()
+
+
+def _runs(chunks: list[Any]) -> list[tuple[int, bytes]]:
+    """The output as runs of one stream (chunk boundaries depend on timing)."""
+    runs: list[tuple[int, bytes]] = []
+    for stream, _, _, data in chunks:
+        if runs and runs[-1][0] == stream:
+            runs[-1] = (stream, runs[-1][1] + data)
+        else:
+            runs.append((stream, data))
+    return runs
+
+
+def _admits(call: Any) -> bool:
+    """Whether a new health watch gets its first answer."""
+    try:
+        next(call)
+    except grpc.RpcError:
+        return False
+    call.cancel()
+    return True
 
 
 class ShutdownTests(APITestCase):

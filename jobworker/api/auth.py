@@ -2,25 +2,25 @@
 
 grpcio has already verified the certificate chain (client CA, validity,
 clientAuth purpose) at the handshake. What it cannot do is refuse TLS 1.2
-there, or know our naming rules; `AuthInterceptor` does both for every
-method of every service, before any handler runs: below TLS 1.3 is
-UNAUTHENTICATED, a certificate without exactly one CN and exactly one known
-role (OU) is PERMISSION_DENIED.
+there, or know our naming rules; `authenticate` does both, and the server's
+one interceptor (`jobworker.api.gate`) runs it before every handler of every
+service: below TLS 1.3 is UNAUTHENTICATED, a certificate without exactly one
+CN and exactly one known role (OU) is PERMISSION_DENIED.
 """
 
 from __future__ import annotations
 
 import enum
 import functools
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import cast
 
 import grpc
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from jobworker.api.errors import Refused, status_for
+from jobworker.api.errors import Refused
 from jobworker.model import JobStatus
 
 TLS_VERSION = b"TLSv1.3"
@@ -96,74 +96,3 @@ def authenticate(context: grpc.ServicerContext) -> Caller:
     if isinstance(verdict, Refused):
         raise verdict
     return verdict
-
-
-Behavior = Callable[[Any, grpc.ServicerContext], Any]
-
-
-def _checked(method: str, behavior: Behavior) -> Behavior:
-    def unary(request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            authenticate(context)
-        except Refused as refused:
-            code, text = status_for(refused, method)
-        else:
-            return behavior(request, context)
-        context.abort(code, text)
-
-    return unary
-
-
-def _checked_stream(method: str, behavior: Behavior) -> Behavior:
-    def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        try:
-            authenticate(context)
-        except Refused as refused:
-            code, text = status_for(refused, method)
-        else:
-            yield from behavior(request, context)
-            return
-        context.abort(code, text)
-
-    return streaming
-
-
-_FACTORIES = {
-    "unary_unary": grpc.unary_unary_rpc_method_handler,
-    "unary_stream": grpc.unary_stream_rpc_method_handler,
-    "stream_unary": grpc.stream_unary_rpc_method_handler,
-    "stream_stream": grpc.stream_stream_rpc_method_handler,
-}
-
-
-if TYPE_CHECKING:
-    _Interceptor = grpc.ServerInterceptor[Any, Any]
-else:  # grpcio's class is not generic at run time, only in grpc-stubs
-    _Interceptor = grpc.ServerInterceptor
-
-
-class AuthInterceptor(_Interceptor):
-    """Checks TLS version and certificate before any handler of any service."""
-
-    def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-        for kind, factory in _FACTORIES.items():
-            behavior = getattr(handler, kind)
-            if behavior is None:
-                continue
-            wrap = _checked_stream if handler.response_streaming else _checked
-            return factory(
-                wrap(method, behavior),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler

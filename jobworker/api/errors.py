@@ -59,7 +59,8 @@ def status_for(error: BaseException, method: str) -> tuple[grpc.StatusCode, str]
     return grpc.StatusCode.INTERNAL, f"internal server error (reference {reference})"
 
 
-def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, text: str) -> NoReturn:
+def abort(context: grpc.ServicerContext, code: grpc.StatusCode, text: str) -> NoReturn:
+    """End the call with this status (grpc raises to unwind the handler)."""
     context.abort(code, text)
     raise AssertionError("grpc's abort returned")  # pragma: no cover
 
@@ -70,7 +71,7 @@ def call(method: str, context: grpc.ServicerContext, handler: Callable[[], T]) -
         return handler()
     except Exception as error:
         code, text = status_for(error, method)
-    _abort(context, code, text)
+    abort(context, code, text)
 
 
 def stream(
@@ -83,4 +84,4 @@ def stream(
         code, text = status_for(error, method)
     else:
         return
-    _abort(context, code, text)
+    abort(context, code, text)
