@@ -67,6 +67,13 @@ unit: $(STAMP)
 
 test: sysdeps lint typecheck unit
 
+# cgroup v2 alone: boot a virtme-ng guest (qemu, no KVM needed, ~80 s) and
+# run tests.test_isolation and tests.test_cgroups_real in it. `make unit`
+# runs it too (tests/test_cgroup2_guest.py), skipping with the reason when
+# not root or qemu, a kernel or mkfs.ext4 is missing.
+test-cgroup2: $(STAMP) sysdeps
+	$(BIN)/trial --temp-directory=/tmp/jobworker-trial-cgroup2 tests.test_cgroup2_guest
+
 # Regenerate the committed gRPC code; tests/test_proto.py fails when stale.
 proto: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m grpc_tools.protoc -Iproto \
