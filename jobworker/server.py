@@ -116,9 +116,21 @@ class JobWorkerServer(Service):
         server.start()
         self._grpc, self._executor, self._port = server, executor, port
         super().startService()  # type: ignore[no-untyped-call]
+        log.info(
+            "API listening on {listen} (port {port}), mutual TLS 1.3,"
+            " {followers} followers at most",
+            listen=self.listen,
+            port=port,
+            followers=self.max_followers,
+        )
 
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]
+        log.info(
+            "API shutting down: refusing calls, ending {calls} open call(s),"
+            " stopping every job",
+            calls=self.bridge.active,
+        )
         self.bridge.close()
         if self._health is not None:
             self._health.enter_graceful_shutdown()

@@ -119,11 +119,15 @@ class HandshakeTests(APITestCase):
 class CallTests(APITestCase):
     """What the interceptor refuses once a connection is up."""
 
-    async def relay_call(self, max_version: Any) -> Any:
+    def relay_channel(self, max_version: Any) -> grpc.Channel:
         port = tlsprobe.tls_relay(reactor, self.server.port, "alice", max_version)
         self.addCleanup(port.stopListening)
         channel = grpc.insecure_channel(f"127.0.0.1:{port.getHost().port}")
         self.channels.append(channel)
+        return channel
+
+    async def relay_call(self, max_version: Any) -> Any:
+        channel = self.relay_channel(max_version)
         return await self.in_thread(
             pb_grpc.JobWorkerStub(channel).List, pb.ListRequest(), timeout=10
         )
@@ -142,6 +146,15 @@ class CallTests(APITestCase):
             self.assertIn("TLSv1.2", error.details())
         else:
             self.fail("a call over TLS 1.2 succeeded")
+
+    async def test_health_check_over_tls_1_2_is_unauthenticated(self) -> None:
+        check = health_pb2_grpc.HealthStub(self.relay_channel(tlsprobe.TLS_1_2)).Check
+        try:
+            await self.in_thread(check, health_pb2.HealthCheckRequest(), timeout=10)
+        except grpc.RpcError as error:
+            self.assertEqual(error.code(), grpc.StatusCode.UNAUTHENTICATED)
+        else:
+            self.fail("a health check over TLS 1.2 succeeded")
 
     async def assert_denied(self, user: str, fragment: str) -> None:
         error = await self.error(user, "List", pb.ListRequest())

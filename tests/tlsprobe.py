@@ -125,7 +125,9 @@ class _Pipe(protocol.Protocol):
     def connectionLost(self, reason: Any = None) -> None:
         transport: Any = self.peer.transport if self.peer is not None else None
         if transport is not None:
-            transport.loseConnection()
+            # Not loseConnection: a TLS one would wait for the server's
+            # close_notify, keeping the server's shutdown waiting.
+            transport.abortConnection()
 
 
 class _Upstream(_Pipe):
