@@ -1,5 +1,7 @@
 """One log line per job event: started, start failed, stop requested, ended.
 
+And one when the server shuts down, saying how many jobs it stops.
+
 `LoggingJobManager` is the `JobManager` the server runs (`jobworker.tap`);
 it adds logging through `twisted.logger` and changes nothing else. A job's
 end is noticed through the manager's public `wait_output`: output is complete
@@ -101,6 +103,11 @@ class LoggingJobManager(JobManager):
                 grace="default" if grace is None else f"{grace:g}s",
             )
         return super().stop(job_id, grace)
+
+    def shutdown(self) -> Deferred[None]:
+        running = [status.id for status in self.list() if not status.state.ended]
+        log.info("shutting down: stopping {count} running job(s)", count=len(running))
+        return super().shutdown()
 
     def _watch_end(self, job_id: str, offset: int) -> None:
         def check(state: OutputState) -> None:

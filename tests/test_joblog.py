@@ -74,6 +74,17 @@ class LoggingJobManagerTests(unittest.TestCase):
             ],
         )
 
+    async def test_shutdown_says_how_many_jobs_it_stops(self) -> None:
+        job = await self.manager.start("carol", [b"sleep", b"600"])
+        await self.manager.shutdown()
+        self.assertEqual(
+            self.lines[1:],
+            [
+                "shutting down: stopping 1 running job(s)",
+                f"job {job.id} of carol ended: killed by signal 15, stop requested",
+            ],
+        )
+
     async def test_refused_start_is_logged_with_the_owner(self) -> None:
         with self.assertRaises(ExecutableNotFound):
             await self.manager.start("bob", [b"/nonexistent/program"])
