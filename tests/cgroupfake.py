@@ -62,8 +62,11 @@ class FakeKernel(Kernel):
         self.kills: list[tuple[str, ...]] = []
         self.rmdirs: list[str] = []
         self.refuse: dict[str, OSError] = {}
+        self.refuse_mkdir = ""
 
     def mkdir(self, path: str) -> None:
+        if path == self.refuse_mkdir:
+            raise PermissionError(errno.EACCES, "Permission denied", path)
         os.mkdir(path)
         fill(path, self.files)
 

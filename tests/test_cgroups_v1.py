@@ -51,8 +51,21 @@ class V1Tests(unittest.TestCase):
         )
         self.assertEqual(parents["cpu"], os.path.join(self.root, "cpu,cpuacct", name))
         self.assertEqual(parents["cpu"], parents["cpuacct"])
-        for parent in parents.values():
-            self.assertTrue(os.path.isdir(parent))
+
+    def test_parents_exist_only_while_there_are_jobs(self) -> None:
+        driver = self.driver()
+        for parent in driver.parents.values():
+            self.assertFalse(os.path.exists(parent))
+        driver.create(JOB, LIMITS, "/")
+        for parent in driver.parents.values():
+            self.assertTrue(os.path.isdir(os.path.join(parent, JOB)))
+
+    def test_unwritable_hierarchy_is_refused_at_start_up(self) -> None:
+        memory = os.path.join(self.root, "memory", "session/abc")
+        name = parent_name(self.state_dir)
+        self.kernel.refuse_mkdir = os.path.join(memory, name)
+        error = self.assertRaises(IsolationUnavailable, self.driver)
+        self.assertIn("memory", str(error))
 
     def test_missing_hierarchy_is_named(self) -> None:
         mounts = [m for m in self.mounts if "blkio" not in m.super_options]

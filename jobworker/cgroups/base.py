@@ -141,12 +141,16 @@ def _removal(
 
 
 def prune_parents(kernel: Kernel, directories: Sequence[str]) -> None:
-    """Remove the per-state-dir parents once their last job is gone.
+    """Remove the parents of `directories` if no job is left in them."""
+    remove_if_empty(kernel, [os.path.dirname(d) for d in directories])
+
+
+def remove_if_empty(kernel: Kernel, parents: Iterable[str]) -> None:
+    """Remove per-state-dir parents that hold no job (else they are busy).
 
     An idle server leaves nothing behind; the next `create` makes them again.
-    A parent that still has jobs is busy and stays.
     """
-    for parent in dict.fromkeys(os.path.dirname(d) for d in directories):
+    for parent in dict.fromkeys(parents):
         with suppress(OSError):
             kernel.rmdir(parent)
 

@@ -21,6 +21,7 @@ from jobworker.cgroups.base import (
     Kernel,
     check_job_id,
     read_keyed,
+    remove_if_empty,
     remove_now,
     stale_job_dirs,
 )
@@ -77,7 +78,8 @@ class V1Driver(DriverBase):
             sys_root=sys_root,
         )
         self.parents = dict(parents)
-        self._make_parents()
+        self._make_parents()  # proves we may, at start-up
+        remove_if_empty(self._kernel, self.parents.values())
 
     @property
     def version(self) -> int:

@@ -26,6 +26,7 @@ from jobworker.cgroups.base import (
     check_job_id,
     listed_pids,
     read_keyed,
+    remove_if_empty,
     remove_now,
     stale_job_dirs,
 )
@@ -124,7 +125,8 @@ class V2Driver(DriverBase):
             sys_root=sys_root,
         )
         self.parent = parent
-        self._make_parent()
+        self._make_parent()  # proves we may, at start-up
+        remove_if_empty(self._kernel, [parent])
 
     @property
     def version(self) -> int:
