@@ -109,7 +109,14 @@ def cmd_status(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_stop(client: Client, args: argparse.Namespace) -> int:
-    job = client.stop(args.job_id, args.grace)
+    try:
+        job = client.stop(args.job_id, args.grace)
+    except KeyboardInterrupt:
+        _say(
+            f"stopped waiting; job {args.job_id} is still being stopped"
+            f" (see: jobworker status {args.job_id})"
+        )
+        return EXIT_INTERRUPTED
     print(cli_format.summary(job))
     return 0
 

@@ -6,16 +6,9 @@ import json
 import os
 import re
 import signal
-from typing import Any
 
-from twisted.internet import protocol
-from twisted.internet import reactor as _reactor
-from twisted.internet.defer import Deferred
-from twisted.python.failure import Failure
+from tests.cliutil import CLITestCase, started_job
 
-from tests.cliutil import JOBWORKER, CLITestCase, started_job
-
-reactor: Any = _reactor
 UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}\n")
 FIELDS = {
     "id",
@@ -72,48 +65,6 @@ class RunTests(CLITestCase):
         result = await self.harness.cli("start", "--pids", "999999", "--", "true")
         self.assertEqual(result.code, 1)
         self.assertIn(b"maximum", result.err)
-
-    async def test_ctrl_c_during_run_stops_following_and_says_how_to_stop(
-        self,
-    ) -> None:
-        ended: Deferred[tuple[bytes, bytes, int]] = Deferred()
-        cli = _Interrupted(ended)
-        reactor.spawnProcess(
-            cli,
-            JOBWORKER,
-            [JOBWORKER, "run", "--", "sh", "-c", "echo ready; exec sleep 600"],
-            env=self.harness.env(),
-        )
-        out, err, code = await ended
-        self.assertEqual(out, b"ready\n")
-        self.assertEqual(code, 130)
-        match = re.search(rb"jobworker stop (\S+)\)", err)
-        self.assertIsNotNone(match, err)
-        assert match is not None
-        job_id = match.group(1).decode()
-        self.assertEqual((await self.status(job_id))["state"], "running")
-        stopped = await self.harness.cli("stop", "--grace", "0", job_id)
-        self.assertEqual(stopped.code, 0, stopped.err)
-
-
-class _Interrupted(protocol.ProcessProtocol):
-    """Sends SIGINT to the CLI once the job has said "ready"."""
-
-    def __init__(self, ended: Deferred[tuple[bytes, bytes, int]]) -> None:
-        self.ended, self.out, self.err = ended, b"", b""
-
-    def outReceived(self, data: bytes) -> None:
-        self.out += data
-        if b"ready" in self.out:
-            transport: Any = self.transport
-            transport.signalProcess("INT")
-
-    def errReceived(self, data: bytes) -> None:
-        self.err += data
-
-    def processEnded(self, reason: Failure) -> None:
-        code = getattr(reason.value, "exitCode", None)
-        self.ended.callback((self.out, self.err, -1 if code is None else code))
 
 
 class CommandTests(CLITestCase):
