@@ -15,6 +15,7 @@ from jobworker import errors
 from jobworker.api.errors import ClientGone, Refused, status_for
 from jobworker.server import JobWorkerServer, ListenFailed
 from jobworker.v1 import jobworker_pb2 as pb
+from jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 from tests.apiutil import APITestCase, shell, stream_end
 
 
@@ -137,6 +138,14 @@ class ServerErrorTests(APITestCase):
         error = self.assertRaises(ListenFailed, second.startService)
         self.assertIn(f"cannot listen on 127.0.0.1:{self.server.port}", str(error))
         self.assertFalse(second.running)
+
+    async def test_server_listens_on_ipv6_loopback(self) -> None:
+        server = JobWorkerServer(self.manager, listen="[::1]:0", tls=self.server.tls)
+        server.startService()
+        self.addCleanup(server.stopService)
+        stub = pb_grpc.JobWorkerStub(self.channel("bob", f"[::1]:{server.port}"))
+        response = await self.in_thread(stub.List, pb.ListRequest(), timeout=10)
+        self.assertEqual(list(response.jobs), [])
 
     async def test_calls_after_shutdown_are_unavailable(self) -> None:
         stopping = self.stop_server()

@@ -15,10 +15,12 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from twisted.logger import Logger
 
 from jobworker.api.auth import authenticate
 from jobworker.api.errors import Refused, abort, status_for
 
+log = Logger()
 Behavior = Callable[[Any, grpc.ServicerContext], Any]
 Admit = Callable[[grpc.ServicerContext], Callable[[], None]]
 
@@ -38,6 +40,13 @@ def _admitted(
         return admit(context)
     except Refused as refused:
         code, text = status_for(refused, method)
+    log.info(
+        "refused {method} from {peer}: {code} {reason}",
+        method=method,
+        peer=context.peer(),
+        code=code.name,
+        reason=text,
+    )
     abort(context, code, text)
 
 
