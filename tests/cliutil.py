@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 
+from jobworker.address import format_address
 from jobworker.cgroups import parent_name
 from jobworker.cgroups.base import PARENT_PREFIX
 from jobworker.startup import build_service
@@ -46,10 +47,11 @@ class Harness:
     pki: str
     port: int
     service: Any
+    host: str = "127.0.0.1"
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return format_address(self.host, self.port)
 
     def env(self, user: str = "alice", **overrides: str) -> dict[str, str]:
         """The environment the CLI gets: JOBWORKER_* for `user`, nothing else."""
@@ -78,15 +80,18 @@ class Harness:
 
 
 def start_server(
-    case: unittest.TestCase, pki: str, options: Sequence[str] = ()
+    case: unittest.TestCase,
+    pki: str,
+    options: Sequence[str] = (),
+    host: str = "127.0.0.1",
 ) -> Harness:
-    """Start the real service on 127.0.0.1:0; it is stopped after the test."""
+    """Start the real service on a free port of `host`; stopped after the test."""
     state_dir = case.mktemp()
     config = Options()
     config.parseOptions(
         [
             "--listen",
-            "127.0.0.1:0",
+            format_address(host, 0),
             "--tls-cert",
             os.path.join(pki, "server.pem"),
             "--tls-key",
@@ -106,7 +111,7 @@ def start_server(
     service.startService()
     case.addCleanup(service.stopService)
     server = next(iter(service))
-    return Harness(pki=pki, port=server.port, service=service)
+    return Harness(pki=pki, port=server.port, service=service, host=host)
 
 
 async def started_job(harness: Harness, *command: str, user: str = "alice") -> str:

@@ -6,8 +6,11 @@ import json
 import os
 import re
 import signal
+import socket
 
-from tests.cliutil import CLITestCase, started_job
+from twisted.trial import unittest
+
+from tests.cliutil import CLITestCase, start_server, started_job
 
 UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}\n")
 FIELDS = {
@@ -179,6 +182,14 @@ class CommandTests(CLITestCase):
             self.assertEqual((result.err, result.code), (expected, 1), command)
         self.assertEqual((await self.status(job_id, user="alice"))["owner"], "bob")
         await self.harness.cli("stop", "--grace", "0", job_id, user="bob")
+
+    async def test_ipv6_server_address_in_brackets(self) -> None:
+        if not socket.has_ipv6 or not os.path.exists("/proc/net/if_inet6"):
+            raise unittest.SkipTest("no IPv6 on this machine")
+        harness = start_server(self, self.pki, self.server_options, host="::1")
+        self.assertEqual(harness.address, f"[::1]:{harness.port}")
+        result = await harness.cli("run", "--", "echo", "six")
+        self.assertEqual((result.out, result.code), (b"six\n", 0), result.err)
 
     async def test_unknown_job_is_not_found(self) -> None:
         result = await self.harness.cli("status", "no-such-job")
