@@ -1,0 +1,8 @@
+"""jobworker's trial suite.
+
+grpc reads GRPC_SSL_CIPHER_SUITES and GRPC_ENABLE_FORK_SUPPORT once, when it
+is first imported: importing jobworker.api here sets them before any test
+module can import grpc.
+"""
+
+import jobworker.api  # noqa: F401
