@@ -75,14 +75,22 @@ def copy_output(client: Client, job_id: str, *, until: int | None = None) -> int
     return copied
 
 
+def _start(client: Client, args: argparse.Namespace) -> pb.JobStatus:
+    command, limits = _command(args), _limits(args)
+    try:
+        return client.start(command, limits)
+    except KeyboardInterrupt:
+        _say("interrupted while starting; the job may be running (see: jobworker list)")
+        raise SystemExit(EXIT_INTERRUPTED) from None
+
+
 def cmd_start(client: Client, args: argparse.Namespace) -> int:
-    job = client.start(_command(args), _limits(args))
-    print(job.id, flush=True)
+    print(_start(client, args).id, flush=True)
     return 0
 
 
 def cmd_run(client: Client, args: argparse.Namespace) -> int:
-    job = client.start(_command(args), _limits(args))
+    job = _start(client, args)
     try:
         copy_output(client, job.id)
     except KeyboardInterrupt:
