@@ -75,6 +75,10 @@ class V1Tests(unittest.TestCase):
         self.assertIn("blkio", str(error))
         self.assertIn("lacks the cpu, memory, io, pids", str(error))
 
+    def test_no_cgroup_filesystem_at_all_is_named(self) -> None:
+        error = self.assertRaises(IsolationUnavailable, detect_in, [], {}, "/x")
+        self.assertIn("cpu, cpuacct, memory, blkio, pids", str(error))
+
     def test_limits_are_written(self) -> None:
         cgroup = self.driver(io_devices=["254:0"]).create(JOB, LIMITS, "/")
         self.assertEqual(self.kernel.written("cpu.cfs_period_us"), ["100000"])
