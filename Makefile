@@ -40,7 +40,7 @@ run: $(STAMP) certs
 	@if [ "$$(id -u)" != 0 ]; then \
 	    echo "make run: not root, starting with --no-isolation (development only)"; \
 	    iso=--no-isolation; fi; \
-	exec $(BIN)/twistd -n jobworker --listen $(LISTEN) \
+	exec $(BIN)/twistd -n --pidfile= jobworker --listen $(LISTEN) \
 	    --tls-cert $(CERTS)/server.pem --tls-key $(CERTS)/server.key \
 	    --client-ca $(CERTS)/client-ca.pem --state-dir $(STATE_DIR) $$iso
 

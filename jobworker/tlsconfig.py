@@ -46,11 +46,13 @@ def configure_grpc_environment() -> None:
     """Set grpc-core's fork support off and the TLS 1.2 suites (before import).
 
     grpc reads these once, when it initialises; an explicit setting in the
-    environment wins.
+    environment wins. grpc-core's own log is cut to errors: it writes past
+    twisted.logger, and refused calls are logged by the API with the caller.
     """
     settings = {
         "GRPC_ENABLE_FORK_SUPPORT": "0",
         "GRPC_SSL_CIPHER_SUITES": CIPHER_SUITES,
+        "GRPC_VERBOSITY": "ERROR",
     }
     late = "grpc" in sys.modules and any(name not in os.environ for name in settings)
     for name, value in settings.items():
