@@ -15,7 +15,7 @@ LISTEN ?= 127.0.0.1:7443
 # isolation tests; iproute2, procps and util-linux are used by tests.
 SYSDEPS := qemu-system-x86 linux-image-amd64 e2fsprogs iproute2 procps util-linux
 
-.PHONY: all venv run test lint typecheck unit proto lock sysdeps clean certs test-cgroup2
+.PHONY: all venv run test lint typecheck unit proto lock sysdeps clean certs test-cgroup2 bench
 
 all: test
 
@@ -73,6 +73,11 @@ test: sysdeps lint typecheck unit
 # not root or qemu, a kernel or mkfs.ext4 is missing.
 test-cgroup2: $(STAMP) sysdeps
 	$(BIN)/trial --temp-directory=/tmp/jobworker-trial-cgroup2 tests.test_cgroup2_guest
+
+# Benchmarks against baselines measured in the same run (bench/): needs root,
+# under 10 minutes, rewrites doc/performance.md. Never part of `make test`.
+bench: $(STAMP)
+	$(BIN)/python -m bench --out doc/performance.md
 
 # Regenerate the committed gRPC code; tests/test_proto.py fails when stale.
 proto: $(STAMP)

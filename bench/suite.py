@@ -1,0 +1,274 @@
+"""The benchmark suite: which runs, in which order, and the table they make.
+
+Baseline and jobworker runs alternate (bare, jobworker, bare, ...) so that
+both see the same noise on this shared machine. Three jobworker servers
+are used, each in its own process: `main` (full isolation) for
+throughput, fan-out, start latency and the control plane; `bare-jobs`
+(`--no-isolation`) for start latency without isolation; and a fresh
+`scale` server, so its memory figures start from an idle process.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bench import baselines, figures
+from bench.common import GIB, MIB
+from bench.report import Row, ratio_row
+from bench.servers import BareProcess, JobWorkerProcess
+from bench.stats import Summary, percentile
+
+MAX_FOLLOWERS = 256
+# grpc threads of the jobworker server: its follower cap plus its headroom.
+SERVER_THREADS = MAX_FOLLOWERS + 16
+FANOUT = 50
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much of everything to do."""
+
+    stream_runs: int = 5
+    one_bytes: int = GIB
+    fanout_runs: int = 3
+    fanout_bytes: int = 256 * MIB
+    bare_fanout_bytes: int = 64 * MIB
+    start_runs: int = 3
+    starts: int = 200
+    unary_runs: int = 3
+    unary_seconds: float = 2.0
+    scale_jobs: int = 500
+    scale_followers: int = 200
+
+
+QUICK = Plan(3, GIB // 4, 2, 32 * MIB, 16 * MIB, 2, 50, 2, 1.0, 100, 40)
+
+Results = dict[str, list[Any]]
+
+
+class Suite:
+    """Runs a `Plan` against servers it starts (and always stops)."""
+
+    def __init__(self, plan: Plan, pki: str, work: str) -> None:
+        self.plan = plan
+        self.pki = pki
+        self.work = work
+        self.results: Results = defaultdict(list)
+        self.leftovers: list[str] = []
+
+    def _jobworker(self, name: str, *, isolation: bool = True) -> JobWorkerProcess:
+        return JobWorkerProcess(
+            self.pki,
+            self.work,
+            name,
+            isolation=isolation,
+            max_followers=MAX_FOLLOWERS,
+        )
+
+    def _pairs(
+        self, runs: int, bare: Callable[[], Any], ours: Callable[[], Any]
+    ) -> None:
+        for _ in range(runs):
+            bare()
+            ours()
+
+    def run(self) -> None:
+        plan, out = self.plan, self.results
+        out["pipe"] = [baselines.pipe_rate(1).median for _ in range(3)]
+        out["unshare"] = [baselines.unshare_time(1).median for _ in range(30)]
+        bare = BareProcess(self.pki, SERVER_THREADS)
+        try:
+            main = self._jobworker("main")
+            try:
+                self._streams(bare, main)
+                self._unary(bare, main)
+                for _ in range(plan.start_runs):
+                    out["start_iso"].append(figures.start_latency(main, plan.starts))
+            finally:
+                self.leftovers += main.stop()
+        finally:
+            bare.stop()
+        plain = self._jobworker("bare-jobs", isolation=False)
+        try:
+            for _ in range(plan.start_runs):
+                out["start_plain"].append(figures.start_latency(plain, plan.starts))
+        finally:
+            self.leftovers += plain.stop()
+        scale = self._jobworker("scale")
+        try:
+            out["scale"].append(
+                figures.scale(scale, plan.scale_jobs, plan.scale_followers)
+            )
+        finally:
+            self.leftovers += scale.stop()
+
+    def _streams(self, bare: BareProcess, main: JobWorkerProcess) -> None:
+        plan, out = self.plan, self.results
+        self._pairs(
+            plan.stream_runs,
+            lambda: out["bare_one"].append(
+                baselines.stream_rate(bare, 1, plan.one_bytes, 1)
+            ),
+            lambda: out["one"].append(figures.throughput(main, plan.one_bytes)),
+        )
+        self._pairs(
+            plan.fanout_runs,
+            lambda: out["bare_fanout"].append(
+                baselines.stream_rate(bare, FANOUT, plan.bare_fanout_bytes, 10)
+            ),
+            lambda: out["fanout"].append(
+                figures.fanout(main, FANOUT, plan.fanout_bytes)
+            ),
+        )
+
+    def _unary(self, bare: BareProcess, main: JobWorkerProcess) -> None:
+        plan, out = self.plan, self.results
+        job_id = out["one"][0]["job_id"]
+        for threads in (1, 8):
+
+            def bare_calls(threads: int = threads) -> None:
+                out[f"bare_unary_{threads}"].append(
+                    baselines.unary(bare, threads, plan.unary_seconds)
+                )
+
+            def status_calls(threads: int = threads) -> None:
+                out[f"unary_{threads}"].append(
+                    figures.control_plane(main, job_id, threads, plan.unary_seconds)
+                )
+
+            self._pairs(plan.unary_runs, bare_calls, status_calls)
+
+
+def _of(items: list[dict[str, Any]], key: str, factor: float = 1.0) -> Summary:
+    return Summary.of([item[key] * factor for item in items])
+
+
+def rows(out: Results) -> list[Row]:
+    """The table: every figure, its baseline, ratio and target."""
+    table = [
+        Row(
+            "Raw pipe rate, the physical ceiling",
+            Summary.of(out["pipe"]).text() + " MiB/s",
+        ),
+        ratio_row(
+            "1. Output throughput, one follower (CLI to /dev/null)",
+            _of(out["one"], "rate"),
+            Summary.of(out["bare_one"]),
+            "MiB/s",
+            target=0.7,
+        ),
+    ]
+    table += _fanout_rows(out)
+    table += _start_rows(out)
+    table += _unary_rows(out)
+    table += _scale_rows(out["scale"][0])
+    return table
+
+
+def _fanout_rows(out: Results) -> list[Row]:
+    runs = out["fanout"]
+    growth = _of(runs, "rss_growth", 1 / MIB)
+    same = all(run["same_bytes"] for run in runs)
+    return [
+        ratio_row(
+            f"2. Fan-out, {FANOUT} followers, total",
+            _of(runs, "rate"),
+            Summary.of(out["bare_fanout"]),
+            "MiB/s",
+            target=0.6,
+        ),
+        Row(
+            "2. Fan-out: server peak RSS over idle",
+            f"{growth.text(1)} MiB",
+            f"idle {_of(runs, 'idle_rss', 1 / MIB).text(1)} MiB",
+            target="< 64 MiB",
+            met=growth.high < 64,
+        ),
+        Row(
+            "2. Fan-out: every follower's bytes hash the same",
+            "yes" if same else "NO",
+            target="yes",
+            met=same,
+        ),
+    ]
+
+
+def _start_rows(out: Results) -> list[Row]:
+    unshare = Summary.of(out["unshare"]).scaled(1000)
+    found: list[Row] = []
+    for key, label in (("start_iso", "isolated"), ("start_plain", "--no-isolation")):
+        for name, fraction, limit in (("p50", 0.5, 50.0), ("p99", 0.99, 120.0)):
+            value = Summary.of([percentile(run, fraction) * 1000 for run in out[key]])
+            isolated = key == "start_iso"
+            found.append(
+                Row(
+                    f"3. Start latency {name}, {label}",
+                    f"{value.text(1)} ms",
+                    f"unshare {unshare.text(1)} ms",
+                    f"{value.median / unshare.median:.1f} x unshare",
+                    f"≤ {limit:g} ms" if isolated else "—",
+                    value.median <= limit if isolated else None,
+                )
+            )
+    return found
+
+
+def _unary_rows(out: Results) -> list[Row]:
+    found: list[Row] = []
+    for threads in (1, 8):
+        ours, bare = out[f"unary_{threads}"], out[f"bare_unary_{threads}"]
+        who = "1 client" if threads == 1 else "8 client threads"
+        found.append(
+            ratio_row(
+                f"4. Status calls/s, {who}",
+                _of(ours, "per_second"),
+                _of(bare, "per_second"),
+                "/s",
+                target=0.6,
+            )
+        )
+        for name, target in (("p50", 0.6), ("p99", None)):
+            found.append(
+                ratio_row(
+                    f"4. Status {name}, {who}",
+                    _of(ours, name, 1000),
+                    _of(bare, name, 1000),
+                    "ms",
+                    digits=2,
+                    target=target,
+                    lower_is_better=True,
+                )
+            )
+    return found
+
+
+def _scale_rows(scale: dict[str, Any]) -> list[Row]:
+    answered = scale["status_calls"] - scale["status_failures"]
+    under_load = scale["status"]
+    every = answered == scale["status_calls"] and scale["followers_ok"]
+    return [
+        Row("5. Scale: server RSS when idle", f"{scale['idle_rss'] / MIB:.1f} MiB"),
+        Row(
+            "5. Scale: server RSS per running job",
+            f"{scale['per_running'] / 1024:.0f} KiB",
+        ),
+        Row(
+            "5. Scale: server RSS per follower",
+            f"{scale['per_follower'] / 1024:.0f} KiB",
+        ),
+        Row(
+            "5. Scale: server RSS per finished job kept",
+            f"{scale['per_finished'] / 1024:.0f} KiB",
+        ),
+        Row(
+            "5. Scale: every call answered under load",
+            f"{answered}/{scale['status_calls']} Status, List of"
+            f" {scale['list_jobs']} jobs in {scale['list_seconds'] * 1000:.0f} ms,"
+            f" Status p50 {under_load['p50'] * 1000:.2f} ms with 8 threads",
+            target="all",
+            met=every,
+        ),
+    ]
