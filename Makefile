@@ -12,8 +12,9 @@ CERTS := certs
 STATE_DIR ?= var
 LISTEN ?= 127.0.0.1:7443
 # Debian packages: qemu and a kernel boot the cgroup v2 guest for the
-# isolation tests; iproute2, procps and util-linux are used by tests.
-SYSDEPS := qemu-system-x86 linux-image-amd64 e2fsprogs iproute2 procps util-linux
+# isolation tests (virtme builds its initramfs with busybox, the guest's scratch
+# disk needs mkfs.ext4); iproute2, procps and util-linux are used by tests.
+SYSDEPS := qemu-system-x86 linux-image-amd64 busybox-static e2fsprogs iproute2 procps util-linux
 
 .PHONY: all venv run test lint typecheck unit proto lock sysdeps clean certs test-cgroup2 bench
 
