@@ -14,6 +14,7 @@ import uuid
 from typing import Any
 
 import grpc
+from twisted.logger import globalLogPublisher
 
 from jobworker.v1 import jobworker_pb2 as pb
 from tests.apiutil import APITestCase, shell, stream_end
@@ -99,3 +100,24 @@ class AuthorizationMatrixTests(APITestCase):
         self.assertEqual({job.id for job in response.jobs}, set(owned.values()))
         response = await self.call("dave", "List", pb.ListRequest())
         self.assertEqual(list(response.jobs), [])
+
+
+class RefusalLogTests(APITestCase):
+    """A refused call by a known caller is logged once, with the identity."""
+
+    async def test_refused_call_is_logged_with_the_identity(self) -> None:
+        events: list[dict[str, Any]] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            events.append(event)
+
+        globalLogPublisher.addObserver(observe)  # type: ignore[arg-type]
+        self.addCleanup(globalLogPublisher.removeObserver, observe)  # type: ignore[arg-type]
+        missing = str(uuid.uuid4())
+        error = await self.error("bob", "Status", pb.StatusRequest(job_id=missing))
+        self.assertEqual(error.code(), grpc.StatusCode.NOT_FOUND)
+        refusals = [e for e in events if e.get("method") == "Status"]
+        self.assertEqual(len(refusals), 1)
+        self.assertEqual(refusals[0]["identity"], "bob")
+        self.assertEqual(refusals[0]["code"], "NOT_FOUND")
+        self.assertIn(missing, refusals[0]["text"])

@@ -8,8 +8,8 @@ server bug: `INTERNAL` with a reference, the traceback only in the log.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
-from typing import NoReturn, TypeVar
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import NoReturn, TypeVar, cast
 
 import grpc
 from twisted.logger import Logger
@@ -65,12 +65,30 @@ def abort(context: grpc.ServicerContext, code: grpc.StatusCode, text: str) -> No
     raise AssertionError("grpc's abort returned")  # pragma: no cover
 
 
+def _refused(
+    method: str, context: grpc.ServicerContext, error: BaseException
+) -> tuple[grpc.StatusCode, str]:
+    """Map `error` and log the refusal with the caller's identity."""
+    code, text = status_for(error, method)
+    if code not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED):
+        auth = cast(Mapping[str, Sequence[bytes]], context.auth_context())
+        names = auth.get("x509_common_name") or [b"?"]
+        log.info(
+            "{method} by {identity} refused: {code}: {text}",
+            method=method,
+            identity=names[0].decode("utf-8", "replace"),
+            code=code.name,
+            text=text,
+        )
+    return code, text
+
+
 def call(method: str, context: grpc.ServicerContext, handler: Callable[[], T]) -> T:
     """Run a unary handler; any exception becomes the call's status."""
     try:
         return handler()
     except Exception as error:
-        code, text = status_for(error, method)
+        code, text = _refused(method, context, error)
     abort(context, code, text)
 
 
@@ -81,7 +99,7 @@ def stream(
     try:
         yield from responses
     except Exception as error:
-        code, text = status_for(error, method)
+        code, text = _refused(method, context, error)
     else:
         return
     abort(context, code, text)
