@@ -29,6 +29,9 @@ from jobworker.model import JobStatus, Limits, Stream
 from jobworker.outputlog import OutputLog
 
 DRAIN_TIMEOUT = 5.0
+# A helper that has not exec'd the command by then is killed and the start
+# fails: set-up can hang (a hung NFS working directory, a stuck cgroup write).
+START_TIMEOUT = 30.0
 _log = Logger()
 T = TypeVar("T")
 
@@ -98,6 +101,7 @@ class Job:
     _start_waiters: Waiters[None] = field(default_factory=Waiters[None])
     _report: bytes = b""
     _status_open: bool = True
+    _start_timer: Any = None
     _exit: _Exit | None = None
     _open_streams: set[Stream] = field(
         default_factory=lambda: {Stream.STDOUT, Stream.STDERR}
@@ -142,6 +146,20 @@ class Job:
         """Fires once the command was exec'd; fails with `StartFailed`."""
         return self._start_waiters.wait()
 
+    def start_timeout(self, seconds: float) -> None:
+        """Kill the helper if it has not exec'd the command within `seconds`."""
+        self._start_timer = self.reactor.callLater(
+            seconds, self._start_timed_out, seconds
+        )
+
+    def _start_timed_out(self, seconds: float) -> None:
+        _log.warn("job {id}: not exec'd after {s} s", id=self.record.id, s=seconds)
+        if not self._report:
+            self._report = f"timeout not exec'd within {seconds:g} s".encode()
+        self._signal(signals.SIGKILL)
+        if self.cgroup is not None:
+            self.cgroup.kill_all()
+
     def _signal(self, sig: int) -> None:
         try:
             self.transport.signalProcess(sig)
@@ -171,6 +189,8 @@ class Job:
 
     def status_closed(self) -> None:
         self._status_open = False
+        if self._start_timer is not None and self._start_timer.active():
+            self._start_timer.cancel()
         if not self._report:
             self._start_waiters.fire(None)
         self._after_exit()

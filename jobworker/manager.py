@@ -23,7 +23,7 @@ from jobworker.errors import (
     ShuttingDown,
 )
 from jobworker.isolation import IsolationConfig, JobCgroup
-from jobworker.job import Job, JobRecord
+from jobworker.job import START_TIMEOUT, Job, JobRecord
 from jobworker.jobdirs import create_job_dirs, job_env, remove_tree, resolve_user
 from jobworker.launcher import LaunchSpec, spawn
 from jobworker.model import JobStatus, LimitPolicy, Limits, OutputChunk, OutputState
@@ -120,6 +120,7 @@ class JobManager:
                 self._isolation is not None and self._isolation.namespaces,
             )
             job.transport = spawn(self._reactor, JobProcessProtocol(job), spec)
+            job.start_timeout(START_TIMEOUT)
         except BaseException:
             if output is not None:
                 output.finish()

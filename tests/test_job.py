@@ -20,9 +20,9 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from jobworker.errors import ExecutableNotFound, IsolationFailed
+from jobworker.errors import ExecutableNotFound, IsolationFailed, StartFailed
 from jobworker.isolation import IsolationConfig, JobCgroup
-from jobworker.job import DRAIN_TIMEOUT
+from jobworker.job import DRAIN_TIMEOUT, START_TIMEOUT
 from jobworker.launcher import HELPER
 from jobworker.manager import JobManager
 from jobworker.model import JobState, JobStatus, Limits
@@ -225,3 +225,39 @@ class JobLifecycleTests(unittest.TestCase):
         self.failureResultOf(self.manager.start("bob", [b"prog"]), IsolationFailed)
         self.assertEqual(self.reactor.spawned, [])
         self.assertEqual(os.listdir(os.path.join(self.manager._state_dir, "jobs")), [])
+
+
+class StartTimeoutTests(unittest.TestCase):
+    """A helper that never execs the command is killed and the start fails."""
+
+    def setUp(self) -> None:
+        self.reactor = FakeProcessReactor()
+        self.driver = FakeDriver()
+        self.manager = JobManager(
+            os.path.abspath(self.mktemp()),
+            isolation=IsolationConfig(self.driver, namespaces=True),
+            reactor=self.reactor,
+        )
+
+    def test_start_that_hangs_is_killed_and_fails(self) -> None:
+        starting = self.manager.start("bob", [b"prog"])
+        protocol = self.reactor.spawned[-1][0]
+        self.reactor.advance(START_TIMEOUT - 0.1)
+        self.assertEqual(self.reactor.transport.signals, [])
+        self.reactor.advance(0.1)
+        self.assertEqual(self.reactor.transport.signals, [signal.SIGKILL])
+        self.assertEqual(self.driver.cgroups[0].killed, 1)
+        protocol.processExited(Failure(ProcessTerminated(signal=signal.SIGKILL)))
+        for fd in (1, 2, 3):
+            protocol.childConnectionLost(fd)
+        self.driver.cgroups[0].removing.callback(None)
+        failure = self.failureResultOf(starting, StartFailed)
+        self.assertIn("not exec'd within 30 s", str(failure.value))
+        self.assertEqual(self.manager.list(), [])
+
+    def test_start_timer_is_cancelled_once_exec_is_confirmed(self) -> None:
+        starting = self.manager.start("bob", [b"prog"])
+        self.reactor.spawned[-1][0].childConnectionLost(3)
+        self.successResultOf(starting)
+        self.reactor.advance(START_TIMEOUT * 2)
+        self.assertEqual(self.reactor.transport.signals, [])
