@@ -16,7 +16,7 @@ LISTEN ?= 127.0.0.1:7443
 # disk needs mkfs.ext4); iproute2, procps and util-linux are used by tests.
 SYSDEPS := qemu-system-x86 linux-image-amd64 busybox-static e2fsprogs iproute2 procps util-linux
 
-.PHONY: all venv run test lint typecheck unit proto lock sysdeps clean certs test-cgroup2 bench
+.PHONY: all venv run test lint typecheck unit proto lock sysdeps clean certs test-cgroup2 diagram bench
 
 all: test
 
@@ -86,6 +86,16 @@ proto: $(STAMP)
 	    --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. \
 	    proto/jobworker/v1/jobworker.proto
 
+# Redraw doc/img/job-machine.svg from jobworker.machine (needs graphviz's dot).
+diagram: $(STAMP)
+	command -v dot >/dev/null || apt-get install -y -qq graphviz
+	$(PYTHON) -m venv /tmp/jobworker-viz-venv
+	/tmp/jobworker-viz-venv/bin/pip install --quiet graphviz
+	cd /tmp && PYTHONPATH=$(CURDIR):$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') \
+	    /tmp/jobworker-viz-venv/bin/python -m automat._visualize --dot-directory /tmp/jobworker-dot \
+	    --image-directory /tmp/jobworker-img --image-type svg jobworker.machine
+	cp /tmp/jobworker-img/jobworker.machine.JobMachine.dot.svg doc/img/job-machine.svg
+
 # Re-resolve requirements.in into requirements.lock (see README, "Dependencies").
 lock:
 	$(PYTHON) -m venv /tmp/jobworker-lock-venv
@@ -96,3 +106,9 @@ lock:
 
 clean:
 	rm -rf $(VENV) build *.egg-info _trial_temp* /tmp/jobworker-trial
+
+# The reliability suite: a real server as root on 127.0.0.1, thousands of jobs,
+# disconnects, SIGKILL and SIGTERM (about 10 minutes); rewrites doc/reliability.md.
+.PHONY: soak
+soak: $(STAMP)
+	$(BIN)/python -m soak --report doc/reliability.md

@@ -1,0 +1,1 @@
+"""`make soak`: load, disconnects and faults against a real jobworker server."""

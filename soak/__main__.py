@@ -1,0 +1,140 @@
+"""`python -m soak`: run every phase against a real server, write the report.
+
+Needs root (the server runs with full isolation). Everything happens on
+127.0.0.1 in a private temporary directory that is removed at the end; an
+alarm bounds the whole run. Exits 0 only if nothing was lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from types import FrameType
+
+from soak import disconnects, faults, load
+from soak.client import Clients
+from soak.report import Resources, Run, write
+from soak.server import ServerProcess, Vitals, make_pki
+from soak.system import leftovers
+
+FD_SLACK = 4
+# Twisted's reactor thread pool (clean-up work) starts threads on demand,
+# up to 10, and keeps them.
+THREAD_SLACK = 10
+RSS_SLACK_KIB = 64 * 1024
+
+
+class OutOfTime(Exception):
+    """The soak ran past its time bound."""
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m soak", description=__doc__)
+    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--disconnects", type=int, default=200)
+    parser.add_argument("--crash-jobs", type=int, default=20)
+    parser.add_argument("--shutdown-jobs", type=int, default=10)
+    parser.add_argument("--grace", type=float, default=2.0)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--time-limit", type=float, default=14 * 60)
+    parser.add_argument("--report", default="doc/reliability.md")
+    return parser.parse_args(argv)
+
+
+def settled(server: ServerProcess, clients: Clients, baseline: Vitals) -> Vitals:
+    """Close our connections; the server's vitals once settled (or 10 s)."""
+    clients.close()
+    deadline = time.monotonic() + 10
+    current = server.vitals()
+    while time.monotonic() < deadline and (
+        current.fds > baseline.fds or resources("", baseline, current).problems
+    ):
+        time.sleep(0.2)
+        current = server.vitals()
+    return current
+
+
+def resources(name: str, baseline: Vitals, after: Vitals) -> Resources:
+    problems = []
+    if after.threads > baseline.threads + THREAD_SLACK:
+        problems.append(
+            f"threads {after.threads} > {baseline.threads} + {THREAD_SLACK}"
+        )
+    if after.fds > baseline.fds + FD_SLACK:
+        problems.append(f"fds {after.fds} > {baseline.fds} + {FD_SLACK}")
+    if after.rss_kib > baseline.rss_kib + RSS_SLACK_KIB:
+        problems.append(f"RSS {after.rss_kib} KiB > {baseline.rss_kib} + 64 MiB")
+    return Resources(name, baseline, after, problems)
+
+
+def soak(args: argparse.Namespace, work: str, run: Run) -> None:
+    users = [f"soak{n}" for n in range(args.clients)]
+    pki_dir = os.path.join(work, "pki")
+    make_pki(pki_dir, users)
+    state_dir = os.path.join(work, "state")
+    server = ServerProcess(work, pki_dir, state_dir, args.grace)
+    try:
+        clients = server.start()
+        run.fresh = server.vitals()
+        disconnects.fill_pool(clients)
+        clients.close()
+        time.sleep(2)  # let the server close the warm-up's connections
+        baseline = run.baseline = server.vitals()
+        print(f"baseline {baseline}", flush=True)
+        run.load = load.run(clients, users, args.jobs, args.seed)
+        print(f"load: {dict(run.load.ok)} lost {len(run.load.lost)}", flush=True)
+        run.resources.append(
+            resources("after the jobs", baseline, settled(server, clients, baseline))
+        )
+        run.drops = disconnects.run(clients, server, args.disconnects, args.seed)
+        print(f"drops: {dict(run.drops.tried)} lost {run.drops.lost}", flush=True)
+        run.resources.append(
+            resources(
+                "after the disconnects", baseline, settled(server, clients, baseline)
+            )
+        )
+        run.crash, clients = faults.crash(server, clients, args.crash_jobs)
+        print(f"crash: {run.crash}", flush=True)
+        run.stale_job_dirs = len(os.listdir(os.path.join(state_dir, "jobs")))
+        run.shutdown = faults.shutdown(server, clients, args.shutdown_jobs)
+        print(f"shutdown: {run.shutdown}", flush=True)
+    finally:
+        server.kill()
+        run.left = leftovers(state_dir)
+
+
+def main(argv: list[str]) -> int:
+    args = parse(argv)
+    if os.geteuid() != 0:
+        print("soak: needs root (the server isolates jobs)", file=sys.stderr)
+        return 2
+
+    def out_of_time(signum: int, frame: FrameType | None) -> None:
+        raise OutOfTime(f"the soak ran past {args.time_limit:g} s")
+
+    signal.signal(signal.SIGALRM, out_of_time)
+    signal.alarm(int(args.time_limit))
+    work = tempfile.mkdtemp(prefix="jobworker-soak-")
+    run = Run(vars(args))
+    begin = time.monotonic()
+    try:
+        soak(args, work, run)
+    except Exception as error:  # the report says what broke
+        run.errors.append(f"{type(error).__name__}: {error}")
+    finally:
+        signal.alarm(0)
+        run.seconds = time.monotonic() - begin
+        shutil.rmtree(work, ignore_errors=True)
+    write(args.report, run)
+    print(f"soak: {run.lost_count()} lost; report in {args.report}", flush=True)
+    return 0 if run.lost_count() == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
