@@ -90,9 +90,9 @@ proto: $(STAMP)
 diagram: $(STAMP)
 	command -v dot >/dev/null || apt-get install -y -qq graphviz
 	$(PYTHON) -m venv /tmp/jobworker-viz-venv
-	/tmp/jobworker-viz-venv/bin/pip install --quiet graphviz
-	cd /tmp && PYTHONPATH=$(CURDIR):$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') \
-	    /tmp/jobworker-viz-venv/bin/python -m automat._visualize --dot-directory /tmp/jobworker-dot \
+	/tmp/jobworker-viz-venv/bin/pip install --quiet graphviz $$(grep -o '^automat==[0-9.]*' requirements.lock)
+	cd /tmp && PYTHONPATH=$(CURDIR):$$($(abspath $(BIN))/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') \
+	    /tmp/jobworker-viz-venv/bin/automat-visualize --dot-directory /tmp/jobworker-dot \
 	    --image-directory /tmp/jobworker-img --image-type svg jobworker.machine
 	cp /tmp/jobworker-img/jobworker.machine.JobMachine.dot.svg doc/img/job-machine.svg
 
