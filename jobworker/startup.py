@@ -1,8 +1,9 @@
 """Building the running server from `twistd jobworker` options.
 
-Checks the TLS material and isolation (refusing to start, with the reason,
-when either is missing), removes stale job cgroups, then builds the
-`JobManager` and the `JobWorkerServer` in one `MultiService`.
+Checks the TLS material, locks the state directory and checks isolation
+(refusing to start, with the reason, when any is wrong), removes stale job
+cgroups, then builds the `JobManager` and the `JobWorkerServer` in one
+`MultiService`.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ from jobworker.errors import IsolationUnavailable
 from jobworker.isolation import IsolationConfig
 from jobworker.joblog import LoggingJobManager
 from jobworker.server import JobWorkerServer
+from jobworker.statelock import StateDirLock
 from jobworker.tlsconfig import load_server_tls
 
 log = Logger()
+# The API server's name in the MultiService: `top.getServiceNamed(API_SERVICE)`.
+API_SERVICE = "api"
 
 
 def build_service(config: dict[str, Any], reactor: Any = None) -> MultiService:
@@ -31,16 +35,22 @@ def build_service(config: dict[str, Any], reactor: Any = None) -> MultiService:
     )
     state_dir = os.path.abspath(config["state-dir"])
     os.makedirs(state_dir, mode=0o711, exist_ok=True)
-    manager = LoggingJobManager(
-        state_dir,
-        policy=config["policy"],
-        isolation=_isolation(config, state_dir, reactor),
-        job_user=config["job-user"],
-        stop_grace=config["stop-grace"],
-        output_cap=config["output-cap"],
-        reactor=reactor,
-    )
+    lock = StateDirLock(state_dir)  # before stale clean-up: it kills jobs
+    try:
+        manager = LoggingJobManager(
+            state_dir,
+            policy=config["policy"],
+            isolation=_isolation(config, state_dir, reactor),
+            job_user=config["job-user"],
+            stop_grace=config["stop-grace"],
+            output_cap=config["output-cap"],
+            reactor=reactor,
+        )
+    except BaseException:
+        lock.release()
+        raise
     top = MultiService()  # type: ignore[no-untyped-call]
+    lock.setServiceParent(top)  # type: ignore[no-untyped-call]
     server = JobWorkerServer(
         manager,
         listen=config["listen"],
@@ -48,6 +58,7 @@ def build_service(config: dict[str, Any], reactor: Any = None) -> MultiService:
         max_followers=config["max-followers"],
         reactor=reactor,
     )
+    server.setName(API_SERVICE)  # type: ignore[no-untyped-call]
     server.setServiceParent(top)  # type: ignore[no-untyped-call]
     log.info(
         "starting jobworker on {listen}, state in {state_dir}",

@@ -23,7 +23,7 @@ from twisted.trial import unittest
 from jobworker.address import format_address
 from jobworker.cgroups import parent_name
 from jobworker.cgroups.base import PARENT_PREFIX
-from jobworker.startup import build_service
+from jobworker.startup import API_SERVICE, build_service
 from jobworker.tap import Options
 from tests import pkiutil
 
@@ -110,7 +110,7 @@ def start_server(
         case.addCleanup(remove_parent_cgroups, state_dir)
     service.startService()
     case.addCleanup(service.stopService)
-    server = next(iter(service))
+    server = service.getServiceNamed(API_SERVICE)
     return Harness(pki=pki, port=server.port, service=service, host=host)
 
 

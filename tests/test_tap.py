@@ -20,6 +20,7 @@ from twisted.trial import unittest
 
 from jobworker.model import Limits
 from jobworker.server import JobWorkerServer
+from jobworker.statelock import StateDirLock
 from jobworker.tap import Options, makeService
 from tests import pkiutil
 from tests.cliutil import remove_parent_cgroups
@@ -156,7 +157,18 @@ class MakeServiceTests(unittest.TestCase):
     def test_make_service_builds_the_api_server(self) -> None:
         service = makeService(self.config("--no-isolation"))
         self.assertIsInstance(service, MultiService)
-        self.assertEqual([type(child) for child in service], [JobWorkerServer])
+        self.assertEqual(
+            [type(child) for child in service], [StateDirLock, JobWorkerServer]
+        )
+
+    def test_second_server_on_one_state_dir_is_refused(self) -> None:
+        config = self.config("--no-isolation")
+        first = makeService(config)
+        error = self.assertRaises(SystemExit, makeService, config)
+        self.assertIn("another jobworker server", str(error.code))
+        self.assertIn(f"pid {os.getpid()}", str(error.code))
+        first.stopService()
+        makeService(config).stopService()
 
     def test_no_isolation_warns_that_it_is_for_development(self) -> None:
         events: list[LogEvent] = []
@@ -190,4 +202,6 @@ class MakeServiceTests(unittest.TestCase):
         config = self.config()
         self.addCleanup(remove_parent_cgroups, config["state-dir"])
         service = makeService(config)
-        self.assertEqual([type(child) for child in service], [JobWorkerServer])
+        self.assertEqual(
+            [type(child) for child in service], [StateDirLock, JobWorkerServer]
+        )
