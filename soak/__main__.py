@@ -88,6 +88,7 @@ def soak(args: argparse.Namespace, work: str, run: Run) -> None:
         baseline = run.baseline = server.vitals()
         print(f"baseline {baseline}", flush=True)
         run.load = load.run(clients, users, args.jobs, args.seed)
+        run.left_after_load = leftovers(state_dir)
         print(f"load: {dict(run.load.ok)} lost {len(run.load.lost)}", flush=True)
         run.resources.append(
             resources("after the jobs", baseline, settled(server, clients, baseline))

@@ -73,7 +73,7 @@ def make_plan(index: int, rng: random.Random) -> Plan:
         script = f"echo out {index}; echo err {index} >&2; exit {code}"
         return Plan(index, kind, sh(script), exit_code=code)
     if kind == "binary":
-        size = rng.randrange(1, 512 * 1024)
+        size = rng.randrange(1, 1 << 20)
         script = f"head -c {size} /dev/urandom > b && cat b && sha256sum b >&2"
         return Plan(index, kind, sh(script), size=size)
     if kind == "refused":

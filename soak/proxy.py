@@ -48,6 +48,9 @@ class ResettingProxy:
                 sock.setsockopt(
                     socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
                 )
+                # Wakes the relay thread blocked in recv(), which holds the
+                # socket open: only the last close sends the RST.
+                sock.shutdown(socket.SHUT_RD)
             sock.close()
 
 

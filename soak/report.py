@@ -39,6 +39,7 @@ class Run:
     resources: list[Resources] = field(default_factory=list)
     stale_job_dirs: int = 0
     left: Leftovers | None = None
+    left_after_load: Leftovers | None = None
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -51,8 +52,9 @@ class Run:
                 found += phase.lost
         for checkpoint in self.resources:
             found += [f"{checkpoint.name}: {p}" for p in checkpoint.problems]
-        if self.left is not None and not self.left.none:
-            found.append(f"left behind: {self.left.describe()}")
+        for when, left in (("after the jobs", self.left_after_load), ("", self.left)):
+            if left is not None and not left.none:
+                found.append(f"left behind {when}: {left.describe()}")
         return found
 
     def lost_count(self) -> int:
@@ -99,7 +101,7 @@ def render(run: Run) -> str:
         ]
         meaning = {
             "exit": "EXITED with its own code 0-7, exact stdout and stderr",
-            "binary": "EXITED 0; up to 512 KiB of random bytes whose SHA-256"
+            "binary": "EXITED 0; up to 1 MiB of random bytes whose SHA-256"
             " (printed by the job) matches what was received",
             "refused": "Start fails FAILED_PRECONDITION (missing or"
             " non-executable program)",
@@ -110,10 +112,12 @@ def render(run: Run) -> str:
         for kind, what in meaning.items():
             tried, ok = t.tried[kind], t.ok[kind]
             lines.append(f"| {kind} | {what} | {tried} | {ok} | {tried - ok} |")
+        after = run.left_after_load
         lines += [
             "",
             "Each client then lists its jobs: exactly the ones it started,"
-            " all its own.",
+            " all its own. Left on the machine once they had all ended:"
+            f" {after.describe() if after else '-'}.",
             "",
         ]
     lines += [
