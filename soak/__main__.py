@@ -38,6 +38,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--disconnects", type=int, default=200)
+    parser.add_argument("--disconnect-rounds", type=int, default=3)
     parser.add_argument("--crash-jobs", type=int, default=20)
     parser.add_argument("--shutdown-jobs", type=int, default=10)
     parser.add_argument("--grace", type=float, default=2.0)
@@ -93,13 +94,13 @@ def soak(args: argparse.Namespace, work: str, run: Run) -> None:
         run.resources.append(
             resources("after the jobs", baseline, settled(server, clients, baseline))
         )
-        run.drops = disconnects.run(clients, server, args.disconnects, args.seed)
-        print(f"drops: {dict(run.drops.tried)} lost {run.drops.lost}", flush=True)
-        run.resources.append(
-            resources(
-                "after the disconnects", baseline, settled(server, clients, baseline)
-            )
-        )
+        for number in range(1, args.disconnect_rounds + 1):
+            drops = disconnects.run(clients, server, args.disconnects, number)
+            print(f"drops: {dict(drops.tried)} lost {drops.lost}", flush=True)
+            run.drops.append(drops)
+            after = settled(server, clients, baseline)
+            name = f"after disconnect round {number}"
+            run.resources.append(resources(name, baseline, after))
         run.crash, clients = faults.crash(server, clients, args.crash_jobs)
         print(f"crash: {run.crash}", flush=True)
         run.stale_job_dirs = len(os.listdir(os.path.join(state_dir, "jobs")))
