@@ -20,7 +20,7 @@ from soak import disconnects, faults, load
 from soak.client import Clients
 from soak.report import Resources, Run, write
 from soak.server import ServerProcess, Vitals, make_pki
-from soak.system import leftovers
+from soak.system import leftovers, work_dirs
 
 FD_SLACK = 4
 # Twisted's reactor thread pool (clean-up work) starts threads on demand,
@@ -90,6 +90,7 @@ def soak(args: argparse.Namespace, work: str, run: Run) -> None:
         print(f"baseline {baseline}", flush=True)
         run.load = load.run(clients, users, args.jobs, args.seed)
         run.left_after_load = leftovers(state_dir)
+        run.work_dirs_after_load = len(work_dirs(state_dir))
         print(f"load: {dict(run.load.ok)} lost {len(run.load.lost)}", flush=True)
         run.resources.append(
             resources("after the jobs", baseline, settled(server, clients, baseline))
@@ -104,7 +105,9 @@ def soak(args: argparse.Namespace, work: str, run: Run) -> None:
         run.crash, clients = faults.crash(server, clients, args.crash_jobs)
         print(f"crash: {run.crash}", flush=True)
         run.stale_job_dirs = len(os.listdir(os.path.join(state_dir, "jobs")))
+        run.stale_work_dirs = len(work_dirs(state_dir))
         run.shutdown = faults.shutdown(server, clients, args.shutdown_jobs)
+        run.work_dirs_after_shutdown = len(work_dirs(state_dir))
         print(f"shutdown: {run.shutdown}", flush=True)
     finally:
         server.kill()

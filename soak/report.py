@@ -39,6 +39,9 @@ class Run:
     shutdown: Shutdown | None = None
     resources: list[Resources] = field(default_factory=list)
     stale_job_dirs: int = 0
+    stale_work_dirs: int = 0
+    work_dirs_after_load: int = 0
+    work_dirs_after_shutdown: int = 0
     left: Leftovers | None = None
     left_after_load: Leftovers | None = None
     errors: list[str] = field(default_factory=list)
@@ -57,6 +60,10 @@ class Run:
                 found.append("a phase did not run")
             else:
                 found += phase.lost
+        if self.work_dirs_after_load:
+            found.append(f"{self.work_dirs_after_load} ended jobs kept a work dir")
+        if self.work_dirs_after_shutdown > self.stale_work_dirs:
+            found.append("jobs stopped by the shutdown kept their work dirs")
         for checkpoint in self.resources:
             found += [f"{checkpoint.name}: {p}" for p in checkpoint.problems]
         for when, left in (("after the jobs", self.left_after_load), ("", self.left)):
@@ -124,7 +131,8 @@ def render(run: Run) -> str:
             "",
             "Each client then lists its jobs: exactly the ones it started,"
             " all its own. Left on the machine once they had all ended:"
-            f" {after.describe() if after else '-'}.",
+            f" {after.describe() if after else '-'},"
+            f" {run.work_dirs_after_load} job work directories.",
             "",
         ]
     lines += [
@@ -162,7 +170,8 @@ def render(run: Run) -> str:
             f" {c.restart_logged}; {c.cgroups_after_restart} left) and ran a new"
             f" job correctly: {c.new_job_ok}.",
             f"Not cleaned at restart: {run.stale_job_dirs} job directories (output"
-            " logs) of the crashed run stay in the state dir.",
+            f" logs) of the first server stay in the state dir, {run.stale_work_dirs}"
+            " of them with the work directory of a job killed by the crash.",
             "",
         ]
     if run.shutdown is not None:
@@ -176,7 +185,8 @@ def render(run: Run) -> str:
             f"Stream endings: {endings}.",
             f"The server exited with status {s.exit_code} after {s.seconds:.2f} s"
             f" (bound: grace + 5 s); {s.survivors} job processes survived; left"
-            f" behind: {s.left.describe() if s.left else '-'}.",
+            f" behind: {s.left.describe() if s.left else '-'}; work directories"
+            f" of its jobs left: {run.work_dirs_after_shutdown - run.stale_work_dirs}.",
             "",
         ]
     lines += _fast_parts(run)

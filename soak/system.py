@@ -105,6 +105,18 @@ def mounts_under(path: str) -> list[str]:
     return points
 
 
+def work_dirs(state_dir: str) -> list[str]:
+    """Job work directories still on disk (an ended job's is removed)."""
+    jobs = os.path.join(state_dir, "jobs")
+    if not os.path.isdir(jobs):
+        return []
+    return [
+        path
+        for entry in os.scandir(jobs)
+        if os.path.isdir(path := os.path.join(entry.path, "work"))
+    ]
+
+
 @dataclass(frozen=True)
 class Leftovers:
     """Everything of one state dir still on the machine."""
