@@ -34,6 +34,7 @@ from soak.server import ServerProcess
 
 FOLLOWERS = 64
 RESET_NOTICE = 5.0
+SLOT_WAIT = 10.0
 UNARY = 16
 TICKER = "i=0; while :; do echo tick $i; i=$((i+1)); sleep 0.02; done"
 STUBBORN = "trap '' TERM; echo up; while :; do sleep 1; done"
@@ -49,14 +50,23 @@ def start(stub: Any, script: str) -> str:
 
 
 def hold_followers(clients: Clients, job_id: str, count: int) -> list[Any]:
-    """`count` followers of `job_id`, each served (its first chunk received)."""
-    calls = []
-    for _ in range(count):
-        call = clients.stub("alice").StreamOutput(
-            pb.StreamOutputRequest(job_id=job_id), timeout=120
-        )
-        next(call)
-        calls.append(call)
+    """`count` followers of `job_id`, each served (its first chunk received).
+
+    If one is refused, those already open are cancelled before raising.
+    """
+    calls: list[Any] = []
+    try:
+        for _ in range(count):
+            calls.append(
+                clients.stub("alice").StreamOutput(
+                    pb.StreamOutputRequest(job_id=job_id), timeout=120
+                )
+            )
+            next(calls[-1])
+    except BaseException:
+        for call in calls:
+            call.cancel()
+        raise
     return calls
 
 
@@ -129,6 +139,8 @@ def drop_by_kill(clients: Clients, job_id: str, chunks: int) -> None:
     child.send_signal(signal.SIGKILL)
     child.wait()
     child.stdout.close()
+    if lines <= chunks:
+        raise RuntimeError(f"the follower process ended after {lines} lines")
 
 
 def run(clients: Clients, server: ServerProcess, count: int, seed: int) -> Drops:
@@ -180,17 +192,35 @@ def run(clients: Clients, server: ServerProcess, count: int, seed: int) -> Drops
         drops.lost.append(
             f"threads {drops.threads_after} > baseline {drops.threads_before}"
         )
-    try:
-        calls = hold_followers(clients, jobs[0], FOLLOWERS)
-        for call in calls:
-            call.cancel()
-    except grpc.RpcError as error:
-        drops.lost.append(f"a follower slot was not freed: {error.code()}")
+    problem = all_slots_free(clients, jobs[0])
+    if problem is not None:
+        drops.lost.append(problem)
     drops.lost += [
         problem for job_id in jobs if (problem := check_ticker(stub, job_id))
     ]
     drops.seconds = time.monotonic() - begin
     return drops
+
+
+def all_slots_free(clients: Clients, job_id: str) -> str | None:
+    """Whether the server's 64 follower slots are all free again (within 10 s).
+
+    The server learns of a drop asynchronously, so a slot may take a moment.
+    """
+    deadline = time.monotonic() + SLOT_WAIT
+    while True:
+        held: list[Any] = []
+        try:
+            held = hold_followers(clients, job_id, FOLLOWERS)
+        except grpc.RpcError as error:
+            if time.monotonic() > deadline:
+                return f"a follower slot was not freed: {error.code()}"
+        finally:
+            for call in held:
+                call.cancel()
+        if held:
+            return None
+        time.sleep(0.5)
 
 
 def check_ticker(stub: Any, job_id: str) -> str | None:
