@@ -269,6 +269,8 @@ class HostileInputTests(APITestCase):
             ("Start", pb.StartRequest(command=[b"/bin/true", huge])),
             ("Start", pb.StartRequest(command=[b"/bin/true", *[b"b" * 100_000] * 12])),
             ("Start", pb.StartRequest(command=[b"/bin/true"] * 300_000)),
+            # Within MAX_COMMAND, but too many arguments for execve (E2BIG).
+            ("Start", pb.StartRequest(command=[b"/bin/true", *[b"x"] * 400_000])),
             ("Status", pb.StatusRequest(job_id="x" * (5 << 20))),
             ("Stop", pb.StopRequest(job_id=job_id + "y" * 100_000)),
             ("StreamOutput", pb.StreamOutputRequest(job_id="z" * 1_000_000)),
@@ -281,6 +283,7 @@ class HostileInputTests(APITestCase):
                     grpc.StatusCode.INVALID_ARGUMENT,
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     grpc.StatusCode.NOT_FOUND,
+                    grpc.StatusCode.FAILED_PRECONDITION,
                 },
                 method,
             )
@@ -314,3 +317,20 @@ class HostileInputTests(APITestCase):
         self.assertEqual(states, [pb.JOB_STATE_RUNNING] * 2)
         close_all()
         await self.assert_untouched(job_id, before)
+
+    async def test_huge_commands_of_one_user_do_not_break_the_admins_list(
+        self,
+    ) -> None:
+        # Five commands within MAX_COMMAND (1 MiB) make a List reply over
+        # grpc's default 4 MiB receive limit; records live as long as the
+        # server, so the admin's (and bob's) List fails until a restart.
+        command = [b"/bin/true", *[b"a" * (128 * 1024 - 1)] * 7]
+        for _ in range(5):
+            await self.start_job("bob", command)
+        listed = await self.call("alice", "List", pb.ListRequest())
+        self.assertEqual(len(listed.jobs), 5)
+
+    test_huge_commands_of_one_user_do_not_break_the_admins_list.todo = (  # type: ignore[attr-defined]
+        "List sends every job's full command: bob can push the reply past"
+        " grpc's 4 MiB receive limit (issue 8 report)"
+    )
