@@ -26,7 +26,9 @@ from soak.client import Clients, Output, collect
 CALL_TIMEOUT = 120.0
 MiB = 1 << 20
 # kind -> share of the jobs
-MIX = {"exit": 50, "binary": 20, "refused": 10, "stopped": 15, "oom": 5}
+MIX = {"exit": 47, "binary": 20, "refused": 10, "stopped": 15, "oom": 5, "flood": 3}
+# The server runs with this output cap; flood jobs write four times as much.
+OUTPUT_CAP = 2 * MiB
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,9 @@ def make_plan(index: int, rng: random.Random) -> Plan:
         size = rng.randrange(1, 1 << 20)
         script = f"head -c {size} /dev/urandom > b && cat b && sha256sum b >&2"
         return Plan(index, kind, sh(script), size=size)
+    if kind == "flood":
+        script = f"head -c {4 * OUTPUT_CAP} /dev/zero; echo done >&2"
+        return Plan(index, kind, sh(script), size=4 * OUTPUT_CAP)
     if kind == "refused":
         program = rng.choice([b"/nonexistent/soak", b"no-such-program", b"/etc/passwd"])
         return Plan(index, kind, (program, b"arg"))
@@ -126,7 +131,22 @@ def _oom(plan: Plan, job: pb.JobStatus, output: Output) -> str | None:
     return None
 
 
-CHECKS = {"exit": _exit, "binary": _binary, "stopped": _stopped, "oom": _oom}
+def _flood(plan: Plan, job: pb.JobStatus, output: Output) -> str | None:
+    ending = (job.state, job.exit_code, job.output_truncated, job.output_bytes)
+    if ending != (pb.JOB_STATE_EXITED, 0, True, OUTPUT_CAP):
+        return f"flood job ended {ending}"
+    if output.stdout.count(0) != OUTPUT_CAP or output.stderr:
+        return "flood job's kept output is not the first bytes it wrote"
+    return None
+
+
+CHECKS = {
+    "exit": _exit,
+    "binary": _binary,
+    "stopped": _stopped,
+    "oom": _oom,
+    "flood": _flood,
+}
 
 
 def check(plan: Plan, job: pb.JobStatus, output: Output) -> str | None:

@@ -122,6 +122,8 @@ def render(run: Run) -> str:
             "stopped": "Stop mid-run: KILLED by SIGTERM, or EXITED 0 after its"
             " TERM trap printed `bye`; stop_requested",
             "oom": "32 MiB limit, allocates 512 MiB: KILLED by 9, oom_killed",
+            "flood": "writes 8 MiB past the server's 2 MiB output cap: EXITED 0,"
+            " output_truncated, exactly the first 2 MiB kept and followed",
         }
         for kind, what in meaning.items():
             tried, ok = t.tried[kind], t.ok[kind]

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from jobworker import pki
 from soak.client import Clients
+from soak.load import OUTPUT_CAP
 
 READY_TIMEOUT = 60.0
 
@@ -122,6 +123,7 @@ class ServerProcess:
             "--tls-cert", f"{p}/server.pem", "--tls-key", f"{p}/server.key",
             "--client-ca", f"{p}/client-ca.pem", "--state-dir", self.state_dir,
             "--stop-grace", str(self.grace), "--max-followers", "64",
+            "--output-cap", str(OUTPUT_CAP),
         ]  # fmt: skip
         self.process = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, start_new_session=True
