@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jobworker.jobdirs import job_env
+from jobworker.server import UNARY_HEADROOM
 from jobworker.v1 import jobworker_pb2 as pb
 from tests.apiutil import APITestCase, shell
 
@@ -333,4 +334,27 @@ class HostileInputTests(APITestCase):
     test_huge_commands_of_one_user_do_not_break_the_admins_list.todo = (  # type: ignore[attr-defined]
         "List sends every job's full command: bob can push the reply past"
         " grpc's 4 MiB receive limit (issue 8 report)"
+    )
+
+    async def test_one_users_blocking_stops_do_not_lock_out_others(self) -> None:
+        # Each Stop waits for the job's end, holding a server thread; bob
+        # asks for as many as the server has threads, on a job that ignores
+        # SIGTERM, with a grace long enough to outlast alice's List.
+        job_id = await self.start_job("bob", shell("trap '' TERM; sleep 1000"))
+        threads = self.max_followers + UNARY_HEADROOM
+        stub = self.stub("bob")
+        request = pb.StopRequest(job_id=job_id, grace_seconds=6)
+        stops = [stub.Stop.future(request, timeout=30) for _ in range(threads)]
+        try:
+            await self.eventually(
+                lambda: self.server.bridge.active >= threads, "bob holds every thread"
+            )
+            listed = await self.call("alice", "List", pb.ListRequest())
+            self.assertEqual([job.id for job in listed.jobs], [job_id])
+        finally:
+            await self.in_thread(lambda: [stop.exception() for stop in stops])
+
+    test_one_users_blocking_stops_do_not_lock_out_others.todo = (  # type: ignore[attr-defined]
+        "no per-caller cap on concurrent calls: one user's Stop calls (each"
+        " waiting out its grace) can take every grpc thread"
     )
