@@ -29,7 +29,7 @@ from soak.disconnects import TICKER, start
 from soak.server import ServerProcess, alive, descendants
 from soak.system import Leftovers, job_cgroups, leftovers
 
-FAMILY = "sleep 1000 & sleep 1000 & (sleep 1000 &); echo up; wait"
+FAMILY = "sleep 1000 & setsid sleep 1000 & (sleep 1000 &); echo up; wait"
 DEAF = "trap '' TERM; while :; do echo x; sleep 0.2; done"
 DEATH_TIMEOUT = 10.0
 # Seconds the server may take past its stop grace to exit on SIGTERM.

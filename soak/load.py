@@ -26,7 +26,15 @@ from soak.client import Clients, Output, collect
 CALL_TIMEOUT = 120.0
 MiB = 1 << 20
 # kind -> share of the jobs
-MIX = {"exit": 47, "binary": 20, "refused": 10, "stopped": 15, "oom": 5, "flood": 3}
+MIX = {
+    "exit": 44,
+    "binary": 20,
+    "refused": 10,
+    "stopped": 15,
+    "oom": 5,
+    "flood": 3,
+    "escape": 3,
+}
 # The server runs with this output cap; flood jobs write four times as much.
 OUTPUT_CAP = 2 * MiB
 
@@ -68,6 +76,20 @@ def sh(script: str) -> tuple[bytes, ...]:
     return (b"/bin/sh", b"-c", script.encode())
 
 
+# Jobs whose command is always the same.
+FIXED = {
+    "flood": sh(f"head -c {4 * OUTPUT_CAP} /dev/zero; echo done >&2"),
+    # Children in a new session and orphaned: they must not outlive it.
+    "escape": sh("setsid sleep 1000 & (sleep 1000 &); echo bye"),
+    "oom": (b"python3", b"-c", b"b = bytearray(512 << 20); print('survived')"),
+}
+STOPPABLE = (
+    "trap 'echo bye; exit 0' TERM; echo started; while :; do sleep 1; done",
+    "echo started; exec sleep 1000",
+)
+MISSING = (b"/nonexistent/soak", b"no-such-program", b"/etc/passwd")
+
+
 def make_plan(index: int, rng: random.Random) -> Plan:
     kind = rng.choices(list(MIX), weights=list(MIX.values()))[0]
     if kind == "exit":
@@ -78,20 +100,12 @@ def make_plan(index: int, rng: random.Random) -> Plan:
         size = rng.randrange(1, 1 << 20)
         script = f"head -c {size} /dev/urandom > b && cat b && sha256sum b >&2"
         return Plan(index, kind, sh(script), size=size)
-    if kind == "flood":
-        script = f"head -c {4 * OUTPUT_CAP} /dev/zero; echo done >&2"
-        return Plan(index, kind, sh(script), size=4 * OUTPUT_CAP)
     if kind == "refused":
-        program = rng.choice([b"/nonexistent/soak", b"no-such-program", b"/etc/passwd"])
-        return Plan(index, kind, (program, b"arg"))
+        return Plan(index, kind, (rng.choice(MISSING), b"arg"))
     if kind == "stopped":
-        script = "trap 'echo bye; exit 0' TERM; echo started; while :; do sleep 1; done"
-        if rng.random() < 0.5:
-            script = "echo started; exec sleep 1000"
-        return Plan(index, kind, sh(script))
-    hog = "b = bytearray(512 << 20); print('survived')"
-    memory = pb.Limits(memory_bytes=32 * MiB)
-    return Plan(index, kind, (b"python3", b"-c", hog.encode()), limits=memory)
+        return Plan(index, kind, sh(rng.choice(STOPPABLE)))
+    limits = pb.Limits(memory_bytes=32 * MiB) if kind == "oom" else None
+    return Plan(index, kind, FIXED[kind], limits=limits)
 
 
 def _exit(plan: Plan, job: pb.JobStatus, output: Output) -> str | None:
@@ -140,7 +154,15 @@ def _flood(plan: Plan, job: pb.JobStatus, output: Output) -> str | None:
     return None
 
 
+def _escape(plan: Plan, job: pb.JobStatus, output: Output) -> str | None:
+    ending = (job.state, job.exit_code, output.stdout, output.stderr)
+    if ending != (pb.JOB_STATE_EXITED, 0, b"bye\n", b""):
+        return f"escaping job ended {ending}"
+    return None
+
+
 CHECKS = {
+    "escape": _escape,
     "exit": _exit,
     "binary": _binary,
     "stopped": _stopped,

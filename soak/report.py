@@ -122,6 +122,8 @@ def render(run: Run) -> str:
             "stopped": "Stop mid-run: KILLED by SIGTERM, or EXITED 0 after its"
             " TERM trap printed `bye`; stop_requested",
             "oom": "32 MiB limit, allocates 512 MiB: KILLED by 9, oom_killed",
+            "escape": "leaves children in a new session and orphaned, exits:"
+            " EXITED 0 (none of them may survive: see what is left below)",
             "flood": "writes 8 MiB past the server's 2 MiB output cap: EXITED 0,"
             " output_truncated, exactly the first 2 MiB kept and followed",
         }
