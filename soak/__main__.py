@@ -20,7 +20,7 @@ from soak import disconnects, faults, load
 from soak.client import Clients
 from soak.report import Resources, Run, write
 from soak.server import ServerProcess, Vitals, make_pki
-from soak.system import leftovers, work_dirs
+from soak.system import leftovers, remove_cgroups, work_dirs
 
 FD_SLACK = 4
 # Twisted's reactor thread pool (clean-up work) starts threads on demand,
@@ -80,6 +80,12 @@ def soak(args: argparse.Namespace, work: str, run: Run) -> None:
     make_pki(pki_dir, users)
     state_dir = os.path.join(work, "state")
     server = ServerProcess(work, pki_dir, state_dir, args.grace)
+
+    def out_of_time(signum: int, frame: FrameType | None) -> None:
+        server.kill()  # so every call in progress fails at once
+        raise OutOfTime(f"the soak ran past {args.time_limit:g} s")
+
+    signal.signal(signal.SIGALRM, out_of_time)
     try:
         clients = server.start()
         run.fresh = server.vitals()
@@ -112,6 +118,7 @@ def soak(args: argparse.Namespace, work: str, run: Run) -> None:
     finally:
         server.kill()
         run.left = leftovers(state_dir)
+        remove_cgroups(state_dir)
 
 
 def main(argv: list[str]) -> int:
@@ -119,11 +126,6 @@ def main(argv: list[str]) -> int:
     if os.geteuid() != 0:
         print("soak: needs root (the server isolates jobs)", file=sys.stderr)
         return 2
-
-    def out_of_time(signum: int, frame: FrameType | None) -> None:
-        raise OutOfTime(f"the soak ran past {args.time_limit:g} s")
-
-    signal.signal(signal.SIGALRM, out_of_time)
     signal.alarm(int(args.time_limit))
     work = tempfile.mkdtemp(prefix="jobworker-soak-")
     run = Run(vars(args))

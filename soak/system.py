@@ -8,7 +8,9 @@ those whose parent is the soak itself or that are job helpers.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import time
 from dataclasses import dataclass
 
@@ -27,6 +29,27 @@ def cgroup_parents(state_dir: str) -> list[str]:
             found.append(os.path.join(top, name))
         dirs[:] = [d for d in dirs if d != name]
     return found
+
+
+def remove_cgroups(state_dir: str) -> None:
+    """Kill what is in this state dir's job cgroups and remove them all.
+
+    Only needed when a run broke off with the server killed mid-job.
+    """
+    for parent in cgroup_parents(state_dir):
+        children = [entry.path for entry in os.scandir(parent) if entry.is_dir()]
+        for directory in [*children, parent]:
+            for _ in range(50):
+                with open(os.path.join(directory, "cgroup.procs")) as procs:
+                    pids = [int(pid) for pid in procs.read().split()]
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                try:
+                    os.rmdir(directory)
+                    break
+                except OSError:
+                    time.sleep(0.1)
 
 
 def job_cgroups(state_dir: str) -> set[str]:
