@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -20,13 +21,17 @@ from jobworker.api import errors
 from jobworker.api.auth import Caller, authenticate
 from jobworker.api.bridge import Bridge, CallWaiter
 from jobworker.api.convert import chunk_to_pb, limits_from_pb, parse, status_to_pb
-from jobworker.errors import JobNotFound, TooManyJobs
+from jobworker.errors import JobNotFound, ShuttingDown, TooManyJobs
 from jobworker.model import JobStatus
 from jobworker.outputlog import read_chunks
 from jobworker.v1 import jobworker_pb2 as pb
 
 SERVICE_NAME = "jobworker.v1.JobWorker"
 CHUNK_BYTES = 64 * 1024
+# A follower that has caught up waits this long after a short batch before
+# asking for more: the added latency is small, and output written faster
+# than that is sent as large messages (see doc/performance.md).
+COALESCE_PAUSE = 0.002
 START_TIMEOUT = 120.0
 QUERY_TIMEOUT = 30.0
 # Stop waits for the grace period (the server's default when unset) plus this.
@@ -200,7 +205,17 @@ class JobWorkerService:
             state = waiter.wait(self._manager.wait_output, job_id, offset)
             if offset >= state.size:
                 return
-            chunks = read_chunks(path, offset, state.size, CHUNK_BYTES)
-            for chunk in chunks:
-                yield chunk_to_pb(chunk)
-            offset = chunks[-1].next_offset
+            began = offset
+            # Send everything the reactor said is there before asking again:
+            # one round trip per batch, not per 64 KiB message.
+            while offset < state.size:
+                if self._bridge.closed:
+                    raise ShuttingDown("server shutting down")
+                chunks = read_chunks(path, offset, state.size, CHUNK_BYTES)
+                for chunk in chunks:
+                    yield chunk_to_pb(chunk)
+                offset = chunks[-1].next_offset
+            if not state.complete and state.size - began < CHUNK_BYTES:
+                # Caught up with a fast writer: let output gather for a moment
+                # so the next message is large, not one small pipe read.
+                time.sleep(COALESCE_PAUSE)
