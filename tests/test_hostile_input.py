@@ -290,7 +290,9 @@ class HostileInputTests(APITestCase):
             )
         await self.assert_untouched(job_id, before)
 
-    async def test_stalled_handshakes_do_not_stop_others_being_served(self) -> None:
+    async def test_stalled_handshakes_do_not_stop_others_being_served(
+        self,
+    ) -> None:
         job_id, before = await self.victim()
         sockets: list[socket.socket] = []
 
@@ -300,11 +302,15 @@ class HostileInputTests(APITestCase):
 
         self.addCleanup(close_all)
         # Half a TLS ClientHello record header, then nothing.
-        partial = bytes([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00])
-        for index in range(200):
+        # Nothing, half a TLS ClientHello record header, or plain garbage.
+        openings = [
+            b"",
+            bytes([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00]),
+            b"GET / HTTP/1.1\r\n\r\n" + bytes(range(256)),
+        ]
+        for index in range(201):
             conn = socket.create_connection(("127.0.0.1", self.server.port), timeout=5)
-            if index % 2:
-                conn.sendall(partial)
+            conn.sendall(openings[index % 3])
             sockets.append(conn)
 
         def served() -> list[int]:
