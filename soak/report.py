@@ -166,9 +166,11 @@ def render(run: Run) -> str:
         lines += [
             "## 3. Server crash (SIGKILL)",
             "",
-            f"{c.jobs} running jobs, each a shell with two background children and"
-            f" an orphaned grandchild: {c.processes} processes below the server.",
-            f"After SIGKILL of the server: {c.survivors} survived (all gone in"
+            f"{c.jobs} running jobs, each a shell with a background child, one in a"
+            " new session and an orphaned grandchild, and 5 more Start calls in"
+            f" flight: {c.processes} processes below the server.",
+            f"After SIGKILL of the server: {c.survivors} survived (of those, or"
+            " working in the state dir or its cgroups; all gone in"
             f" {c.death_seconds:.2f} s); {c.stale_cgroups} empty job cgroups stayed,",
             f"the restarted server removed them at start-up (log says so:"
             f" {c.restart_logged}; {c.cgroups_after_restart} left) and ran a new"
