@@ -130,6 +130,7 @@ class Shutdown:
     exit_code: int | None = None
     seconds: float = 0.0
     survivors: int = 0
+    starts: Counter[str] = field(default_factory=Counter)
     left: Leftovers | None = None
     lost: list[str] = field(default_factory=list)
 
@@ -174,10 +175,18 @@ def shutdown(server: ServerProcess, clients: Clients, jobs: int) -> Shutdown:
     for _ in ids:
         served.acquire(timeout=60)
     result.streams = len(threads)
+    # Starts in flight at SIGTERM: refused, or started and then stopped.
+    request = pb.StartRequest(command=[b"/bin/sh", b"-c", DEAF.encode()])
+    starting = [stub.Start.future(request, timeout=60) for _ in range(STARTING)]
+    time.sleep(0.1)
     pids = descendants(server.pid)
     result.exit_code, result.seconds = server.terminate(server.grace + 60)
     for thread in threads:
         thread.join(60)
+    for future in starting:
+        error = future.exception()
+        code = "OK" if error is None else error.code().name
+        result.starts[code] += 1
     clients.close()
     wait_dead(pids, DEATH_TIMEOUT)
     result.survivors = len(alive(pids))
@@ -190,6 +199,8 @@ def shutdown(server: ServerProcess, clients: Clients, jobs: int) -> Shutdown:
         == Counter({expected: jobs}),
         f"{result.survivors} job processes survived": result.survivors == 0,
         f"left behind: {result.left.describe()}": result.left.none,
+        f"starts in flight ended {dict(result.starts)}": set(result.starts)
+        <= {"OK", "UNAVAILABLE"},
     }
     result.lost += [problem for problem, fine in checks.items() if not fine]
     return result

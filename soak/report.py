@@ -188,7 +188,9 @@ def render(run: Run) -> str:
             "",
             f"{s.jobs} running jobs (half ignore SIGTERM), {s.streams} open streams,"
             f" stop grace {o['grace']:g} s.",
-            f"Stream endings: {endings}.",
+            f"Stream endings: {endings}. Start calls in flight at SIGTERM: "
+            + ", ".join(f"{n} x {code}" for code, n in s.starts.items())
+            + " (a started one is stopped with the rest).",
             f"The server exited with status {s.exit_code} after {s.seconds:.2f} s"
             f" (bound: grace + 5 s); {s.survivors} job processes survived; left"
             f" behind: {s.left.describe() if s.left else '-'}; work directories"
