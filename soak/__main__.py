@@ -16,7 +16,7 @@ import tempfile
 import time
 from types import FrameType
 
-from soak import disconnects, faults, load
+from soak import disconnects, faults, load, slow
 from soak.client import Clients
 from soak.report import Resources, Run, write
 from soak.server import ServerProcess, Vitals, make_pki
@@ -108,10 +108,13 @@ def soak(args: argparse.Namespace, work: str, run: Run) -> None:
             after = settled(server, clients, baseline)
             name = f"after disconnect round {number}"
             run.resources.append(resources(name, baseline, after))
+        server.output_cap = slow.SIZE  # from the restart on
         run.crash, clients = faults.crash(server, clients, args.crash_jobs)
         print(f"crash: {run.crash}", flush=True)
         run.stale_job_dirs = len(os.listdir(os.path.join(state_dir, "jobs")))
         run.stale_work_dirs = len(work_dirs(state_dir))
+        run.slow = slow.run(server, clients)
+        print(f"slow: {run.slow}", flush=True)
         run.shutdown = faults.shutdown(server, clients, args.shutdown_jobs)
         run.work_dirs_after_shutdown = len(work_dirs(state_dir))
         print(f"shutdown: {run.shutdown}", flush=True)

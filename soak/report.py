@@ -13,6 +13,7 @@ from soak.disconnects import Drops
 from soak.faults import Crash, Shutdown
 from soak.load import Tally
 from soak.server import Vitals
+from soak.slow import Slow
 from soak.system import Leftovers
 
 
@@ -37,6 +38,7 @@ class Run:
     drops: list[Drops] = field(default_factory=list)
     crash: Crash | None = None
     shutdown: Shutdown | None = None
+    slow: Slow | None = None
     resources: list[Resources] = field(default_factory=list)
     stale_job_dirs: int = 0
     stale_work_dirs: int = 0
@@ -49,10 +51,11 @@ class Run:
 
     def problems(self) -> list[str]:
         found = list(self.errors)
-        phases: list[Tally | Drops | Crash | Shutdown | None] = [
+        phases: list[Tally | Drops | Crash | Slow | Shutdown | None] = [
             self.load,
             *(self.drops if self.drops else [None]),
             self.crash,
+            self.slow,
             self.shutdown,
         ]
         for phase in phases:
@@ -180,6 +183,8 @@ def render(run: Run) -> str:
             " of them with the work directory of a job killed by the crash.",
             "",
         ]
+    if run.slow is not None:
+        lines += _slow(run.slow)
     if run.shutdown is not None:
         s = run.shutdown
         endings = ", ".join(f"{n} x {e}" for e, n in s.endings.items())
@@ -230,6 +235,23 @@ def _drops(rounds: list[Drops], checkpoints: list[Resources]) -> list[str]:
         "gap in their output.",
         "",
         *_rss_trend(checkpoints),
+    ]
+
+
+def _slow(s: Slow) -> list[str]:
+    mib = 1024.0
+    return [
+        "## 3b. Followers that stop reading",
+        "",
+        f"On the restarted server (output cap raised to {s.size >> 20} MiB), a job"
+        f" wrote {s.size >> 20} MiB; {s.stalled} followers read one chunk each,"
+        " then nothing for 10 s. Server RSS:"
+        f" {s.rss_before_kib / mib:.1f} MiB before, {s.rss_peak_kib / mib:.1f} MiB"
+        " at the peak (bound: +32 MiB): grpc flow control holds the stalled",
+        "followers back, nothing queues their output in memory. Then one follower"
+        f" read all {s.read_back >> 20} MiB back in {s.read_seconds:.1f} s."
+        f" Lost: {len(s.lost)}.",
+        "",
     ]
 
 

@@ -100,6 +100,7 @@ class ServerProcess:
     def __init__(self, work: str, pki_dir: str, state_dir: str, grace: float) -> None:
         self.work, self.pki_dir, self.state_dir = work, pki_dir, state_dir
         self.grace = grace
+        self.output_cap = OUTPUT_CAP
         self.port = free_port()
         self.runs = 0
         self.process: subprocess.Popen[bytes] | None = None
@@ -123,7 +124,7 @@ class ServerProcess:
             "--tls-cert", f"{p}/server.pem", "--tls-key", f"{p}/server.key",
             "--client-ca", f"{p}/client-ca.pem", "--state-dir", self.state_dir,
             "--stop-grace", str(self.grace), "--max-followers", "64",
-            "--output-cap", str(OUTPUT_CAP),
+            "--output-cap", str(self.output_cap),
         ]  # fmt: skip
         self.process = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, start_new_session=True
