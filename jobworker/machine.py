@@ -10,8 +10,9 @@ An input that is not valid in the current state raises
 Between "the job's process has exited" and "its final status is recorded"
 the job is `Ending` while the owner cleans up (cgroup, work dir); it is
 reported as running (or stopping, if a stop was asked for) until then.
-The stop escalation timer is created when a stop first arrives and cancelled
-in one place: when the process exits. The machine fires no Deferreds (a
+The stop escalation timer is created when a stop first arrives, brought
+forward by a later stop with a sooner deadline, and cancelled in one place:
+when the process exits. The machine fires no Deferreds (a
 callback run inside a transition could not use the machine); waiting for
 the end is the job's (jobworker.job).
 """
@@ -32,6 +33,10 @@ class DelayedCall(Protocol):
 
     def cancel(self) -> None: ...
 
+    def getTime(self) -> float: ...
+
+    def reset(self, secondsFromNow: float) -> None: ...
+
 
 class Scheduler(Protocol):
     """The part of `IReactorTime` the machine uses (a reactor or a Clock)."""
@@ -40,6 +45,8 @@ class Scheduler(Protocol):
         self, delay: float, callable: Callable[..., Any], /, *args: Any, **kw: Any
     ) -> Any: ...
 
+    def seconds(self) -> float: ...
+
 
 class JobInputs(Protocol):
     """What can happen to a job."""
@@ -47,8 +54,10 @@ class JobInputs(Protocol):
     def stop(self, grace: float) -> None:
         """Ask the job to stop: TERM now, KILL after `grace` seconds.
 
-        Stopping a stopping job shares the first stop's escalation; stopping
-        an ending or ended one does nothing.
+        Stopping a stopping job shares the first stop's escalation, brought
+        forward if this stop's grace ends sooner (so a server shutdown is
+        not held up by a user's long grace); stopping an ending or ended one
+        does nothing.
         """
 
     def grace_expired(self) -> None:
@@ -101,7 +110,7 @@ def _build() -> Callable[[JobCore], JobInputs]:
     def ending_state(inputs: JobInputs, core: JobCore) -> JobState:
         return JobState.STOPPING if core.stop_requested else JobState.RUNNING
 
-    for later in (stopping, ending, exited, killed):
+    for later in (ending, exited, killed):
         later.upon(JobInputs.stop).loop().returns(None)
 
     @pep614(running.upon(JobInputs.stop).to(stopping))
@@ -109,6 +118,12 @@ def _build() -> Callable[[JobCore], JobInputs]:
         core.stop_requested = True
         core.escalation = core.clock.callLater(grace, inputs.grace_expired)
         core.terminate()
+
+    @pep614(stopping.upon(JobInputs.stop).loop())
+    def hasten(inputs: JobInputs, core: JobCore, grace: float) -> None:
+        pending = core.escalation
+        if pending is not None and core.clock.seconds() + grace < pending.getTime():
+            pending.reset(grace)
 
     @pep614(stopping.upon(JobInputs.grace_expired).loop())
     def escalate(inputs: JobInputs, core: JobCore) -> None:

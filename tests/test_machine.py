@@ -48,15 +48,29 @@ class JobMachineTests(unittest.TestCase):
         self.machine.killed(15)
 
     def test_concurrent_stops_share_one_escalation(self) -> None:
-        self.machine.stop(10.0)
         self.machine.stop(1.0)
+        self.machine.stop(10.0)
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
-        self.clock.advance(1.0)
         self.assertEqual(self.signals, ["TERM"])
+        self.clock.advance(1.0)
+        self.assertEqual(self.signals, ["TERM", "KILL"])
         self.clock.advance(9.0)
         self.assertEqual(self.signals, ["TERM", "KILL"])
         self.machine.process_exited()
         self.machine.killed(9)
+
+    def test_later_stop_with_a_sooner_deadline_brings_the_kill_forward(self) -> None:
+        self.machine.stop(3600.0)
+        self.clock.advance(5)
+        self.machine.stop(0.5)  # e.g. the server shutting down
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(0.4)
+        self.assertEqual(self.signals, ["TERM"])
+        self.clock.advance(0.1)
+        self.assertEqual(self.signals, ["TERM", "KILL"])
+        self.machine.stop(0)
+        self.clock.advance(3600)
+        self.assertEqual(self.signals, ["TERM", "KILL"])
 
     def test_zero_grace_kills_on_the_next_tick(self) -> None:
         self.machine.stop(0)

@@ -258,8 +258,3 @@ class StopDuringShutdownTests(APITestCase):
         took = reactor.seconds() - began
         await stopping
         self.assertLess(took, self.stop_grace + 2.0, f"shutdown took {took:.1f} s")
-
-    test_shutdown_is_not_held_up_by_an_earlier_stops_long_grace.todo = (  # type: ignore[attr-defined]
-        "a stopping job keeps its first stop's escalation (jobworker/machine.py),"
-        " so shutdown waits out the user's grace (up to 24 h)"
-    )
