@@ -27,15 +27,16 @@ from twisted.logger import Logger
 
 from jobworker.api.bridge import Bridge
 from jobworker.api.gate import Gate
+from jobworker.api.quota import WAITING_CALLS
 from jobworker.api.service import SERVICE_NAME, JobWorkerService
 from jobworker.errors import JobWorkerError
 from jobworker.tlsconfig import ServerTLS
 
 log = Logger()
 
-# Threads beyond the follower cap, for Start/Stop/Status/List, health and
-# reflection; grpcio refuses calls past the pool (RESOURCE_EXHAUSTED)
-# instead of queueing them behind followers.
+# Threads beyond the follower cap and the Start/Stop budget (WAITING_CALLS),
+# for Status/List, health and reflection; grpcio refuses calls past the pool
+# (RESOURCE_EXHAUSTED) instead of queueing them behind followers.
 UNARY_HEADROOM = 16
 # Health watches and reflection streams allowed at once (out of the headroom).
 SIDE_STREAMS = 4
@@ -85,7 +86,7 @@ class JobWorkerServer(Service):
         return self._port
 
     def startService(self) -> None:
-        workers = self.max_followers + UNARY_HEADROOM
+        workers = self.max_followers + WAITING_CALLS + UNARY_HEADROOM
         executor = ThreadPoolExecutor(workers, thread_name_prefix="jobworker-grpc")
         server = grpc.server(
             executor,

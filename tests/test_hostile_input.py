@@ -23,6 +23,7 @@ import grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from jobworker.api.quota import WAITING_CALLS
 from jobworker.jobdirs import job_env
 from jobworker.server import UNARY_HEADROOM
 from jobworker.v1 import jobworker_pb2 as pb
@@ -347,7 +348,7 @@ class HostileInputTests(APITestCase):
         # asks for as many as the server has threads, on a job that ignores
         # SIGTERM, with a grace long enough to outlast alice's List.
         job_id = await self.start_job("bob", shell("trap '' TERM; sleep 1000"))
-        threads = self.max_followers + UNARY_HEADROOM
+        threads = self.max_followers + WAITING_CALLS + UNARY_HEADROOM  # the pool
         stub = self.stub("bob")
         request = pb.StopRequest(job_id=job_id, grace_seconds=6)
         stops = [stub.Stop.future(request, timeout=30) for _ in range(threads)]
@@ -362,10 +363,7 @@ class HostileInputTests(APITestCase):
             )
             listed = await self.call("alice", "List", pb.ListRequest())
             self.assertEqual([job.id for job in listed.jobs], [job_id])
+            # Start waits too: bob's share of those calls leaves room for alice.
+            await self.start_job("alice", shell("true"))
         finally:
             await self.in_thread(lambda: [stop.exception() for stop in stops])
-
-    test_one_users_blocking_stops_do_not_lock_out_others.todo = (  # type: ignore[attr-defined]
-        "no per-caller cap on concurrent calls: one user's Stop calls (each"
-        " waiting out its grace) can take every grpc thread"
-    )

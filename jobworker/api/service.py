@@ -21,12 +21,15 @@ from jobworker.api import errors
 from jobworker.api.auth import Caller, authenticate
 from jobworker.api.bridge import Bridge, CallWaiter
 from jobworker.api.convert import chunk_to_pb, limits_from_pb, parse, status_to_pb
+from jobworker.api.quota import WaitingCalls
 from jobworker.errors import JobNotFound, ShuttingDown, TooManyJobs
 from jobworker.model import JobStatus
 from jobworker.outputlog import read_chunks
 from jobworker.v1 import jobworker_pb2 as pb
 
 SERVICE_NAME = "jobworker.v1.JobWorker"
+# The calls that wait on a job (for its exec, for its end): budgeted.
+WAITING_METHODS = frozenset({"Start", "Stop"})
 CHUNK_BYTES = 64 * 1024
 # A follower that has caught up waits this long after a short batch before
 # asking for more: the added latency is small, and output written faster
@@ -49,6 +52,7 @@ class JobWorkerService:
         self.max_followers = max_followers
         self._lock = threading.Lock()
         self._followers = 0
+        self.waiting_calls = WaitingCalls()
 
     @property
     def followers(self) -> int:
@@ -88,13 +92,24 @@ class JobWorkerService:
     ) -> T:
         def run() -> T:
             caller = authenticate(context)
-            waiter = self._bridge.waiter(context)
-            try:
-                return body(caller, waiter)
-            finally:
-                self._bridge.done(waiter)
+            if method not in WAITING_METHODS:
+                return self._run(caller, context, body)
+            with self.waiting_calls.hold(caller.identity):
+                return self._run(caller, context, body)
 
         return errors.call(method, context, run)
+
+    def _run(
+        self,
+        caller: Caller,
+        context: grpc.ServicerContext,
+        body: Callable[[Caller, CallWaiter], T],
+    ) -> T:
+        waiter = self._bridge.waiter(context)
+        try:
+            return body(caller, waiter)
+        finally:
+            self._bridge.done(waiter)
 
     def _visible(self, caller: Caller, job_id: str) -> JobStatus:
         """The job's status if the caller may see it (reactor thread)."""
