@@ -11,12 +11,13 @@ import argparse
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
 from types import FrameType
 
-from soak import disconnects, faults, load, slow
+from soak import disconnects, faults, load, probes, slow
 from soak.client import Clients
 from soak.report import Resources, Run, write
 from soak.server import ServerProcess, Vitals, make_pki
@@ -118,10 +119,26 @@ def soak(args: argparse.Namespace, work: str, run: Run) -> None:
         run.shutdown = faults.shutdown(server, clients, args.shutdown_jobs)
         run.work_dirs_after_shutdown = len(work_dirs(state_dir))
         print(f"shutdown: {run.shutdown}", flush=True)
+        run.probes = probes.run(server)
+        print(f"probes: {run.probes}", flush=True)
     finally:
         server.kill()
         run.left = leftovers(state_dir)
         remove_cgroups(state_dir)
+
+
+def revision() -> str:
+    """The commit under test, marked when the tree has changes on top."""
+    try:
+        described = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return described.stdout.strip()
 
 
 def main(argv: list[str]) -> int:
@@ -131,7 +148,7 @@ def main(argv: list[str]) -> int:
         return 2
     signal.alarm(int(args.time_limit))
     work = tempfile.mkdtemp(prefix="jobworker-soak-")
-    run = Run(vars(args))
+    run = Run({**vars(args), "revision": revision()})
     begin = time.monotonic()
     try:
         soak(args, work, run)

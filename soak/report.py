@@ -12,6 +12,8 @@ from typing import Any
 from soak.disconnects import Drops
 from soak.faults import Crash, Shutdown
 from soak.load import Tally
+from soak.notes import NOTES, TESTS
+from soak.probes import Probes, render_probes
 from soak.server import Vitals
 from soak.slow import Slow
 from soak.system import Leftovers
@@ -39,6 +41,7 @@ class Run:
     crash: Crash | None = None
     shutdown: Shutdown | None = None
     slow: Slow | None = None
+    probes: Probes | None = None
     resources: list[Resources] = field(default_factory=list)
     stale_job_dirs: int = 0
     stale_work_dirs: int = 0
@@ -94,7 +97,8 @@ def render(run: Run) -> str:
         f"({os.cpu_count()} CPUs, Linux {platform.release()}), as root, against",
         "`twistd -n jobworker` in its own process with full isolation (cgroups v1,",
         "PID/mount/net namespaces, jobs as `nobody`), over mutual TLS on 127.0.0.1.",
-        f"Seed {o['seed']}; the whole run took {run.seconds:.0f} s.",
+        f"Code: `{o.get('revision', 'unknown')}`. Seed {o['seed']}; the whole run"
+        f" took {run.seconds:.0f} s.",
         "",
         f"**Lost: {run.lost_count()}.**",
         "",
@@ -268,55 +272,6 @@ def _rss_trend(checkpoints: list[Resources]) -> list[str]:
     return [f"RSS change (MiB) from each round to the next: {growth}.", ""]
 
 
-NOTES = [
-    "## Notes on what the run shows",
-    "",
-    "- **Exit status on SIGTERM.** twistd (Twisted >= 21.2) ends itself with",
-    "  the signal that stopped it once the shutdown is complete, so the",
-    '  server\'s status is "terminated by SIGTERM" (-15), not 0. The soak',
-    "  accepts that only when the log shows the whole shutdown (`Server Shut",
-    "  Down.`); systemd counts SIGTERM as a clean exit. A plain exit 0 would",
-    "  need the server's own entry point instead of `twistd` re-raising it.",
-    "- **Zombie namespace inits after a KILL escalation.** When a stop reaches",
-    "  its KILL step, `JobCgroup.kill_all()` SIGKILLs the helper H together",
-    "  with everything else, before H has reaped the namespace's init I; I is",
-    "  re-parented as a zombie to the nearest subreaper (or PID 1, which",
-    "  reaps it). Harmless under a reaping init (this run sees none), but a",
-    "  supervisor that is a subreaper and does not reap would collect one per",
-    "  killed job. Seen by running the server under a subreaper: one",
-    "  `jobworker-init` zombie per stop that escalates to KILL, none for a",
-    "  stop that ends at SIGTERM.",
-    "- **A user can make List fail for the admin.** List replies carry every",
-    "  visible job's full command, and a command may be 1 MiB; five such jobs",
-    "  push the reply past grpc's default 4 MiB receive limit, so the admin's",
-    "  and the owner's List (and `jobworker list`) fail with RESOURCE_EXHAUSTED",
-    "  until the server restarts. Recorded as an expected failure in",
-    "  `tests/test_hostile_input.py`",
-    "  (`test_huge_commands_of_one_user_do_not_break_the_admins_list`).",
-    "- **An earlier stop's long grace holds up a shutdown.** A job being",
-    "  stopped keeps its first stop's KILL time (`jobworker/machine.py`, by",
-    "  design: `test_concurrent_stops_share_one_escalation`), and shutdown's",
-    "  own stop shares it; so after a user's Stop with a 24 h grace on a job",
-    "  that ignores SIGTERM, SIGTERM of the server waits up to 24 h instead",
-    "  of the stop grace. Phase 4 above does not include that case; it is",
-    "  an expected failure in `tests/test_races.py`",
-    "  (`test_shutdown_is_not_held_up_by_an_earlier_stops_long_grace`).",
-    "- **One user can take every server thread.** A Stop call holds a grpc",
-    "  thread until the job ends (up to its grace), and nothing caps the calls",
-    "  of one caller: 80 concurrent Stop calls by one user on a job that",
-    "  ignores SIGTERM (or 64 followers plus 16 Stops) make every other",
-    "  caller's calls fail with RESOURCE_EXHAUSTED (\"Concurrent RPC limit",
-    '  exceeded") until they end. Expected failure in',
-    "  `tests/test_hostile_input.py`",
-    "  (`test_one_users_blocking_stops_do_not_lock_out_others`).",
-    "- **Job records and logs are kept.** Every ended job's status stays in",
-    "  the server's memory and its output log on disk until the server stops",
-    "  (RSS above grows with the job count); after a crash the restarted",
-    "  server removes the stale cgroups but not the old job directories.",
-    "",
-]
-
-
 def _fast_parts(run: Run) -> list[str]:
     left = run.left.describe() if run.left else "-"
     return [
@@ -327,27 +282,8 @@ def _fast_parts(run: Run) -> list[str]:
         "children or named jobworker-*; mounts below the state dir).",
         "",
         *NOTES,
-        "## 5 and 6. Hostile input and races (in `make test`)",
-        "",
-        "`tests/test_hostile_input.py`: hypothesis (derandomized, 80 examples per",
-        "property) drives Start, Stop, Status, StreamOutput and List with raw",
-        "request bytes over real mTLS: random and 128 KiB-boundary arguments, NUL",
-        "bytes, invalid UTF-8 in ids, NaN/infinite/negative/huge limits and graces,",
-        "uint64-max offsets, random and near-miss ids, messages over grpc's 4 MiB;",
-        "never INTERNAL/UNKNOWN/UNAVAILABLE, the server keeps serving, and another",
-        "user's running job is never seen, stopped or changed. 200 TCP connections",
-        "that never finish the TLS handshake do not stop other clients.",
-        "",
-        "`tests/test_races.py`: rounds of jobs started together and then stopped,",
-        "polled and followed from about 36 threads at once (over 6,000 calls):",
-        "every Stop answer and every later Status is the same final status, states",
-        "only move forward, every follower (and a late one) gets the same bytes,",
-        "none reaches its deadline; and Stop racing Start 40 times never loses a",
-        "job.",
-        "",
-        "Both files also hold the three problems in the notes above as expected",
-        "failures (trial `todo`), which turn into unexpected successes once fixed.",
-        "",
+        *(render_probes(run.probes) if run.probes else []),
+        *TESTS,
     ]
 
 
