@@ -20,6 +20,8 @@ from jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 
 DEFAULT_SERVER = "127.0.0.1:7443"
 DEFAULT_CONNECT_TIMEOUT = 10.0
+# Jobs per List call (the server may cap it, and ends pages early by size).
+LIST_PAGE_SIZE = 1000
 _ENV = {
     "server": "JOBWORKER_SERVER",
     "ca": "JOBWORKER_CA",
@@ -143,11 +145,22 @@ class Client:
             raise self.error(error, began, job_id) from None
 
     def list(self) -> list[pb.JobStatus]:
-        began = time.monotonic()
-        try:
-            return list(self._stub.List(pb.ListRequest()).jobs)
-        except grpc.RpcError as error:
-            raise self.error(error, began) from None
+        """Every job the caller may see, oldest first: all pages of List."""
+        jobs: list[pb.JobStatus] = []
+        token = ""
+        while True:
+            request = pb.ListRequest(page_size=LIST_PAGE_SIZE, page_token=token)
+            began = time.monotonic()
+            try:
+                response = self._stub.List(request)
+            except grpc.RpcError as error:
+                raise self.error(error, began) from None
+            jobs.extend(response.jobs)
+            if not response.next_page_token:
+                return jobs
+            if response.next_page_token == token or not response.jobs:
+                raise ClientError(f"server {self._config.server} repeats a List page")
+            token = response.next_page_token
 
     def output(self, job_id: str, offset: int = 0) -> Iterator[pb.OutputChunk]:
         """The job's output from `offset` until it has ended; cancelled on close."""

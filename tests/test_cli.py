@@ -10,6 +10,7 @@ import socket
 
 from twisted.trial import unittest
 
+from jobworker.api import paging
 from tests.cliutil import CLITestCase, start_server, started_job
 
 UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}\n")
@@ -173,6 +174,28 @@ class CommandTests(CLITestCase):
         jobs = json.loads(result.out)
         self.assertEqual({job["id"] for job in jobs}, {bobs, carols})
         self.assertEqual(set(jobs[0]), FIELDS)
+
+    async def test_list_shows_every_page(self) -> None:
+        self.patch(paging, "MAX_PAGE_SIZE", 2)
+        started = [await started_job(self.harness, "true") for _ in range(5)]
+        result = await self.harness.cli("list")
+        self.assertEqual(result.code, 0, result.err)
+        rows = result.out.decode().splitlines()[1:]
+        self.assertEqual([row.split()[0] for row in rows], started)
+        result = await self.harness.cli("list", "--json")
+        self.assertEqual([job["id"] for job in json.loads(result.out)], started)
+
+    async def test_list_shows_jobs_whose_commands_fill_a_page_each(self) -> None:
+        # Each command is near the server's 1 MiB cap: one job per page.
+        command = ["true", *["a" * (128 * 1024 - 1)] * 7]
+        started = [
+            await started_job(self.harness, *command, user="bob") for _ in range(3)
+        ]
+        result = await self.harness.cli("list", "--json")
+        self.assertEqual(result.code, 0, result.err)
+        jobs = json.loads(result.out)
+        self.assertEqual([job["id"] for job in jobs], started)
+        self.assertEqual(jobs[2]["command"], command)
 
     async def test_other_users_job_is_not_found(self) -> None:
         job_id = await started_job(self.harness, "sleep", "600", user="bob")

@@ -21,6 +21,7 @@ from jobworker.api import errors
 from jobworker.api.auth import Caller, authenticate
 from jobworker.api.bridge import Bridge, CallWaiter
 from jobworker.api.convert import chunk_to_pb, limits_from_pb, parse, status_to_pb
+from jobworker.api.paging import PageRequest
 from jobworker.api.quota import WaitingCalls
 from jobworker.errors import JobNotFound, ShuttingDown, TooManyJobs
 from jobworker.model import JobStatus
@@ -167,14 +168,14 @@ class JobWorkerService:
 
     def list(self, data: bytes, context: grpc.ServicerContext) -> pb.ListResponse:
         def body(caller: Caller, waiter: CallWaiter) -> pb.ListResponse:
-            parse(pb.ListRequest, data)
+            page = PageRequest.from_pb(parse(pb.ListRequest, data))
 
             def visible() -> list[JobStatus]:
                 jobs: list[JobStatus] = self._manager.list()
                 return [job for job in jobs if caller.may_see(job)]
 
-            jobs = waiter.wait(visible, timeout=QUERY_TIMEOUT)
-            return pb.ListResponse(jobs=[status_to_pb(job) for job in jobs])
+            # Visibility first, then the page: a token cannot widen the view.
+            return page.page(waiter.wait(visible, timeout=QUERY_TIMEOUT))
 
         return self._unary("List", context, body)
 

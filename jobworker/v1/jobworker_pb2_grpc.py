@@ -87,7 +87,8 @@ class JobWorkerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def List(self, request, context):
-        """The jobs the caller may see.
+        """The jobs the caller may see, oldest first, one page at a time
+        (AIP-158): pass each reply's `next_page_token` back until it is empty.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

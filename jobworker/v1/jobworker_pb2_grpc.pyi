@@ -47,7 +47,9 @@ class JobWorkerStub:
     Status: _grpc.UnaryUnaryMultiCallable[_jobworker_pb2.StatusRequest, _jobworker_pb2.StatusResponse]
     """The status of one job."""
     List: _grpc.UnaryUnaryMultiCallable[_jobworker_pb2.ListRequest, _jobworker_pb2.ListResponse]
-    """The jobs the caller may see."""
+    """The jobs the caller may see, oldest first, one page at a time
+    (AIP-158): pass each reply's `next_page_token` back until it is empty.
+    """
     StreamOutput: _grpc.UnaryStreamMultiCallable[_jobworker_pb2.StreamOutputRequest, _jobworker_pb2.OutputChunk]
     """A job's output from `offset` (0: the first byte), then new output as it
     is written; the stream ends when the job has ended and all its output
@@ -66,7 +68,9 @@ class JobWorkerAsyncStub(JobWorkerStub):
     Status: _aio.UnaryUnaryMultiCallable[_jobworker_pb2.StatusRequest, _jobworker_pb2.StatusResponse]  # type: ignore[assignment]
     """The status of one job."""
     List: _aio.UnaryUnaryMultiCallable[_jobworker_pb2.ListRequest, _jobworker_pb2.ListResponse]  # type: ignore[assignment]
-    """The jobs the caller may see."""
+    """The jobs the caller may see, oldest first, one page at a time
+    (AIP-158): pass each reply's `next_page_token` back until it is empty.
+    """
     StreamOutput: _aio.UnaryStreamMultiCallable[_jobworker_pb2.StreamOutputRequest, _jobworker_pb2.OutputChunk]  # type: ignore[assignment]
     """A job's output from `offset` (0: the first byte), then new output as it
     is written; the stream ends when the job has ended and all its output
@@ -106,7 +110,9 @@ class JobWorkerServicer(metaclass=_abc_1.ABCMeta):
         request: _jobworker_pb2.ListRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_jobworker_pb2.ListResponse, _abc.Awaitable[_jobworker_pb2.ListResponse]]:
-        """The jobs the caller may see."""
+        """The jobs the caller may see, oldest first, one page at a time
+        (AIP-158): pass each reply's `next_page_token` back until it is empty.
+        """
 
     @_abc_1.abstractmethod
     def StreamOutput(
