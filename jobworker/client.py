@@ -110,6 +110,26 @@ def open_channel(config: ClientConfig) -> grpc.Channel:
     return grpc.secure_channel(config.server, credentials, options=options)
 
 
+def list_all(
+    stub: pb_grpc.JobWorkerStub, timeout: float | None = None
+) -> list[pb.JobStatus]:
+    """Every job the caller may see, oldest first: List, page after page.
+
+    `timeout` bounds each call; a failed call raises its `grpc.RpcError`.
+    """
+    jobs: list[pb.JobStatus] = []
+    token = ""
+    while True:
+        request = pb.ListRequest(page_size=LIST_PAGE_SIZE, page_token=token)
+        response = stub.List(request, timeout=timeout)
+        jobs.extend(response.jobs)
+        if not response.next_page_token:
+            return jobs
+        if response.next_page_token == token or not response.jobs:
+            raise ClientError("the server sent the same List page again")
+        token = response.next_page_token
+
+
 class Client:
     """The jobworker API over one channel; every failure is a `ClientError`."""
 
@@ -146,21 +166,11 @@ class Client:
 
     def list(self) -> list[pb.JobStatus]:
         """Every job the caller may see, oldest first: all pages of List."""
-        jobs: list[pb.JobStatus] = []
-        token = ""
-        while True:
-            request = pb.ListRequest(page_size=LIST_PAGE_SIZE, page_token=token)
-            began = time.monotonic()
-            try:
-                response = self._stub.List(request)
-            except grpc.RpcError as error:
-                raise self.error(error, began) from None
-            jobs.extend(response.jobs)
-            if not response.next_page_token:
-                return jobs
-            if response.next_page_token == token or not response.jobs:
-                raise ClientError(f"server {self._config.server} repeats a List page")
-            token = response.next_page_token
+        began = time.monotonic()
+        try:
+            return list_all(self._stub)
+        except grpc.RpcError as error:
+            raise self.error(error, began) from None
 
     def output(self, job_id: str, offset: int = 0) -> Iterator[pb.OutputChunk]:
         """The job's output from `offset` until it has ended; cancelled on close."""

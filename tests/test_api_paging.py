@@ -28,6 +28,7 @@ from jobworker.api.paging import (
     encode_token,
     job_key,
 )
+from jobworker.client import list_all
 from jobworker.errors import InvalidRequest
 from jobworker.manager import MAX_COMMAND
 from jobworker.model import JobState, JobStatus, Limits
@@ -224,6 +225,12 @@ class ListPagingTests(APITestCase):
             await self.start_job("bob", shell("true"))
         replies = await self.list_all("bob", size=1000)
         self.assertEqual([len(r.jobs) for r in replies], [2, 1])
+
+    async def test_client_list_all_fetches_every_page(self) -> None:
+        self.patch(paging, "MAX_PAGE_SIZE", 2)
+        started = [await self.start_job("bob", shell("true")) for _ in range(5)]
+        jobs = await self.in_thread(list_all, self.stub("bob"), timeout=30)
+        self.assertEqual([job.id for job in jobs], started)
 
     async def test_a_users_token_never_reveals_other_users_jobs(self) -> None:
         started = [
