@@ -61,7 +61,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict jobworker tests twisted/plugins
+	$(BIN)/mypy --strict jobworker tests twisted/plugins bench soak
 
 unit: $(STAMP)
 	$(BIN)/trial --temp-directory=/tmp/jobworker-trial tests
