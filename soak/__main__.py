@@ -17,7 +17,7 @@ import tempfile
 import time
 from types import FrameType
 
-from soak import disconnects, faults, load, probes, slow
+from soak import disconnects, faults, load, probes, slow, warmup
 from soak.client import Clients
 from soak.report import Resources, Run, write
 from soak.server import ServerProcess, Vitals, make_pki
@@ -90,7 +90,7 @@ def soak(args: argparse.Namespace, work: str, run: Run) -> None:
     try:
         clients = server.start()
         run.fresh = server.vitals()
-        disconnects.fill_pool(clients)
+        run.follower_cap = warmup.fill_pool(clients, [*users, "bob", "carol"])
         clients.close()
         time.sleep(2)  # let the server close the warm-up's connections
         baseline = run.baseline = server.vitals()

@@ -1,8 +1,6 @@
-"""Phase 2 (and the warm-up): followers that vanish, and the server's threads after.
+"""Phase 2: followers that vanish, and the server's threads after.
 
-grpcio's thread pool (a ThreadPoolExecutor) never shrinks, so `fill_pool`
-first holds every one of its threads at once (64 followers and 16 slow
-Stop calls); from then on any thread above that baseline is a leak.
+After the warm-up (`soak.warmup`) any thread above the baseline is a leak.
 `run` drops followers at random moments by cancelling the call, by
 resetting its TCP connection, or by SIGKILLing the process that follows,
 then checks the threads are back to the baseline, that every follower slot
@@ -35,7 +33,6 @@ from soak.server import ServerProcess
 FOLLOWERS = 64
 RESET_NOTICE = 5.0
 SLOT_WAIT = 10.0
-UNARY = 16
 TICKER = "i=0; while :; do echo tick $i; i=$((i+1)); sleep 0.02; done"
 STUBBORN = "trap '' TERM; echo up; while :; do sleep 1; done"
 
@@ -68,23 +65,6 @@ def hold_followers(clients: Clients, job_id: str, count: int) -> list[Any]:
             call.cancel()
         raise
     return calls
-
-
-def fill_pool(clients: Clients) -> None:
-    """Make grpcio's pool start all its threads (64 followers + 16 unary)."""
-    stub = clients.stub("alice")
-    ticker = start(stub, TICKER)
-    stubborn = [start(stub, STUBBORN) for _ in range(UNARY)]
-    calls = hold_followers(clients, ticker, FOLLOWERS)
-
-    def slow_stop(job_id: str) -> None:
-        stub.Stop(pb.StopRequest(job_id=job_id, grace_seconds=3), timeout=60)
-
-    with ThreadPoolExecutor(UNARY) as pool:
-        list(pool.map(slow_stop, stubborn))
-    for call in calls:
-        call.cancel()
-    stub.Stop(pb.StopRequest(job_id=ticker, grace_seconds=0), timeout=60)
 
 
 @dataclass

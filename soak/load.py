@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 
 from jobworker.v1 import jobworker_pb2 as pb
-from soak.client import Clients, Output, collect
+from soak.client import Clients, Output, collect, list_all
 
 CALL_TIMEOUT = 120.0
 MiB = 1 << 20
@@ -179,7 +179,8 @@ def check(plan: Plan, job: pb.JobStatus, output: Output) -> str | None:
     return CHECKS[plan.kind](plan, job, output)
 
 
-def run_job(stub: Any, plan: Plan, tally: Tally) -> None:
+def run_job(stub: Any, plan: Plan, tally: Tally) -> str | None:
+    """Run and check one job; its id if it started."""
     request = pb.StartRequest(command=list(plan.command))
     if plan.limits is not None:
         request.limits.CopyFrom(plan.limits)
@@ -189,10 +190,10 @@ def run_job(stub: Any, plan: Plan, tally: Tally) -> None:
         refused = error.code() == grpc.StatusCode.FAILED_PRECONDITION
         problem = None if plan.kind == "refused" and refused else f"Start {error}"
         tally.record(plan, problem)
-        return
+        return None
     if plan.kind == "refused":
         tally.record(plan, f"started {plan.command!r}")
-        return
+        return str(job.id)
     try:
         follow = stub.StreamOutput(
             pb.StreamOutputRequest(job_id=job.id), timeout=CALL_TIMEOUT
@@ -208,8 +209,9 @@ def run_job(stub: Any, plan: Plan, tally: Tally) -> None:
         final = stub.Status(pb.StatusRequest(job_id=job.id), timeout=CALL_TIMEOUT).job
     except (grpc.RpcError, StopIteration) as error:
         tally.record(plan, f"call failed: {error}")
-        return
+        return str(job.id)
     tally.record(plan, check(plan, final, output), len(output.stdout + output.stderr))
+    return str(job.id)
 
 
 def run(clients: Clients, users: list[str], jobs: int, seed: int) -> Tally:
@@ -221,13 +223,15 @@ def run(clients: Clients, users: list[str], jobs: int, seed: int) -> Tally:
     def client(number: int) -> int:
         stub = clients.stub(users[number])
         mine = plans[number :: len(users)]
-        for plan in mine:
-            run_job(stub, plan, tally)
-        listed = stub.List(pb.ListRequest(), timeout=CALL_TIMEOUT).jobs
-        started = sum(plan.kind != "refused" for plan in mine)
-        if len(listed) != started or any(j.owner != users[number] for j in listed):
+        started = {run_job(stub, plan, tally) for plan in mine} - {None}
+        listed = list_all(stub, CALL_TIMEOUT)
+        missing = started - {job.id for job in listed}
+        if missing or any(job.owner != users[number] for job in listed):
             with tally.lock:
-                tally.lost.append(f"{users[number]} lists {len(listed)} != {started}")
+                tally.lost.append(
+                    f"{users[number]}: {len(missing)} of its jobs not listed,"
+                    " or another's listed"
+                )
         return len(mine)
 
     begin = time.monotonic()

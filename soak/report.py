@@ -42,6 +42,7 @@ class Run:
     shutdown: Shutdown | None = None
     slow: Slow | None = None
     probes: Probes | None = None
+    follower_cap: int = 0
     resources: list[Resources] = field(default_factory=list)
     stale_job_dirs: int = 0
     stale_work_dirs: int = 0
@@ -150,8 +151,11 @@ def render(run: Run) -> str:
         "### Server resources (threads | open fds | RSS MiB, from /proc/<pid>)",
         "",
         "grpcio's ThreadPoolExecutor never shrinks, so the baseline is taken after",
-        "a warm-up that holds every thread of its pool at once (64 followers and",
-        "16 slow Stop calls) and after our connections are closed. Twisted's",
+        "a warm-up (`soak/warmup.py`) that drives every kind of call to its cap"
+        f" at once ({run.follower_cap} followers, Stop calls from"
+        f" {o['clients'] + 2} callers until",
+        "each is refused, a burst of 200 List calls) and after our connections",
+        "are closed. Twisted's",
         "reactor pool (job clean-up) starts up to 10 threads on demand and keeps",
         "them. Bounds: threads <= baseline + 10, fds <= baseline + 4,",
         "RSS <= baseline + 64 MiB; a leak per job or per disconnect would exceed",
