@@ -53,22 +53,6 @@ def collect(chunks: Iterable[pb.OutputChunk]) -> Output:
     return output
 
 
-def list_all(stub: Any, timeout: float) -> list[pb.JobStatus]:
-    """Every job List shows the caller, following pages if the API has them."""
-    paged = "page_token" in pb.ListRequest.DESCRIPTOR.fields_by_name
-    jobs: list[pb.JobStatus] = []
-    token = ""
-    while True:
-        request = pb.ListRequest()
-        if paged:
-            setattr(request, "page_token", token)  # noqa: B010 - newer protos only
-        response = stub.List(request, timeout=timeout)
-        jobs += response.jobs
-        token = getattr(response, "next_page_token", "")
-        if not token:
-            return jobs
-
-
 class Clients:
     """Channels to one server, made on demand and closed together."""
 

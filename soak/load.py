@@ -20,8 +20,9 @@ from typing import Any
 
 import grpc
 
+from jobworker.client import list_all
 from jobworker.v1 import jobworker_pb2 as pb
-from soak.client import Clients, Output, collect, list_all
+from soak.client import Clients, Output, collect
 
 CALL_TIMEOUT = 120.0
 MiB = 1 << 20
