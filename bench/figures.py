@@ -16,6 +16,7 @@ from typing import Any
 from bench.common import MIB, grpc, open_channel
 from bench.run import one, run_workers
 from bench.servers import BenchError, JobWorkerProcess
+from jobworker.client import list_all
 from jobworker.v1 import jobworker_pb2 as pb
 from jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 
@@ -119,7 +120,7 @@ def _start_many(server: JobWorkerProcess, command: list[str], count: int) -> lis
 def _wait_all_ended(stub: pb_grpc.JobWorkerStub) -> None:
     deadline = time.monotonic() + END_TIMEOUT
     while time.monotonic() < deadline:
-        jobs = stub.List(pb.ListRequest()).jobs
+        jobs = list_all(stub)
         if all(job.state in (pb.JOB_STATE_EXITED, pb.JOB_STATE_KILLED) for job in jobs):
             return
         time.sleep(0.2)
@@ -180,7 +181,7 @@ def _calls_answered(stub: pb_grpc.JobWorkerStub, ids: list[str]) -> dict[str, An
             failures += 1
     status_seconds = (time.monotonic() - began) / len(ids)
     began = time.monotonic()
-    listed = len(stub.List(pb.ListRequest()).jobs)
+    listed = len(list_all(stub))
     return {
         "status_failures": failures,
         "status_calls": len(ids),

@@ -10,6 +10,7 @@ throughput, fan-out, start latency and the control plane; `bare-jobs`
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,10 +21,17 @@ from bench.common import GIB, MIB
 from bench.report import Row, ratio_row
 from bench.servers import BareProcess, JobWorkerProcess
 from bench.stats import Summary, percentile
+from jobworker.api.quota import WAITING_CALLS
+from jobworker.server import UNARY_HEADROOM
 
 MAX_FOLLOWERS = 256
-# grpc threads of the jobworker server: its follower cap plus its headroom.
-SERVER_THREADS = MAX_FOLLOWERS + 16
+# grpc threads of the jobworker server, which the bare server gets too.
+SERVER_THREADS = MAX_FOLLOWERS + WAITING_CALLS + UNARY_HEADROOM
+# Runs past the second are skipped when they would take the suite past
+# this many seconds (`make bench` must stay under 10 minutes on a busy
+# machine), given what the later parts need (measured here, with margin).
+BUDGET = 540.0
+RESERVE = {"throughput": 420.0, "unary": 360.0, "fanout": 90.0}
 FANOUT = 50
 
 
@@ -35,7 +43,7 @@ class Plan:
     one_bytes: int = GIB
     fanout_runs: int = 3
     fanout_bytes: int = 256 * MIB
-    bare_fanout_bytes: int = 64 * MIB
+    bare_fanout_bytes: int = 32 * MIB
     start_runs: int = 3
     starts: int = 200
     unary_runs: int = 3
@@ -58,6 +66,10 @@ class Suite:
         self.work = work
         self.results: Results = defaultdict(list)
         self.leftovers: list[str] = []
+        self.began = time.monotonic()
+
+    def _log(self, what: str) -> None:
+        print(f"bench: {time.monotonic() - self.began:5.0f} s  {what}", flush=True)
 
     def _jobworker(self, name: str, *, isolation: bool = True) -> JobWorkerProcess:
         return JobWorkerProcess(
@@ -69,34 +81,53 @@ class Suite:
         )
 
     def _pairs(
-        self, runs: int, bare: Callable[[], Any], ours: Callable[[], Any]
+        self,
+        runs: int,
+        bare: Callable[[], Any],
+        ours: Callable[[], Any],
+        reserve: float,
     ) -> None:
-        for _ in range(runs):
+        """`runs` pairs of runs, but only two if more would not fit the budget.
+
+        `reserve` is the time the rest of the suite needs after these runs.
+        """
+        for run in range(runs):
+            began = time.monotonic()
             bare()
             ours()
+            pair = time.monotonic() - began
+            spent = time.monotonic() - self.began
+            if run + 1 < runs and run >= 1 and spent + pair + reserve > BUDGET:
+                self._log(f"{run + 1} runs: no time for more")
+                return
 
     def run(self) -> None:
         plan, out = self.plan, self.results
+        self._log("baselines: pipe and unshare")
         out["pipe"] = [baselines.pipe_rate(1).median for _ in range(3)]
         out["unshare"] = [baselines.unshare_time(1).median for _ in range(30)]
         bare = BareProcess(self.pki, SERVER_THREADS)
         try:
             main = self._jobworker("main")
             try:
-                self._streams(bare, main)
+                self._throughput(bare, main)
                 self._unary(bare, main)
+                self._log("3. start latency, isolated")
                 for _ in range(plan.start_runs):
                     out["start_iso"].append(figures.start_latency(main, plan.starts))
+                self._fanout(bare, main)
             finally:
                 self.leftovers += main.stop()
         finally:
             bare.stop()
+        self._log("3. start latency, --no-isolation")
         plain = self._jobworker("bare-jobs", isolation=False)
         try:
             for _ in range(plan.start_runs):
                 out["start_plain"].append(figures.start_latency(plain, plan.starts))
         finally:
             self.leftovers += plain.stop()
+        self._log("5. scale")
         scale = self._jobworker("scale")
         try:
             out["scale"].append(
@@ -104,16 +135,23 @@ class Suite:
             )
         finally:
             self.leftovers += scale.stop()
+        self._log("done")
 
-    def _streams(self, bare: BareProcess, main: JobWorkerProcess) -> None:
+    def _throughput(self, bare: BareProcess, main: JobWorkerProcess) -> None:
         plan, out = self.plan, self.results
+        self._log("1. output throughput, one follower")
         self._pairs(
             plan.stream_runs,
             lambda: out["bare_one"].append(
                 baselines.stream_rate(bare, 1, plan.one_bytes, 1)
             ),
             lambda: out["one"].append(figures.throughput(main, plan.one_bytes)),
+            RESERVE["throughput"],
         )
+
+    def _fanout(self, bare: BareProcess, main: JobWorkerProcess) -> None:
+        plan, out = self.plan, self.results
+        self._log(f"2. fan-out, {FANOUT} followers")
         self._pairs(
             plan.fanout_runs,
             lambda: out["bare_fanout"].append(
@@ -122,11 +160,13 @@ class Suite:
             lambda: out["fanout"].append(
                 figures.fanout(main, FANOUT, plan.fanout_bytes)
             ),
+            RESERVE["fanout"],
         )
 
     def _unary(self, bare: BareProcess, main: JobWorkerProcess) -> None:
         plan, out = self.plan, self.results
         job_id = out["one"][0]["job_id"]
+        self._log("4. control plane")
         for threads in (1, 8):
 
             def bare_calls(threads: int = threads) -> None:
@@ -139,7 +179,7 @@ class Suite:
                     figures.control_plane(main, job_id, threads, plan.unary_seconds)
                 )
 
-            self._pairs(plan.unary_runs, bare_calls, status_calls)
+            self._pairs(plan.unary_runs, bare_calls, status_calls, RESERVE["unary"])
 
 
 def _of(items: list[dict[str, Any]], key: str, factor: float = 1.0) -> Summary:
