@@ -23,6 +23,8 @@ from soak.report import Resources, Run, write
 from soak.server import ServerProcess, Vitals, make_pki
 from soak.system import leftovers, remove_cgroups, work_dirs
 
+# What the soak runs: a change here makes the report's revision dirty.
+CODE = ("jobworker", "twisted", "soak", "setup.py", "requirements.lock")
 FD_SLACK = 4
 # Twisted's reactor thread pool (clean-up work) starts threads on demand,
 # up to 10, and keeps them.
@@ -128,17 +130,20 @@ def soak(args: argparse.Namespace, work: str, run: Run) -> None:
 
 
 def revision() -> str:
-    """The commit under test, marked when the tree has changes on top."""
+    """The commit under test, marked when the code has changes on top."""
     try:
-        described = subprocess.run(
-            ["git", "describe", "--always", "--dirty"],
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
             capture_output=True,
             text=True,
             check=True,
-        )
-    except (OSError, subprocess.CalledProcessError):
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "diff", "--quiet", "HEAD", "--", *CODE], check=False
+        ).returncode
+    except OSError:
         return "unknown"
-    return described.stdout.strip()
+    return f"{head} with uncommitted changes" if changed else head
 
 
 def main(argv: list[str]) -> int:

@@ -183,5 +183,6 @@ def render_probes(probes: Probes) -> list[str]:
         lines.append(f"| {probe.name} | {present} | {probe.seen} |")
     lines.append("")
     for probe in probes.results:
-        lines.append(f"- *{probe.name}*: {PROBLEMS.get(probe.name, '')}")
+        state = "" if probe.present else " (fixed; what it was)"
+        lines.append(f"- *{probe.name}*{state}: {PROBLEMS.get(probe.name, '')}")
     return [*lines, ""]
