@@ -8,6 +8,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 
@@ -39,19 +40,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     load = report.load_average()
     work = tempfile.mkdtemp(prefix="jobworker-bench-", dir="/var/tmp")
     suite = Suite(QUICK if args.quick else Plan(), os.path.join(work, "pki"), work)
+    stop_watching = threading.Event()
+
+    def watch() -> None:
+        while not stop_watching.wait(5.0):
+            neighbours.extend(report.busy_neighbours(work))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     try:
         pki.init(suite.pki)
         suite.run()
     finally:
+        stop_watching.set()
+        watcher.join()
         shutil.rmtree(work, ignore_errors=True)
-    neighbours += report.busy_neighbours()
+    neighbours = sorted(set(neighbours))
     table = rows(suite.results)
     seconds = time.monotonic() - began
     conditions = [
         f"Load average {load} at the start, {report.load_average()} at the end.",
         (
-            f"Other test runs shared the machine during this run"
-            f" ({len(neighbours)} processes seen, e.g. `{neighbours[0]}`)."
+            f"Other test, soak or server runs shared the machine during this run"
+            f" ({len(neighbours)} processes seen every 5 s, e.g."
+            f" `{neighbours[0]}`)."
             if neighbours
             else "No other test run was seen on the machine during this run."
         ),

@@ -94,6 +94,14 @@ def start_latency(server: JobWorkerProcess, count: int) -> list[float]:
     return latencies
 
 
+def finished_job(server: JobWorkerProcess) -> str:
+    """The id of a job of `true` that has ended."""
+    with control(server) as stub:
+        job = stub.Start(pb.StartRequest(command=[b"true"])).job
+        _wait_all_ended(stub)
+    return job.id
+
+
 def control_plane(
     server: JobWorkerProcess, job_id: str, threads: int, seconds: float
 ) -> dict[str, float]:

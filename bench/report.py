@@ -81,8 +81,14 @@ def machine() -> str:
     )
 
 
-def busy_neighbours() -> list[str]:
-    """Other test or benchmark runs on this machine right now (it is shared)."""
+NEIGHBOURS = ("bin/trial", "virtme", "qemu-system", "soak", "twistd", "bin/jobworker")
+
+
+def busy_neighbours(work: str | None = None) -> list[str]:
+    """Other test, soak or server runs on this machine now (it is shared).
+
+    Processes whose command line mentions `work` (ours) are left out.
+    """
     found = []
     mine = os.getpid()
     for entry in os.listdir("/proc"):
@@ -94,7 +100,8 @@ def busy_neighbours() -> list[str]:
         except OSError:
             continue
         text = b" ".join(argv).decode(errors="replace")
-        if any(word in text for word in ("bin/trial", "virtme", "qemu-system")):
+        ours = work is not None and work in text
+        if not ours and any(word in text for word in NEIGHBOURS):
             found.append(text[:100])
     return found
 
