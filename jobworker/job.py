@@ -29,6 +29,9 @@ from jobworker.model import JobStatus, Limits, Stream
 from jobworker.outputlog import OutputLog
 
 DRAIN_TIMEOUT = 5.0
+# After SIGUSR2 ("kill everything") the helper has this long to exit before
+# the job's whole cgroup is killed as well.
+KILL_BACKSTOP = 2.0
 # A helper that has not exec'd the command by then is killed and the start
 # fails: set-up can hang (a hung NFS working directory, a stuck cgroup write).
 START_TIMEOUT = 30.0
@@ -102,6 +105,7 @@ class Job:
     _report: bytes = b""
     _status_open: bool = True
     _start_timer: Any = None
+    _backstop: Any = None
     _exit: _Exit | None = None
     _open_streams: set[Stream] = field(
         default_factory=lambda: {Stream.STDOUT, Stream.STDERR}
@@ -170,9 +174,13 @@ class Job:
         self._signal(signals.SIGTERM)
 
     def _kill(self) -> None:
+        # The helper SIGKILLs the namespace's init and reaps it; killing the
+        # helper first would leave the init a zombie of whichever subreaper
+        # is above us. The cgroup is killed too, but only if the helper has
+        # not exited shortly after (and, in any case, when it is removed).
         self._signal(signals.SIGUSR2)
         if self.cgroup is not None:
-            self.cgroup.kill_all()
+            self._backstop = self.reactor.callLater(KILL_BACKSTOP, self.cgroup.kill_all)
 
     # ProcessEvents
 
@@ -197,6 +205,8 @@ class Job:
 
     def process_exited(self, exit_code: int | None, signal: int | None) -> None:
         self._exit = _Exit(exit_code, signal)
+        if self._backstop is not None and self._backstop.active():
+            self._backstop.cancel()
         self._after_exit()
 
     def _after_exit(self) -> None:

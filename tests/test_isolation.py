@@ -8,6 +8,7 @@ is left. Set JOBWORKER_TEST_STATE_ROOT to a directory on a real block device
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import shutil
@@ -63,6 +64,9 @@ def control_file(cgroup: JobCgroup, controller: str, name: str) -> str:
 def keyed(path: str) -> dict[str, str]:
     with open(path) as file:
         return dict(line.split(" ", 1) for line in file.read().splitlines())
+
+
+_PR_SET_CHILD_SUBREAPER = 36
 
 
 async def pause(seconds: float) -> None:
@@ -197,6 +201,38 @@ class LimitTests(IsolationTestCase):
         final = await manager.stop(status.id, grace=0.5)
         self.assertEqual(final.state, JobState.KILLED)
         self.assertTrue(final.stop_requested)
+
+
+class KillTests(IsolationTestCase):
+    async def test_kill_escalation_leaves_no_zombie_for_a_subreaper(self) -> None:
+        # As a subreaper (like a server under some supervisors), we would
+        # inherit the namespace init if the helper died before reaping it.
+        libc = ctypes.CDLL(None, use_errno=True)
+        self.assertEqual(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), 0)
+        self.addCleanup(libc.prctl, _PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+        manager = self.manager()
+        status = await manager.start(
+            "alice", [b"sh", b"-c", b"trap '' TERM; sleep 1000 & sleep 1000"]
+        )
+        final = await manager.stop(status.id, grace=0)
+        self.assertEqual(final.signal, 9)
+        await pause(0.5)
+        self.assertEqual(zombie_children(), [])
+
+
+def zombie_children() -> list[str]:
+    """The names of our children that are zombies."""
+    zombies = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)
+        except (OSError, ValueError):
+            continue
+        state, ppid = fields[-1].split()[:2]
+        if state == "Z" and int(ppid) == os.getpid():
+            zombies.append(fields[0])
+    return zombies
 
 
 class NamespaceTests(IsolationTestCase):

@@ -22,7 +22,7 @@ from twisted.trial import unittest
 
 from jobworker.errors import ExecutableNotFound, IsolationFailed, StartFailed
 from jobworker.isolation import IsolationConfig, JobCgroup
-from jobworker.job import DRAIN_TIMEOUT, START_TIMEOUT
+from jobworker.job import DRAIN_TIMEOUT, KILL_BACKSTOP, START_TIMEOUT
 from jobworker.launcher import HELPER
 from jobworker.manager import JobManager
 from jobworker.model import JobState, JobStatus, Limits
@@ -161,8 +161,11 @@ class JobLifecycleTests(unittest.TestCase):
         self.assertEqual(
             self.reactor.transport.signals, [signal.SIGTERM, signal.SIGUSR2]
         )
-        self.assertEqual(self.driver.cgroups[0].killed, 1)
+        # The helper reaps the namespace first; the cgroup is not killed yet.
+        self.assertEqual(self.driver.cgroups[0].killed, 0)
         self.exit_process(ProcessTerminated(signal=signal.SIGKILL))
+        self.reactor.advance(KILL_BACKSTOP)
+        self.assertEqual(self.driver.cgroups[0].killed, 0)
         self.assertNoResult(stopped)  # the cgroup is still being removed
         self.assertEqual(self.manager.status(job.id).state, JobState.STOPPING)
         self.driver.cgroups[0].removing.callback(None)
@@ -172,6 +175,14 @@ class JobLifecycleTests(unittest.TestCase):
             (JobState.KILLED, signal.SIGKILL, True),
         )
         self.assertEqual(final.ended_at, self.reactor.seconds())
+
+    def test_cgroup_is_killed_when_the_helper_outlives_the_kill(self) -> None:
+        job = self.started_job()
+        self.manager.stop(job.id, grace=0)
+        self.reactor.advance(0)
+        self.assertEqual(self.reactor.transport.signals[-1], signal.SIGUSR2)
+        self.reactor.advance(KILL_BACKSTOP)
+        self.assertEqual(self.driver.cgroups[0].killed, 1)
 
     def test_exit_within_the_grace_sends_no_kill(self) -> None:
         job = self.started_job()
