@@ -239,6 +239,28 @@ def _policy(
 def makeService(config: Options) -> MultiService:
     """The jobworker service; ends twistd with one line on a start-up problem."""
     try:
-        return build_service(config)
+        service = build_service(config)
     except (JobWorkerError, OSError) as error:
         raise SystemExit(f"jobworker: cannot start: {error}") from None
+    _exit_zero_after_shutdown()
+    return service
+
+
+def _exit_zero_after_shutdown() -> None:
+    """Exit 0 after a graceful stop on SIGTERM or SIGINT.
+
+    twistd re-raises the signal once the reactor has stopped, so the process
+    would end "killed by SIGTERM" even though every job was stopped and
+    every stream ended cleanly; supervisors and scripts read that as a
+    failure. The reactor records the signal in `_exitSignal`, which twistd
+    reads after `run()` returns: forget it once shutdown has completed.
+    """
+    from twisted.internet import reactor as installed  # noqa: PLC0415 - twistd's
+
+    reactor: Any = installed
+
+    def forget_signal() -> None:
+        if getattr(reactor, "_exitSignal", None) is not None:
+            reactor._exitSignal = None
+
+    reactor.addSystemEventTrigger("after", "shutdown", forget_signal)

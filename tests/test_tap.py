@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
+import time
 from typing import cast
 
 from twisted.application.service import MultiService
+from twisted.internet.threads import deferToThread
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import (
     ILogObserver,
@@ -120,7 +124,54 @@ class OptionsTests(unittest.TestCase):
         self.assertTrue(options["no-isolation"])
 
 
+def wait_for_handler(pid: int, signum: int, timeout: float = 30.0) -> None:
+    """Wait until process `pid` catches `signum` (twistd installs its handlers
+    once the reactor runs, after the services have started)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/status") as status:
+            caught = next(line for line in status if line.startswith("SigCgt:"))
+        if int(caught.split()[1], 16) & (1 << (signum - 1)):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} never caught signal {signum}")
+
+
 class PluginTests(unittest.TestCase):
+    async def test_sigterm_stops_twistd_gracefully_with_exit_zero(self) -> None:
+        pki = pkiutil.pki_dir()
+        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        argv = [
+            twistd, "-n", "--pidfile=", "jobworker", "--no-isolation",
+            "--listen", "127.0.0.1:0", "--state-dir", os.path.abspath(self.mktemp()),
+            "--tls-cert", os.path.join(pki, "server.pem"),
+            "--tls-key", os.path.join(pki, "server.key"),
+            "--client-ca", os.path.join(pki, "client-ca.pem"),
+        ]  # fmt: skip
+
+        def run() -> tuple[int, str]:
+            with subprocess.Popen(
+                argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT
+            ) as server:
+                assert server.stdout is not None
+                lines = []
+                for raw in server.stdout:
+                    lines.append(raw.decode())
+                    if "API listening" in lines[-1]:
+                        wait_for_handler(server.pid, signal.SIGTERM)
+                        server.send_signal(signal.SIGTERM)
+                        break
+                try:
+                    rest, _ = server.communicate(timeout=30)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+                    raise
+                return server.returncode, "".join(lines) + rest.decode()
+
+        code, log = await deferToThread(run)
+        self.assertIn("Server Shut Down", log)
+        self.assertEqual(code, 0, log)
+
     async def test_twistd_finds_the_plugin(self) -> None:
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
         out, err, code = await getProcessOutputAndValue(
