@@ -15,7 +15,6 @@ bound, and nothing of the run may be left.
 from __future__ import annotations
 
 import re
-import signal
 import threading
 import time
 from collections import Counter
@@ -136,14 +135,9 @@ class Shutdown:
 
 
 def clean_exit(server: ServerProcess, status: int | None) -> bool:
-    """Exit 0, or twistd's own re-raised SIGTERM after a complete shutdown.
-
-    twistd ends itself with the signal that stopped it (Twisted >= 21.2), so
-    a supervisor sees "terminated by SIGTERM"; systemd counts that as clean.
-    """
-    if status == 0:
-        return True
-    return status == -signal.SIGTERM and "Server Shut Down." in server.log_text()
+    """Exit 0 after the whole shutdown (jobworker.tap keeps twistd from
+    re-raising SIGTERM once the shutdown is complete)."""
+    return status == 0 and "Server Shut Down." in server.log_text()
 
 
 def shutdown(server: ServerProcess, clients: Clients, jobs: int) -> Shutdown:
