@@ -114,7 +114,9 @@ class FakeDriver:
         return 0
 
 
-class JobLifecycleTests(unittest.TestCase):
+class FakeManagerTestCase(unittest.TestCase):
+    """A JobManager on a fake process reactor with a fake cgroup driver."""
+
     def setUp(self) -> None:
         self.reactor = FakeProcessReactor()
         self.driver = FakeDriver()
@@ -124,6 +126,8 @@ class JobLifecycleTests(unittest.TestCase):
             reactor=self.reactor,
         )
 
+
+class JobLifecycleTests(FakeManagerTestCase):
     @property
     def protocol(self) -> ProcessProtocol:
         return self.reactor.spawned[-1][0]
@@ -238,17 +242,8 @@ class JobLifecycleTests(unittest.TestCase):
         self.assertEqual(os.listdir(os.path.join(self.manager._state_dir, "jobs")), [])
 
 
-class StartTimeoutTests(unittest.TestCase):
+class StartTimeoutTests(FakeManagerTestCase):
     """A helper that never execs the command is killed and the start fails."""
-
-    def setUp(self) -> None:
-        self.reactor = FakeProcessReactor()
-        self.driver = FakeDriver()
-        self.manager = JobManager(
-            os.path.abspath(self.mktemp()),
-            isolation=IsolationConfig(self.driver, namespaces=True),
-            reactor=self.reactor,
-        )
 
     def test_start_that_hangs_is_killed_and_fails(self) -> None:
         starting = self.manager.start("bob", [b"prog"])
