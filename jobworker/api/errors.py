@@ -8,8 +8,8 @@ server bug: `INTERNAL` with a reference, the traceback only in the log.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import NoReturn, TypeVar, cast
+from collections.abc import Callable, Iterator
+from typing import NoReturn, TypeVar
 
 import grpc
 from twisted.logger import Logger
@@ -71,12 +71,17 @@ def _refused(
     """Map `error` and log the refusal with the caller's identity."""
     code, text = status_for(error, method)
     if code not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED):
-        auth = cast(Mapping[str, Sequence[bytes]], context.auth_context())
-        names = auth.get("x509_common_name") or [b"?"]
+        # The one reading of the caller's identity (auth imports this module).
+        from jobworker.api.auth import authenticate  # noqa: PLC0415
+
+        try:
+            identity = authenticate(context).identity
+        except Refused:
+            identity = "?"
         log.info(
             "{method} by {identity} refused: {code}: {text}",
             method=method,
-            identity=names[0].decode("utf-8", "replace"),
+            identity=identity,
             code=code.name,
             text=text,
         )
