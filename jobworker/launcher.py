@@ -1,8 +1,9 @@
 """Spawning a job's helper, and reading its start report.
 
-The helper (jobworker/helper.py) is started with `reactor.spawnProcess` and
-never with uid, gid or path, so Twisted stays on its `posix_spawnp` path (a
-fork() of a process running grpcio is unsafe). Stdin is /dev/null; fds 1
+The helper (jobworker/helper.py) is started as Twisted's `Process` (a
+`JobProcess`, which reads output in large pieces) and never with uid, gid
+or path, so Twisted stays on its `posix_spawnp` path (a fork() of a process
+running grpcio is unsafe). Stdin is /dev/null; fds 1
 and 2 are the output pipes, fd 3 the close-on-exec status pipe: EOF with no
 data means the command was exec'd, a line "<kind> <detail>" says why not.
 """
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import ProcessProtocol
 
 from jobworker.errors import (
@@ -27,6 +29,7 @@ from jobworker.errors import (
     StartFailed,
 )
 from jobworker.jobdirs import JobUser
+from jobworker.pipes import JobProcess
 from jobworker.protocol import STATUS_FD
 
 HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helper.py")
@@ -88,17 +91,21 @@ class LaunchSpec:
 def spawn(reactor: Any, protocol: ProcessProtocol, spec: LaunchSpec) -> Any:
     """Start the helper for `spec`; return the process transport.
 
-    Raises `StartFailed` if the helper itself cannot be started.
+    On Twisted's POSIX reactors this is a `JobProcess` (exactly what
+    `spawnProcess` makes, with larger output reads); any other reactor (a
+    test's fake) is asked to `spawnProcess` the same way. Raises
+    `StartFailed` if the helper itself cannot be started.
     """
     devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     try:
         argv = spec.helper_argv()
+        child_fds: dict[int, int | str] = {0: devnull, 1: "r", 2: "r", STATUS_FD: "r"}
+        if isinstance(reactor, PosixReactorBase):
+            return JobProcess(  # type: ignore[no-untyped-call]
+                reactor, argv[0], argv, spec.env, None, protocol, None, None, child_fds
+            )
         return reactor.spawnProcess(
-            protocol,
-            argv[0],
-            argv,
-            env=spec.env,
-            childFDs={0: devnull, 1: "r", 2: "r", STATUS_FD: "r"},
+            protocol, argv[0], argv, env=spec.env, childFDs=child_fds
         )
     except OSError as e:
         raise StartFailed(f"cannot start the job helper: {e.strerror}") from None

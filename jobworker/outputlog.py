@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import BinaryIO
 
 from twisted.internet.defer import Deferred, succeed
 
@@ -24,7 +23,9 @@ from jobworker.model import OutputChunk, OutputState, Stream
 HEADER = struct.Struct(">BI")
 # Larger writes are split so that one record always fits a reader's budget.
 MAX_RECORD = 64 * 1024
-_READ_BUFFER = 64 * 1024
+# Read beyond the data budget by this much, for the headers of its records.
+_HEADER_ROOM = 4096
+_IOV_MAX = os.sysconf("SC_IOV_MAX")
 
 
 class OutputLog:
@@ -66,10 +67,12 @@ class OutputLog:
         if not data:
             return
         view = memoryview(data)
+        parts: list[bytes | memoryview] = []
         for start in range(0, len(view), MAX_RECORD):
             piece = view[start : start + MAX_RECORD]
-            _write_all(self._fd, HEADER.pack(stream, len(piece)) + piece)
-            self.size += HEADER.size + len(piece)
+            parts += (HEADER.pack(stream, len(piece)), piece)
+        _write_all(self._fd, parts)
+        self.size += len(parts) // 2 * HEADER.size + len(data)
         self.data_bytes += len(data)
         self._wake()
 
@@ -108,57 +111,104 @@ class OutputLog:
             waiter.callback(state)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+def _write_all(fd: int, parts: list[bytes | memoryview]) -> None:
+    """Write `parts` in order with as few system calls as the OS allows."""
+    views = [memoryview(part) for part in parts]
+    while views:
+        written = os.writev(fd, views[:_IOV_MAX])
+        while views and written >= len(views[0]):
+            written -= len(views.pop(0))
+        if written:
+            views[0] = views[0][written:]
+
+
+class LogReader:
+    """A reader of one job's output log, with its own file handle.
+
+    Thread-safe and independent of the writer: it reads only below an
+    `end` the writer has advertised, with `pread`, so any number of readers
+    (each a follower's thread) can share or hold their own. Close it when
+    done; it is also a context manager.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> LogReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def read(self, offset: int, end: int, max_bytes: int) -> list[OutputChunk]:
+        """Read the records between `offset` and `end` of the log.
+
+        Consecutive records of one stream are joined into one chunk. Reading
+        stops before the record that would take the data past `max_bytes`,
+        but at least one record is returned when `offset < end`. One
+        `pread` covers a whole batch unless it holds many small records.
+        """
+        if max_bytes <= 0:
+            raise InvalidRequest(f"max_bytes must be positive, got {max_bytes}")
+        if not 0 <= offset <= end:
+            raise InvalidRequest(f"offset {offset} is outside the output (0 to {end})")
+        first = offset
+        buffer = b""
+        at = 0  # where `buffer` starts in the log
+        # (stream, start offset, data pieces) of each chunk, in order
+        runs: list[tuple[Stream, int, list[memoryview]]] = []
+        taken = 0
+        view = memoryview(buffer)
+        while offset < end:
+            if offset + HEADER.size > at + len(buffer):
+                buffer, at = self._window(offset, end, max_bytes - taken), offset
+                view = memoryview(buffer)
+            stream, length = _parse_header(view, offset - at, offset, end, first)
+            if runs and taken + length > max_bytes:
+                break
+            begin = offset - at + HEADER.size
+            if begin + length > len(buffer):
+                buffer, at = self._window(offset, end, HEADER.size + length), offset
+                view, begin = memoryview(buffer), HEADER.size
+            if not runs or runs[-1][0] != stream:
+                runs.append((stream, offset, []))
+            runs[-1][2].append(view[begin : begin + length])
+            taken += length
+            offset += HEADER.size + length
+        ends = [run[1] for run in runs[1:]] + [offset] if runs else []
+        return [
+            OutputChunk(stream, begin, next_offset, b"".join(pieces))
+            for (stream, begin, pieces), next_offset in zip(runs, ends, strict=True)
+        ]
+
+    def _window(self, offset: int, end: int, want: int) -> bytes:
+        """The log from `offset`: `want` bytes plus room for some headers."""
+        size = min(end - offset, max(want, 0) + _HEADER_ROOM)
+        data = os.pread(self._fd, size, offset)
+        if len(data) != size:
+            raise InvalidRequest(f"the output log is shorter than {end} bytes")
+        return data
 
 
 def read_chunks(path: str, offset: int, end: int, max_bytes: int) -> list[OutputChunk]:
-    """Read the records between `offset` and `end` of the log at `path`.
-
-    Consecutive records of one stream are joined into one chunk. Reading
-    stops before the record that would take the data past `max_bytes`, but
-    at least one record is returned when `offset < end`. Pure and
-    thread-safe: it opens its own handle and reads only below `end`, a size
-    the writer has advertised.
-    """
-    if max_bytes <= 0:
-        raise InvalidRequest(f"max_bytes must be positive, got {max_bytes}")
-    if not 0 <= offset <= end:
-        raise InvalidRequest(f"offset {offset} is outside the output (0 to {end})")
-    # (stream, start offset, data pieces) of each chunk, in order
-    runs: list[tuple[Stream, int, list[bytes]]] = []
-    taken = 0
-    with open(path, "rb", buffering=_READ_BUFFER) as log:
-        log.seek(offset)
-        start = offset
-        while offset < end:
-            stream, length = _read_header(log, offset, end)
-            if runs and taken + length > max_bytes:
-                break
-            data = log.read(length)
-            if len(data) != length:
-                raise InvalidRequest(f"offset {start} is not a record start")
-            if not runs or runs[-1][0] != stream:
-                runs.append((stream, offset, []))
-            runs[-1][2].append(data)
-            taken += length
-            offset += HEADER.size + length
-    ends = [run[1] for run in runs[1:]] + [offset] if runs else []
-    return [
-        OutputChunk(stream, begin, next_offset, b"".join(pieces))
-        for (stream, begin, pieces), next_offset in zip(runs, ends, strict=True)
-    ]
+    """`LogReader.read` on a reader of its own: one call, any thread."""
+    with LogReader(path) as reader:
+        return reader.read(offset, end, max_bytes)
 
 
-def _read_header(log: BinaryIO, offset: int, end: int) -> tuple[Stream, int]:
-    header = log.read(HEADER.size)
-    if len(header) != HEADER.size:
-        raise InvalidRequest(f"offset {offset} is not a record start")
-    stream, length = HEADER.unpack(header)
+def _parse_header(
+    view: memoryview, at: int, offset: int, end: int, first: int
+) -> tuple[Stream, int]:
+    if at + HEADER.size > len(view):
+        raise InvalidRequest(f"offset {first} is not a record start")
+    stream, length = HEADER.unpack_from(view, at)
     if stream not in (Stream.STDOUT, Stream.STDERR) or (
         offset + HEADER.size + length > end
     ):
-        raise InvalidRequest(f"offset {offset} is not a record start")
+        raise InvalidRequest(f"offset {first} is not a record start")
     return Stream(stream), length

@@ -10,7 +10,13 @@ from twisted.trial import unittest
 
 from jobworker.errors import InvalidRequest
 from jobworker.model import OutputChunk, OutputState, Stream
-from jobworker.outputlog import HEADER, MAX_RECORD, OutputLog, read_chunks
+from jobworker.outputlog import (
+    HEADER,
+    MAX_RECORD,
+    LogReader,
+    OutputLog,
+    read_chunks,
+)
 
 
 class OutputLogTests(unittest.TestCase):
@@ -82,9 +88,43 @@ class OutputLogTests(unittest.TestCase):
         self.assertRaises(InvalidRequest, read_chunks, log.path, -1, log.size, 10)
         self.assertRaises(InvalidRequest, read_chunks, log.path, 99, log.size, 10)
         self.assertRaises(InvalidRequest, read_chunks, log.path, 2, log.size, 10)
+        # Fewer bytes left than a record header.
+        self.assertRaises(
+            InvalidRequest, read_chunks, log.path, log.size - 2, log.size, 10
+        )
         self.assertRaises(InvalidRequest, read_chunks, log.path, 0, log.size, 0)
         self.assertRaises(InvalidRequest, log.wait, log.size + 1)
         self.assertRaises(InvalidRequest, log.wait, -1)
+
+    def test_many_small_records_are_read_past_the_first_window(self) -> None:
+        # 3,000 one-byte records are 18,000 bytes of log for 3,000 of data:
+        # more headers than one read window holds.
+        log = self.make_log()
+        for i in range(3000):
+            log.append(Stream.STDOUT if i % 7 else Stream.STDERR, bytes([i % 256]))
+        chunks = self.read_all(log)
+        self.assertEqual(chunks[-1].next_offset, log.size)
+        self.assertEqual(
+            b"".join(c.data for c in chunks), bytes(i % 256 for i in range(3000))
+        )
+        self.assertEqual(
+            [c.stream for c in chunks[:3]],
+            [Stream.STDERR, Stream.STDOUT, Stream.STDERR],
+        )
+
+    def test_one_reader_reads_a_growing_log_call_after_call(self) -> None:
+        log = self.make_log(cap=1 << 30)
+        offset, data = 0, b""
+        with LogReader(log.path) as reader:
+            for i in range(20):
+                log.append(Stream.STDOUT, bytes([i]) * (MAX_RECORD // 3))
+                while offset < log.size:
+                    chunks = reader.read(offset, log.size, MAX_RECORD)
+                    data += b"".join(c.data for c in chunks)
+                    offset = chunks[-1].next_offset
+        self.assertEqual(
+            data, b"".join(bytes([i]) * (MAX_RECORD // 3) for i in range(20))
+        )
 
     def test_output_past_the_cap_is_dropped_and_flagged(self) -> None:
         log = self.make_log(cap=8)

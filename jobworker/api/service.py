@@ -4,7 +4,7 @@ Requests arrive as raw bytes and are decoded here, so a malformed request is
 INVALID_ARGUMENT rather than grpc's own INTERNAL. Every library call goes
 through a `CallWaiter` (bounded or cancellable waits). `StreamOutput` waits on
 the reactor only for "there is more" (`wait_output`) and reads the log
-file itself, in its own thread, with `read_chunks`.
+file itself, in its own thread, with a `LogReader`.
 """
 
 from __future__ import annotations
@@ -25,13 +25,19 @@ from jobworker.api.paging import PageRequest
 from jobworker.api.quota import WaitingCalls
 from jobworker.errors import JobNotFound, ShuttingDown, TooManyJobs
 from jobworker.model import JobStatus
-from jobworker.outputlog import read_chunks
+from jobworker.outputlog import LogReader
 from jobworker.v1 import jobworker_pb2 as pb
 
 SERVICE_NAME = "jobworker.v1.JobWorker"
 # The calls that wait on a job (for its exec, for its end): budgeted.
 WAITING_METHODS = frozenset({"Start", "Stop"})
-CHUNK_BYTES = 64 * 1024
+# Output messages are as large as this while few followers are open (large
+# messages make streaming cheap per byte, on both ends); the output in
+# flight to all followers together is kept near FOLLOWER_BUFFER_BYTES by
+# making them smaller, down to CHUNK_BYTES_MIN, as followers are added.
+CHUNK_BYTES = 1024 * 1024
+CHUNK_BYTES_MIN = 64 * 1024
+FOLLOWER_BUFFER_BYTES = 4 * 1024 * 1024
 # A follower that has caught up waits this long after a short batch before
 # asking for more: the added latency is small, and output written faster
 # than that is sent as large messages (see doc/performance.md).
@@ -60,6 +66,11 @@ class JobWorkerService:
         """How many StreamOutput calls are open."""
         with self._lock:
             return self._followers
+
+    def chunk_bytes(self) -> int:
+        """The largest output message to send now, given the open followers."""
+        share = FOLLOWER_BUFFER_BYTES // max(self.followers, 1)
+        return max(CHUNK_BYTES_MIN, min(CHUNK_BYTES, share))
 
     def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
         """The generic handler for every method of the service."""
@@ -156,28 +167,30 @@ class JobWorkerService:
 
         return self._unary("Stop", context, body)
 
+    # Status and List read the statuses the jobs publish (`manager.board`)
+    # right here on the grpc thread: no trip to the reactor, nothing to wait
+    # for, so no waiter either.
+
     def status(self, data: bytes, context: grpc.ServicerContext) -> pb.StatusResponse:
-        def body(caller: Caller, waiter: CallWaiter) -> pb.StatusResponse:
+        def run() -> pb.StatusResponse:
+            caller = authenticate(context)
             request = parse(pb.StatusRequest, data)
-            status = waiter.wait(
-                self._visible, caller, request.job_id, timeout=QUERY_TIMEOUT
-            )
+            status: JobStatus = self._manager.board.get(request.job_id)
+            if not caller.may_see(status):
+                raise JobNotFound(request.job_id)
             return pb.StatusResponse(job=status_to_pb(status))
 
-        return self._unary("Status", context, body)
+        return errors.call("Status", context, run)
 
     def list(self, data: bytes, context: grpc.ServicerContext) -> pb.ListResponse:
-        def body(caller: Caller, waiter: CallWaiter) -> pb.ListResponse:
+        def run() -> pb.ListResponse:
+            caller = authenticate(context)
             page = PageRequest.from_pb(parse(pb.ListRequest, data))
-
-            def visible() -> list[JobStatus]:
-                jobs: list[JobStatus] = self._manager.list()
-                return [job for job in jobs if caller.may_see(job)]
-
+            jobs: list[JobStatus] = self._manager.board.all()
             # Visibility first, then the page: a token cannot widen the view.
-            return page.page(waiter.wait(visible, timeout=QUERY_TIMEOUT))
+            return page.page([job for job in jobs if caller.may_see(job)])
 
-        return self._unary("List", context, body)
+        return errors.call("List", context, run)
 
     def stream_output(
         self, data: bytes, context: grpc.ServicerContext
@@ -217,21 +230,22 @@ class JobWorkerService:
             return path
 
         path = waiter.wait(output_path, timeout=QUERY_TIMEOUT)
-        while True:
-            state = waiter.wait(self._manager.wait_output, job_id, offset)
-            if offset >= state.size:
-                return
-            began = offset
-            # Send everything the reactor said is there before asking again:
-            # one round trip per batch, not per 64 KiB message.
-            while offset < state.size:
-                if self._bridge.closed:
-                    raise ShuttingDown("server shutting down")
-                chunks = read_chunks(path, offset, state.size, CHUNK_BYTES)
-                for chunk in chunks:
-                    yield chunk_to_pb(chunk)
-                offset = chunks[-1].next_offset
-            if not state.complete and state.size - began < CHUNK_BYTES:
-                # Caught up with a fast writer: let output gather for a moment
-                # so the next message is large, not one small pipe read.
-                time.sleep(COALESCE_PAUSE)
+        with LogReader(path) as log:
+            while True:
+                state = waiter.wait(self._manager.wait_output, job_id, offset)
+                if offset >= state.size:
+                    return
+                began, chunk_bytes = offset, self.chunk_bytes()
+                # Send everything the reactor said is there before asking
+                # again: one round trip per batch, not per message.
+                while offset < state.size:
+                    if self._bridge.closed:
+                        raise ShuttingDown("server shutting down")
+                    chunks = log.read(offset, state.size, chunk_bytes)
+                    for chunk in chunks:
+                        yield chunk_to_pb(chunk)
+                    offset = chunks[-1].next_offset
+                if not state.complete and state.size - began < chunk_bytes:
+                    # Caught up with a fast writer: let output gather for a
+                    # moment so the next message is large, not one pipe read.
+                    time.sleep(COALESCE_PAUSE)

@@ -1,0 +1,71 @@
+"""Tests for jobworker.pipes: a job's output read in large pieces, for real."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+from typing import Any
+
+from twisted.internet import reactor as _reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+
+from jobworker.pipes import PIPE_BYTES, JobProcess
+
+reactor: Any = _reactor
+SH = shutil.which("sh") or "/bin/sh"
+
+
+class Recorder(ProcessProtocol):
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+        self.exited: Deferred[None] = Deferred()
+        self.closed: Deferred[None] = Deferred()
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD == 1:
+            self.sizes.append(len(data))
+
+    def childConnectionLost(self, childFD: int) -> None:
+        if childFD == 1:
+            self.closed.callback(None)
+
+    def processExited(self, reason: Failure) -> None:
+        self.exited.callback(None)
+
+
+class JobProcessTests(unittest.TestCase):
+    timeout = 30
+
+    def spawn(self, script: str) -> tuple[JobProcess, Recorder]:
+        recorder = Recorder()
+        devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        self.addCleanup(os.close, devnull)
+        process = JobProcess(
+            reactor,
+            SH,
+            [SH, "-c", script],
+            {"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+            None,
+            recorder,
+            None,
+            None,
+            {0: devnull, 1: "r", 2: "r"},
+        )
+        return process, recorder
+
+    async def test_a_full_pipe_is_taken_in_one_read(self) -> None:
+        # 200 KiB does not fit the kernel's default 64 KiB pipe: the writer
+        # can only exit, while nobody reads, if the pipe was enlarged.
+        size = 200 * 1024
+        process, recorder = self.spawn(f"head -c {size} /dev/zero")
+        reader = process.pipes[1]
+        reader.stopReading()
+        self.assertEqual(fcntl.fcntl(reader.fileno(), fcntl.F_GETPIPE_SZ), PIPE_BYTES)
+        await recorder.exited
+        reader.startReading()
+        await recorder.closed
+        self.assertEqual(recorder.sizes, [size])
