@@ -13,6 +13,7 @@ and only then is the final status recorded and the output log completed.
 from __future__ import annotations
 
 import signal as signals
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -99,6 +100,8 @@ class Job:
     reactor: Any
     started_at: float = 0.0
     transport: Any = None
+    on_change: Callable[[JobStatus], None] | None = None
+    """Called with the new status each time the job's status changes."""
     ended_at: float | None = None
     oom_killed: bool = False
     _start_waiters: Waiters[None] = field(default_factory=Waiters[None])
@@ -137,9 +140,15 @@ class Job:
             output_truncated=self.output.truncated,
         )
 
+    def publish(self) -> None:
+        """Hand the current status to `on_change` (after every change)."""
+        if self.on_change is not None:
+            self.on_change(self.status())
+
     def stop(self, grace: float) -> Deferred[JobStatus]:
         """TERM, then KILL after `grace`; fires with the final status."""
         self.machine.stop(grace)
+        self.publish()
         return self.ended()
 
     def ended(self) -> Deferred[JobStatus]:
@@ -186,6 +195,7 @@ class Job:
 
     def output_received(self, stream: Stream, data: bytes) -> None:
         self.output.append(stream, data)
+        self.publish()
 
     def output_closed(self, stream: Stream) -> None:
         self._open_streams.discard(stream)
@@ -246,6 +256,7 @@ class Job:
         else:
             self.machine.exited(how.exit_code or 0)
         self.output.finish()
+        self.publish()
         self._end_waiters.fire(self.status())
 
     async def _drain(self) -> None:

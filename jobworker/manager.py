@@ -1,8 +1,9 @@
 """The job library's facade: start, stop, query and read the output of jobs.
 
 `JobManager` is usable without the server. Every method runs on the reactor
-thread; only `jobworker.outputlog.read_chunks` on `output_path(job_id)` may
-be called from other threads. Methods that return a Deferred report their
+thread; only `board` (the jobs' published statuses) and
+`jobworker.outputlog.read_chunks` on `output_path(job_id)` may be used from
+other threads. Methods that return a Deferred report their
 errors through it; the others raise.
 """
 
@@ -16,6 +17,7 @@ from typing import Any, cast
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
 
+from jobworker.board import StatusBoard
 from jobworker.errors import (
     InvalidRequest,
     IsolationFailed,
@@ -72,6 +74,8 @@ class JobManager:
         self._output_cap = output_cap
         self._reactor = reactor
         self._jobs: dict[str, Job] = {}
+        self.board = StatusBoard()
+        """Every started job's latest status, for readers on any thread."""
         self._starting: dict[str, Job] = {}
         self._closing = False
         self._closed = False
@@ -131,10 +135,16 @@ class JobManager:
         # Registered when exec'd even if our caller stopped waiting (cancel).
         self._starting[record.id] = job
         job.when_started().addCallbacks(
-            lambda _: self._jobs.setdefault(record.id, job), lambda _: None
+            lambda _: self._register(job), lambda _: None
         ).addBoth(lambda _: self._starting.pop(record.id))
         await job.when_started()
         return job.status()
+
+    def _register(self, job: Job) -> None:
+        """The job was exec'd: it is listed, and publishes its status."""
+        self._jobs[job.record.id] = job
+        job.on_change = self.board.publish
+        job.publish()
 
     def stop(self, job_id: str, grace: float | None = None) -> Deferred[JobStatus]:
         """Stop a job: TERM, then after `grace` seconds KILL everything of it.

@@ -122,7 +122,7 @@ class ServerErrorTests(APITestCase):
         def broken() -> list[Any]:
             raise ZeroDivisionError("internal detail")
 
-        self.patch(self.manager, "list", broken)
+        self.patch(self.manager.board, "all", broken)
         error = await self.error("alice", "List", pb.ListRequest())
         self.assertEqual(error.code(), grpc.StatusCode.INTERNAL)
         self.assertNotIn("Traceback", error.details())

@@ -114,17 +114,38 @@ class FakeDriver:
         return 0
 
 
+class PublishCheckingManager(JobManager):
+    """A JobManager whose `status` also checks the published status.
+
+    Every status a test looks at is compared with the board's, so each
+    step of every lifecycle test checks that the job published its change.
+    """
+
+    def status(self, job_id: str) -> JobStatus:
+        status = super().status(job_id)
+        published = self.board.get(job_id)
+        if published != status:
+            raise AssertionError(f"published {published} but the job is {status}")
+        return status
+
+
 class FakeManagerTestCase(unittest.TestCase):
     """A JobManager on a fake process reactor with a fake cgroup driver."""
 
     def setUp(self) -> None:
         self.reactor = FakeProcessReactor()
         self.driver = FakeDriver()
-        self.manager = JobManager(
+        self.addCleanup(self.assert_every_status_published)
+        self.manager = PublishCheckingManager(
             os.path.abspath(self.mktemp()),
             isolation=IsolationConfig(self.driver, namespaces=True),
             reactor=self.reactor,
         )
+
+    def assert_every_status_published(self) -> None:
+        for status in self.manager.list():
+            self.assertEqual(self.manager.board.get(status.id), status)
+        self.assertEqual(self.manager.board.all(), self.manager.list())
 
 
 class JobLifecycleTests(FakeManagerTestCase):
@@ -179,6 +200,24 @@ class JobLifecycleTests(FakeManagerTestCase):
             (JobState.KILLED, signal.SIGKILL, True),
         )
         self.assertEqual(final.ended_at, self.reactor.seconds())
+
+    def test_every_change_is_published_in_the_same_step(self) -> None:
+        job = self.started_job()
+        board = self.manager.board
+        self.assertEqual(board.get(job.id), job)
+        self.protocol.childDataReceived(1, b"out")
+        self.protocol.childDataReceived(2, b"err!")
+        self.assertEqual(board.get(job.id).output_bytes, 7)
+        self.manager.stop(job.id, grace=10)
+        self.assertEqual(
+            (board.get(job.id).state, board.get(job.id).stop_requested),
+            (JobState.STOPPING, True),
+        )
+        self.exit_process(ProcessTerminated(signal=signal.SIGTERM))
+        self.driver.cgroups[0].removing.callback(None)
+        final = board.get(job.id)
+        self.assertEqual((final.state, final.signal), (JobState.KILLED, signal.SIGTERM))
+        self.assertEqual(board.all(), [final])
 
     def test_cgroup_is_killed_when_the_helper_outlives_the_kill(self) -> None:
         job = self.started_job()
