@@ -181,6 +181,26 @@ class CallTests(APITestCase):
     async def test_certificate_without_common_name_is_permission_denied(self) -> None:
         await self.assert_denied("nocn", "common name")
 
+    async def test_each_call_is_authenticated_once(self) -> None:
+        from jobworker.api import auth, gate  # noqa: PLC0415
+
+        seen: list[str] = []
+        real = auth.authenticate
+
+        def counted(context: grpc.ServicerContext) -> auth.Caller:
+            caller = real(context)
+            seen.append(caller.identity)
+            return caller
+
+        self.patch(gate, "authenticate", counted)
+        self.patch(auth, "authenticate", counted)
+        job_id = await self.start_job("alice", [b"true"])
+        await self.call("alice", "Status", pb.StatusRequest(job_id=job_id))
+        await self.call("alice", "List", pb.ListRequest())
+        error = await self.error("bob", "Status", pb.StatusRequest(job_id=job_id))
+        self.assertEqual(error.code(), grpc.StatusCode.NOT_FOUND)
+        self.assertEqual(seen, ["alice", "alice", "alice", "bob"])
+
     async def test_health_service_answers_an_authenticated_caller(self) -> None:
         check = health_pb2_grpc.HealthStub(self.channel("bob")).Check
         request = health_pb2.HealthCheckRequest(service="jobworker.v1.JobWorker")

@@ -5,7 +5,9 @@ clientAuth purpose) at the handshake. What it cannot do is refuse TLS 1.2
 there, or know our naming rules; `authenticate` does both, and the server's
 one interceptor (`jobworker.api.gate`) runs it before every handler of every
 service: below TLS 1.3 is UNAUTHENTICATED, a certificate without exactly one
-CN and exactly one known role (OU) is PERMISSION_DENIED.
+CN and exactly one known role (OU) is PERMISSION_DENIED. The interceptor
+hands the `Caller` it found to the handler in an `AuthenticatedContext`,
+so a call is authenticated once; `caller_of` reads it there.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import enum
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import grpc
 from cryptography import x509
@@ -96,3 +98,24 @@ def authenticate(context: grpc.ServicerContext) -> Caller:
     if isinstance(verdict, Refused):
         raise verdict
     return verdict
+
+
+class AuthenticatedContext:
+    """A call's grpc context, carrying the `Caller` the interceptor found.
+
+    Everything else is the wrapped context's (abort, add_callback, ...).
+    """
+
+    def __init__(self, context: grpc.ServicerContext, caller: Caller) -> None:
+        self.context = context
+        self.caller = caller
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.context, name)
+
+
+def caller_of(context: grpc.ServicerContext) -> Caller:
+    """The caller of this call: the interceptor's finding, else `authenticate`."""
+    if isinstance(context, AuthenticatedContext):
+        return context.caller
+    return authenticate(context)

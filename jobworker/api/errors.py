@@ -72,10 +72,10 @@ def _refused(
     code, text = status_for(error, method)
     if code not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED):
         # The one reading of the caller's identity (auth imports this module).
-        from jobworker.api.auth import authenticate  # noqa: PLC0415
+        from jobworker.api.auth import caller_of  # noqa: PLC0415
 
         try:
-            identity = authenticate(context).identity
+            identity = caller_of(context).identity
         except Refused:
             identity = "?"
         log.info(

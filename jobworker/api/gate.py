@@ -1,28 +1,30 @@
 """The server's one interceptor: authentication, then admission, for every call.
 
 Every method of every service (JobWorker, health, reflection) first passes
-`authenticate` (TLS 1.3, one CN, one known role). Long-lived calls of the
-other services (health `Watch`, reflection) hold a grpc thread each, like
-followers; they get a small cap of their own so that they, too, cannot take
-the threads Start/Stop/Status need. (JobWorker's followers are capped by the
-service, with a clearer message.)
+`authenticate` (TLS 1.3, one CN, one known role); the handler gets the
+`Caller` with its context (`AuthenticatedContext`), not to do it again.
+Long-lived calls of the other services (health `Watch`, reflection) hold a
+grpc thread each, like followers; they get a small cap of their own so
+that they, too, cannot take the threads Start/Stop/Status need.
+(JobWorker's followers are capped by the service, with a clearer message.)
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 from twisted.logger import Logger
 
-from jobworker.api.auth import authenticate
+from jobworker.api.auth import AuthenticatedContext, Caller, authenticate
 from jobworker.api.errors import Refused, abort, status_for
 
 log = Logger()
 Behavior = Callable[[Any, grpc.ServicerContext], Any]
-Admit = Callable[[grpc.ServicerContext], Callable[[], None]]
+# Admission: the caller and how to release the call, or `Refused`.
+Admit = Callable[[grpc.ServicerContext], tuple[Caller, Callable[[], None]]]
 
 _FACTORIES = {
     "unary_unary": grpc.unary_unary_rpc_method_handler,
@@ -34,10 +36,17 @@ _FACTORIES = {
 
 def _admitted(
     admit: Admit, context: grpc.ServicerContext, method: str
-) -> Callable[[], None]:
-    """Admit the call (returning how to release it) or end it with its status."""
+) -> tuple[grpc.ServicerContext, Callable[[], None]]:
+    """Admit the call or end it with its status.
+
+    Returns the context to hand the handler (with the caller) and how to
+    release the call.
+    """
     try:
-        return admit(context)
+        caller, release = admit(context)
+        return cast(
+            grpc.ServicerContext, AuthenticatedContext(context, caller)
+        ), release
     except Refused as refused:
         code, text = status_for(refused, method)
     log.info(
@@ -52,7 +61,7 @@ def _admitted(
 
 def _unary(method: str, behavior: Behavior, admit: Admit) -> Behavior:
     def unary(request: Any, context: grpc.ServicerContext) -> Any:
-        release = _admitted(admit, context, method)
+        context, release = _admitted(admit, context, method)
         try:
             return behavior(request, context)
         finally:
@@ -63,7 +72,7 @@ def _unary(method: str, behavior: Behavior, admit: Admit) -> Behavior:
 
 def _streaming(method: str, behavior: Behavior, admit: Admit) -> Behavior:
     def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        release = _admitted(admit, context, method)
+        context, release = _admitted(admit, context, method)
         try:
             yield from behavior(request, context)
         finally:
@@ -90,21 +99,22 @@ class Gate(_Interceptor):
         self._slots = threading.BoundedSemaphore(side_streams)
         self.side_streams = side_streams
 
-    def _authenticate(self, context: grpc.ServicerContext) -> Callable[[], None]:
-        authenticate(context)
-        return _nothing
+    def _authenticate(
+        self, context: grpc.ServicerContext
+    ) -> tuple[Caller, Callable[[], None]]:
+        return authenticate(context), _nothing
 
     def _authenticate_and_take_slot(
         self, context: grpc.ServicerContext
-    ) -> Callable[[], None]:
-        authenticate(context)
+    ) -> tuple[Caller, Callable[[], None]]:
+        caller = authenticate(context)
         if not self._slots.acquire(blocking=False):
             raise Refused(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"too many health watches or reflection streams open (the server"
                 f" allows {self.side_streams}); try again later",
             )
-        return self._slots.release
+        return caller, self._slots.release
 
     def intercept_service(
         self,

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import grpc
 
 from jobworker.api import errors
-from jobworker.api.auth import Caller, authenticate
+from jobworker.api.auth import Caller, caller_of
 from jobworker.api.bridge import Bridge, CallWaiter
 from jobworker.api.convert import chunk_to_pb, limits_from_pb, parse, status_to_pb
 from jobworker.api.paging import PageRequest
@@ -103,7 +103,7 @@ class JobWorkerService:
         body: Callable[[Caller, CallWaiter], T],
     ) -> T:
         def run() -> T:
-            caller = authenticate(context)
+            caller = caller_of(context)
             if method not in WAITING_METHODS:
                 return self._run(caller, context, body)
             with self.waiting_calls.hold(caller.identity):
@@ -173,7 +173,7 @@ class JobWorkerService:
 
     def status(self, data: bytes, context: grpc.ServicerContext) -> pb.StatusResponse:
         def run() -> pb.StatusResponse:
-            caller = authenticate(context)
+            caller = caller_of(context)
             request = parse(pb.StatusRequest, data)
             status: JobStatus = self._manager.board.get(request.job_id)
             if not caller.may_see(status):
@@ -184,7 +184,7 @@ class JobWorkerService:
 
     def list(self, data: bytes, context: grpc.ServicerContext) -> pb.ListResponse:
         def run() -> pb.ListResponse:
-            caller = authenticate(context)
+            caller = caller_of(context)
             page = PageRequest.from_pb(parse(pb.ListRequest, data))
             jobs: list[JobStatus] = self._manager.board.all()
             # Visibility first, then the page: a token cannot widen the view.
@@ -200,7 +200,7 @@ class JobWorkerService:
     def _follow(
         self, data: bytes, context: grpc.ServicerContext
     ) -> Iterator[pb.OutputChunk]:
-        caller = authenticate(context)
+        caller = caller_of(context)
         request = parse(pb.StreamOutputRequest, data)
         with self._lock:
             if self._followers >= self.max_followers:
