@@ -1,32 +1,42 @@
 """The exec'd helper between the server and a job's command (stdlib only).
 
-Run as `python -I -S helper.py CONFIG_JSON -- ARGV...`, status pipe on fd 3;
-it must not import jobworker. H (this process): dies with the server, new
-session, joins the job's cgroups; without namespaces it is the job's init
-(a child subreaper), with them it unshares PID, mount and network namespaces
-and forks I (PID 1 there), the init. The init forks C, forwards SIGTERM and
-SIGINT to C's process group, kills everything on SIGUSR2, reaps, and when C
-ends kills every leftover and reports C's wait status. C: session, work dir,
-user, no_new_privs, default signals, exec. A set-up failure writes "<kind>
+Run as `python -I -S helper.py CONFIG -- ARGV...` (CONFIG: the hex of a
+`marshal`led dict, from the same interpreter), status pipe on fd 3; it must
+not import jobworker, and imports only what loads fast: every job start
+waits for this interpreter (no json, re, typing, socket or contextlib).
+H (this process): dies with the server, new session, joins the job's
+cgroups; without namespaces it is the job's init (a child subreaper), with
+them it unshares PID, mount and network namespaces and forks I (PID 1
+there), the init. The init forks C, forwards SIGTERM and SIGINT to C's
+process group, kills everything on SIGUSR2, reaps, and when C ends kills
+every leftover and reports C's wait status. C: session, work dir, user,
+no_new_privs, default signals, exec. A set-up failure writes "<kind>
 <detail>" to fd 3 and exits 127; EOF on fd 3 with no data means exec'd. H
 finally mirrors C's status (exit code or the same signal) as its own.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
 import fcntl
-import json
+import marshal
 import os
 import resource
 import select
-import signal
-import socket
 import struct
 import sys
-from typing import Any, NoReturn
+
+# os.execvpe imports it when it runs, after the switch to the job's user,
+# who may not be able to read the standard library's directory.
+import warnings  # noqa: F401
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal
+    from typing import Any, NoReturn
+else:  # `signal` without the enums it wraps it in, which load slowly
+    import _signal as signal
 
 STATUS_FD = 3
 SETUP_FAILED = 127
@@ -93,7 +103,10 @@ def _setup_namespace() -> None:
     _check(_libc.mount(b"proc", b"/proc", b"proc", flags, None), "mount /proc")
     # Best effort: a sysfs of the new network namespace (only `lo` in it).
     _libc.mount(b"sysfs", b"/sys", b"sysfs", flags, None)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    import _socket  # noqa: PLC0415 - the C module; `socket` loads slowly
+
+    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    try:
         try:
             ifreq = fcntl.ioctl(sock, _SIOCGIFFLAGS, struct.pack("16sH14x", b"lo", 0))
             current = struct.unpack("16sH14x", ifreq)[1]
@@ -102,6 +115,8 @@ def _setup_namespace() -> None:
             )
         except OSError as e:
             raise SetupError(f"isolation lo up: {e.strerror}") from None
+    finally:
+        sock.close()
 
 
 def _exec_command(config: dict[str, Any], argv: list[bytes]) -> NoReturn:
@@ -158,13 +173,8 @@ def _descendants() -> list[int]:
 
 def _kill_everything() -> None:
     """SIGKILL every other process of the job (all of the PID namespace)."""
-    if os.getpid() == 1:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(-1, signal.SIGKILL)
-        return
-    for pid in _descendants():
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    for pid in [-1] if os.getpid() == 1 else _descendants():
+        _send(pid, signal.SIGKILL)
 
 
 def _kill_and_reap_all(main: int, status: int) -> int:
@@ -179,6 +189,14 @@ def _kill_and_reap_all(main: int, status: int) -> int:
             status = wait_status
 
 
+def _send(pid: int, sig: int) -> None:
+    """`os.kill`, for a process that may be gone already."""
+    try:  # noqa: SIM105 - contextlib is slow to import
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
 def _signal_group(leader: int, sig: int) -> None:
     """Signal the command's process group (or the command, before setsid),
     then SIGCONT it so that a stopped job gets the signal too."""
@@ -186,8 +204,7 @@ def _signal_group(leader: int, sig: int) -> None:
         try:
             os.killpg(leader, each)
         except ProcessLookupError:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(leader, each)
+            _send(leader, each)
 
 
 def _act_as_init(config: dict[str, Any], argv: list[bytes]) -> int:
@@ -203,10 +220,12 @@ def _act_as_init(config: dict[str, Any], argv: list[bytes]) -> int:
             _signal_group(main, sig)
         elif sig == signal.SIGUSR2:
             _kill_everything()
-        with contextlib.suppress(ChildProcessError):
+        try:
             while (reaped := os.waitpid(-1, os.WNOHANG))[0] != 0:
                 if reaped[0] == main:
                     status = reaped[1]
+        except ChildProcessError:
+            pass
     return _kill_and_reap_all(main, status)
 
 
@@ -215,8 +234,10 @@ def _mirror(status: int) -> NoReturn:
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        with contextlib.suppress(OSError, ValueError):  # SIGKILL has no handler
+        try:  # noqa: SIM105 - contextlib is slow to import
             signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):  # SIGKILL has no handler
+            pass
         signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
         os.kill(os.getpid(), sig)
         os._exit(128 + sig)
@@ -258,8 +279,7 @@ def _run_namespaced(config: dict[str, Any], argv: list[bytes]) -> NoReturn:
     while True:
         sig = signal.sigwaitinfo(_WATCHED).si_signo
         if sig in _FORWARDED or sig == signal.SIGUSR2:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(init, signal.SIGKILL if sig == signal.SIGUSR2 else sig)
+            _send(init, signal.SIGKILL if sig == signal.SIGUSR2 else sig)
         pid, init_status = os.waitpid(init, os.WNOHANG)
         if pid == init:
             break
@@ -268,10 +288,11 @@ def _run_namespaced(config: dict[str, Any], argv: list[bytes]) -> NoReturn:
 
 
 def main(args: list[str]) -> NoReturn:
-    """Entry point: `helper.py CONFIG_JSON -- ARGV...`."""
+    """Entry point: `helper.py CONFIG -- ARGV...`."""
     os.set_inheritable(STATUS_FD, False)
     try:
-        config = json.loads(args[0])
+        # The server's own data, from the same interpreter (not a client's).
+        config = marshal.loads(bytes.fromhex(args[0]))  # noqa: S302
         argv = [os.fsencode(arg) for arg in args[2:]]
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # die with the server
         if os.getppid() != config["parent"]:

@@ -6,8 +6,10 @@ and checks what the job saw and how the helper ended.
 
 from __future__ import annotations
 
+import marshal
 import os
 import signal
+import subprocess
 import sys
 from dataclasses import replace
 from typing import Any
@@ -53,6 +55,24 @@ class HelperTests(unittest.TestCase):
 
     async def sh(self, script: bytes, *args: bytes) -> HelperRun:
         return await self.run_spec(self.spec(b"sh", b"-c", script, b"sh", *args))
+
+    def test_helper_loads_no_slow_module(self) -> None:
+        # Every job start waits for the helper's imports (doc/performance.md).
+        # Run with no arguments, it imports everything, then fails to report.
+        done = subprocess.run(
+            [sys.executable, "-I", "-S", "-X", "importtime", HELPER],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        loaded = {
+            line.rpartition("|")[2].strip()
+            for line in done.stderr.decode().splitlines()
+            if line.startswith("import time:")
+        }
+        self.assertIn("ctypes", loaded)  # the list is real
+        slow = {"json", "re", "typing", "contextlib", "socket", "enum", "jobworker"}
+        self.assertEqual(loaded & slow, set())
 
     async def test_helper_is_spawned_without_fork(self) -> None:
         def no_fork() -> int:
@@ -183,7 +203,8 @@ class HelperTests(unittest.TestCase):
     async def test_helper_exits_when_its_parent_is_not_the_server(self) -> None:
         spec = self.spec(b"true")
         argv = spec.helper_argv()
-        argv[4] = argv[4].replace(b'"parent": %d' % os.getpid(), b'"parent": 1')
+        config = marshal.loads(bytes.fromhex(argv[4].decode()))
+        argv[4] = marshal.dumps(config | {"parent": 1}).hex().encode()
         run = HelperRun()
         reactor.spawnProcess(
             run, sys.executable, argv, env={}, childFDs={1: "r", 2: "r", 3: "r"}
