@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import struct
+from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred, succeed
 
@@ -122,6 +123,23 @@ def _write_all(fd: int, parts: list[bytes | memoryview]) -> None:
             views[0] = views[0][written:]
 
 
+@dataclass
+class Run:
+    """The records of one chunk as read: views of the log, not yet joined."""
+
+    stream: Stream
+    offset: int
+    next_offset: int
+    pieces: list[memoryview]
+
+    def chunk(self) -> OutputChunk:
+        """The chunk, its data joined (copied) into one `bytes`."""
+        return OutputChunk(self.stream, self.offset, self.next_offset, self.data())
+
+    def data(self) -> bytes:
+        return b"".join(self.pieces)
+
+
 class LogReader:
     """A reader of one job's output log, with its own file handle.
 
@@ -150,8 +168,15 @@ class LogReader:
 
         Consecutive records of one stream are joined into one chunk. Reading
         stops before the record that would take the data past `max_bytes`,
-        but at least one record is returned when `offset < end`. One
-        `pread` covers a whole batch unless it holds many small records.
+        but at least one record is returned when `offset < end`.
+        """
+        return [run.chunk() for run in self.read_runs(offset, end, max_bytes)]
+
+    def read_runs(self, offset: int, end: int, max_bytes: int) -> list[Run]:
+        """`read`, with each chunk's data left as views of what was read.
+
+        One `pread` covers a whole batch unless it holds many small
+        records. The views stay valid as long as the runs are kept.
         """
         if max_bytes <= 0:
             raise InvalidRequest(f"max_bytes must be positive, got {max_bytes}")
@@ -160,8 +185,7 @@ class LogReader:
         first = offset
         buffer = b""
         at = 0  # where `buffer` starts in the log
-        # (stream, start offset, data pieces) of each chunk, in order
-        runs: list[tuple[Stream, int, list[memoryview]]] = []
+        runs: list[Run] = []
         taken = 0
         view = memoryview(buffer)
         while offset < end:
@@ -175,16 +199,13 @@ class LogReader:
             if begin + length > len(buffer):
                 buffer, at = self._window(offset, end, HEADER.size + length), offset
                 view, begin = memoryview(buffer), HEADER.size
-            if not runs or runs[-1][0] != stream:
-                runs.append((stream, offset, []))
-            runs[-1][2].append(view[begin : begin + length])
+            if not runs or runs[-1].stream != stream:
+                runs.append(Run(stream, offset, offset, []))
+            runs[-1].pieces.append(view[begin : begin + length])
             taken += length
             offset += HEADER.size + length
-        ends = [run[1] for run in runs[1:]] + [offset] if runs else []
-        return [
-            OutputChunk(stream, begin, next_offset, b"".join(pieces))
-            for (stream, begin, pieces), next_offset in zip(runs, ends, strict=True)
-        ]
+            runs[-1].next_offset = offset
+        return runs
 
     def _window(self, offset: int, end: int, want: int) -> bytes:
         """The log from `offset`: `want` bytes plus room for some headers."""

@@ -20,7 +20,7 @@ import grpc
 from jobworker.api import errors
 from jobworker.api.auth import Caller, caller_of
 from jobworker.api.bridge import Bridge, CallWaiter
-from jobworker.api.convert import chunk_to_pb, limits_from_pb, parse, status_to_pb
+from jobworker.api.convert import encode_chunk, limits_from_pb, parse, status_to_pb
 from jobworker.api.paging import PageRequest
 from jobworker.api.quota import WaitingCalls
 from jobworker.errors import JobNotFound, ShuttingDown, TooManyJobs
@@ -89,9 +89,9 @@ class JobWorkerService:
                 "Stop": unary(self.stop, pb.StopResponse),
                 "Status": unary(self.status, pb.StatusResponse),
                 "List": unary(self.list, pb.ListResponse),
+                # Chunks are encoded by `encode_chunk`, sent as they are.
                 "StreamOutput": grpc.unary_stream_rpc_method_handler(
-                    self.stream_output,
-                    response_serializer=pb.OutputChunk.SerializeToString,
+                    self.stream_output
                 ),
             },
         )
@@ -194,12 +194,10 @@ class JobWorkerService:
 
     def stream_output(
         self, data: bytes, context: grpc.ServicerContext
-    ) -> Iterator[pb.OutputChunk]:
+    ) -> Iterator[bytes]:
         return errors.stream("StreamOutput", context, self._follow(data, context))
 
-    def _follow(
-        self, data: bytes, context: grpc.ServicerContext
-    ) -> Iterator[pb.OutputChunk]:
+    def _follow(self, data: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
         caller = caller_of(context)
         request = parse(pb.StreamOutputRequest, data)
         with self._lock:
@@ -221,7 +219,7 @@ class JobWorkerService:
 
     def _chunks(
         self, caller: Caller, request: pb.StreamOutputRequest, waiter: CallWaiter
-    ) -> Iterator[pb.OutputChunk]:
+    ) -> Iterator[bytes]:
         job_id, offset = request.job_id, request.offset
 
         def output_path() -> str:
@@ -241,10 +239,10 @@ class JobWorkerService:
                 while offset < state.size:
                     if self._bridge.closed:
                         raise ShuttingDown("server shutting down")
-                    chunks = log.read(offset, state.size, chunk_bytes)
-                    for chunk in chunks:
-                        yield chunk_to_pb(chunk)
-                    offset = chunks[-1].next_offset
+                    runs = log.read_runs(offset, state.size, chunk_bytes)
+                    for run in runs:
+                        yield encode_chunk(run)
+                    offset = runs[-1].next_offset
                 if not state.complete and state.size - began < chunk_bytes:
                     # Caught up with a fast writer: let output gather for a
                     # moment so the next message is large, not one pipe read.
