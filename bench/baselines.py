@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from typing import Any
@@ -22,6 +23,33 @@ def pipe_rate(runs: int) -> Summary:
         )
         rates.append(GIB / MIB / (time.monotonic() - began))
     return Summary.of(rates)
+
+
+def disk_rate(directory: str, size: int) -> float:
+    """Writing `size` bytes to a file in `directory` and flushing it, MiB/s.
+
+    What a job's output log can sustain once the kernel's dirty page cache
+    is full: the state directory's disk write rate.
+    """
+    path = os.path.join(directory, "disk-rate")
+    os.sync()
+    began = time.monotonic()
+    try:
+        subprocess.run(
+            [
+                "dd",
+                "if=/dev/zero",
+                f"of={path}",
+                "bs=1M",
+                f"count={size // MIB}",
+                "conv=fdatasync",
+                "status=none",
+            ],
+            check=True,
+        )
+        return size / MIB / (time.monotonic() - began)
+    finally:
+        os.unlink(path)
 
 
 def unshare_time(runs: int) -> Summary:

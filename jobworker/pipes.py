@@ -13,7 +13,6 @@ reactor is busy elsewhere.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 from typing import Any
@@ -50,8 +49,8 @@ class LargeReadProcessReader(process.ProcessReader):
                 break
             except InterruptedError:
                 continue
-            except OSError as e:
-                result = CONNECTION_DONE if e.errno == errno.EIO else CONNECTION_LOST
+            except OSError:  # as Twisted's readFromFD
+                result = CONNECTION_LOST
                 break
             if not piece:
                 result = CONNECTION_DONE
