@@ -13,7 +13,13 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from jobworker.api.service import JobWorkerService
+from jobworker.api.bridge import Bridge
+from jobworker.api.service import (
+    CHUNK_BYTES,
+    CHUNK_BYTES_MIN,
+    FOLLOWER_BUFFER_BYTES,
+    JobWorkerService,
+)
 from jobworker.model import JobState
 from jobworker.server import SIDE_STREAMS
 from jobworker.v1 import jobworker_pb2 as pb
@@ -45,6 +51,32 @@ class StreamTests(APITestCase):
         self.assertEqual(chunks[0][1], 0)
         for before, after in itertools.pairwise(chunks):
             self.assertEqual(before[2], after[1])
+
+    async def test_a_lone_follower_gets_messages_of_up_to_a_mebibyte(self) -> None:
+        size = 3 * CHUNK_BYTES + 5
+        job_id = await self.start_job("alice", shell(f"head -c {size} /dev/zero"))
+        await self.eventually(
+            lambda: self.manager.status(job_id).state.ended, "the job has ended"
+        )
+        chunks = await self.read_all("alice", job_id)
+        sizes = [len(data) for _, _, _, data in chunks]
+        self.assertEqual(sum(sizes), size)
+        self.assertLessEqual(max(sizes), CHUNK_BYTES)
+        # Messages end on record boundaries (64 KiB records at most).
+        self.assertGreater(min(sizes[:3]), CHUNK_BYTES - 64 * 1024)
+
+    def test_messages_shrink_as_followers_are_added(self) -> None:
+        service = JobWorkerService(None, Bridge(None), max_followers=256)
+        sizes = {}
+        for followers in (0, 1, 4, 16, 50, 64, 256):
+            service._followers = followers
+            sizes[followers] = service.chunk_bytes()
+        self.assertEqual(sizes[0], CHUNK_BYTES)
+        self.assertEqual(sizes[4], CHUNK_BYTES)
+        self.assertEqual(sizes[16], FOLLOWER_BUFFER_BYTES // 16)
+        self.assertEqual(sizes[50], FOLLOWER_BUFFER_BYTES // 50)
+        self.assertEqual(sizes[64], CHUNK_BYTES_MIN)
+        self.assertEqual(sizes[256], CHUNK_BYTES_MIN)
 
     async def test_stream_resumes_from_a_next_offset(self) -> None:
         job_id = await self.start_job("alice", shell("echo one; echo two >&2"))
