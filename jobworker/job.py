@@ -121,6 +121,9 @@ class Job:
     def __post_init__(self) -> None:
         self.core = JobCore(self.reactor, self._terminate, self._kill)
         self.machine = JobMachine(self.core)
+        # New output and the end are published before any follower is woken:
+        # a client that has read output must not get an older status.
+        self.output.before_wake = self.publish
 
     def status(self) -> JobStatus:
         """An immutable snapshot of this job."""
@@ -194,8 +197,7 @@ class Job:
     # ProcessEvents
 
     def output_received(self, stream: Stream, data: bytes) -> None:
-        self.output.append(stream, data)
-        self.publish()
+        self.output.append(stream, data)  # publishes (before_wake)
 
     def output_closed(self, stream: Stream) -> None:
         self._open_streams.discard(stream)
@@ -255,8 +257,7 @@ class Job:
             self.machine.killed(how.signal)
         else:
             self.machine.exited(how.exit_code or 0)
-        self.output.finish()
-        self.publish()
+        self.output.finish()  # publishes the final status (before_wake)
         self._end_waiters.fire(self.status())
 
     async def _drain(self) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred, succeed
@@ -52,6 +53,8 @@ class OutputLog:
             0o600,
         )
         self._waiters: set[Deferred[OutputState]] = set()
+        self.before_wake: Callable[[], None] | None = None
+        """Called after each change, before the waiters hear of it."""
 
     def state(self) -> OutputState:
         """How far the log may be read, and whether it is final."""
@@ -63,8 +66,10 @@ class OutputLog:
             return
         room = self.cap - self.data_bytes
         if len(data) > room:
-            self.truncated = True
+            newly_truncated, self.truncated = not self.truncated, True
             data = data[:room]
+            if not data and newly_truncated:
+                self._changed()  # nothing to read, but the flag is news
         if not data:
             return
         view = memoryview(data)
@@ -105,7 +110,14 @@ class OutputLog:
         """How many readers are waiting for more output."""
         return len(self._waiters)
 
+    def _changed(self) -> None:
+        if self.before_wake is not None:
+            self.before_wake()
+
     def _wake(self) -> None:
+        # A woken waiter may release another thread at once (a follower):
+        # whatever goes with the change (the job's status) is made first.
+        self._changed()
         waiters, self._waiters = self._waiters, set()
         state = self.state()
         for waiter in waiters:

@@ -219,6 +219,28 @@ class JobLifecycleTests(FakeManagerTestCase):
         self.assertEqual((final.state, final.signal), (JobState.KILLED, signal.SIGTERM))
         self.assertEqual(board.all(), [final])
 
+    def test_followers_are_woken_only_after_the_status_is_published(self) -> None:
+        # A follower's thread may run as soon as it is woken: a client that
+        # has read output, or the end of it, must not then get an older
+        # status (as the soak saw: a RUNNING status after the whole output).
+        job = self.started_job()
+        board = self.manager.board
+        seen: list[tuple[JobState, int]] = []
+
+        def woken(_: object) -> None:
+            status = board.get(job.id)
+            seen.append((status.state, status.output_bytes))
+
+        self.manager.wait_output(job.id, 0).addCallback(woken)
+        self.protocol.childDataReceived(1, b"abc")
+        self.assertEqual(seen, [(JobState.RUNNING, 3)])
+        size = self.manager.wait_output(job.id, 0)
+        end = self.successResultOf(size).size
+        self.manager.wait_output(job.id, end).addCallback(woken)
+        self.exit_process(ProcessDone(0))
+        self.driver.cgroups[0].removing.callback(None)
+        self.assertEqual(seen[-1], (JobState.EXITED, 3))
+
     def test_cgroup_is_killed_when_the_helper_outlives_the_kill(self) -> None:
         job = self.started_job()
         self.manager.stop(job.id, grace=0)

@@ -126,6 +126,22 @@ class OutputLogTests(unittest.TestCase):
             data, b"".join(bytes([i]) * (MAX_RECORD // 3) for i in range(20))
         )
 
+    def test_every_change_is_announced_before_waiters_are_woken(self) -> None:
+        log = self.make_log(cap=3)
+        events: list[str] = []
+        log.before_wake = lambda: events.append(f"changed {log.truncated}")
+        log.wait(0).addCallback(lambda _: events.append("woken"))
+        log.append(Stream.STDOUT, b"abc")
+        waiting = log.wait(log.size)
+        log.append(Stream.STDOUT, b"d")  # only the truncated flag changes
+        log.append(Stream.STDOUT, b"e")
+        self.assertNoResult(waiting)  # no new data: nobody is woken
+        log.finish()
+        self.assertEqual(
+            events, ["changed False", "woken", "changed True", "changed True"]
+        )
+        self.assertEqual(self.successResultOf(waiting).complete, True)
+
     def test_output_past_the_cap_is_dropped_and_flagged(self) -> None:
         log = self.make_log(cap=8)
         log.append(Stream.STDOUT, b"12345")
