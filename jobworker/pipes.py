@@ -44,7 +44,8 @@ class LargeReadProcessReader(process.ProcessReader):
         result: object = None
         while taken < READ_BYTES:
             try:
-                piece = os.read(self.fd, READ_BYTES - taken)
+                # A pipe never holds more than PIPE_BYTES: no larger buffer.
+                piece = os.read(self.fd, min(PIPE_BYTES, READ_BYTES - taken))
             except BlockingIOError:
                 break
             except InterruptedError:
