@@ -213,7 +213,17 @@ class ShutdownTests(APITestCase):
         await self.eventually(
             lambda: self.server.service.followers == 3, "three followers are served"
         )
-        await self.stop_server()
+        stopping = self.stop_server()
+        for method, request in (
+            ("Status", pb.StatusRequest(job_id=jobs[2])),
+            ("List", pb.ListRequest()),
+        ):
+            error = await self.error("bob", method, request)
+            self.assertEqual(
+                (error.code(), error.details()),
+                (grpc.StatusCode.UNAVAILABLE, "server shutting down"),
+            )
+        await stopping
         for stream in streams:
             code, details = await stream
             self.assertEqual(code, grpc.StatusCode.UNAVAILABLE)

@@ -23,6 +23,7 @@ from jobworker.api.bridge import Bridge, CallWaiter
 from jobworker.api.convert import encode_chunk, limits_from_pb, parse, status_to_pb
 from jobworker.api.paging import PageRequest
 from jobworker.api.quota import WaitingCalls
+from jobworker.board import StatusBoard
 from jobworker.errors import JobNotFound, ShuttingDown, TooManyJobs
 from jobworker.model import JobStatus
 from jobworker.outputlog import LogReader
@@ -169,13 +170,20 @@ class JobWorkerService:
 
     # Status and List read the statuses the jobs publish (`manager.board`)
     # right here on the grpc thread: no trip to the reactor, nothing to wait
-    # for, so no waiter either.
+    # for, so no waiter either; like every call, they are refused once the
+    # server is shutting down.
+
+    def _board(self) -> StatusBoard:
+        if self._bridge.closed:
+            raise ShuttingDown("server shutting down")
+        board: StatusBoard = self._manager.board
+        return board
 
     def status(self, data: bytes, context: grpc.ServicerContext) -> pb.StatusResponse:
         def run() -> pb.StatusResponse:
             caller = caller_of(context)
             request = parse(pb.StatusRequest, data)
-            status: JobStatus = self._manager.board.get(request.job_id)
+            status: JobStatus = self._board().get(request.job_id)
             if not caller.may_see(status):
                 raise JobNotFound(request.job_id)
             return pb.StatusResponse(job=status_to_pb(status))
@@ -186,7 +194,7 @@ class JobWorkerService:
         def run() -> pb.ListResponse:
             caller = caller_of(context)
             page = PageRequest.from_pb(parse(pb.ListRequest, data))
-            jobs: list[JobStatus] = self._manager.board.all()
+            jobs: list[JobStatus] = self._board().all()
             # Visibility first, then the page: a token cannot widen the view.
             return page.page([job for job in jobs if caller.may_see(job)])
 
