@@ -146,10 +146,8 @@ class Run:
 
     def chunk(self) -> OutputChunk:
         """The chunk, its data joined (copied) into one `bytes`."""
-        return OutputChunk(self.stream, self.offset, self.next_offset, self.data())
-
-    def data(self) -> bytes:
-        return b"".join(self.pieces)
+        data = b"".join(self.pieces)
+        return OutputChunk(self.stream, self.offset, self.next_offset, data)
 
 
 class LogReader:

@@ -35,12 +35,16 @@ class Bridge:
         """A waiter for one RPC; released when the client goes or we close."""
         waiter = CallWaiter(self._reactor)
         with self._lock:
-            if self.closed:
-                raise ShuttingDown("server shutting down")
+            self.check_open()
             self._calls.add(waiter)
         if not context.add_callback(waiter.client_gone):
             waiter.client_gone()
         return waiter
+
+    def check_open(self) -> None:
+        """Raise `ShuttingDown` once the server has begun to close."""
+        if self.closed:
+            raise ShuttingDown("server shutting down")
 
     def done(self, waiter: CallWaiter) -> None:
         """Forget a finished call."""

@@ -24,7 +24,7 @@ from jobworker.api.convert import encode_chunk, limits_from_pb, parse, status_to
 from jobworker.api.paging import PageRequest
 from jobworker.api.quota import WaitingCalls
 from jobworker.board import StatusBoard
-from jobworker.errors import JobNotFound, ShuttingDown, TooManyJobs
+from jobworker.errors import JobNotFound, TooManyJobs
 from jobworker.model import JobStatus
 from jobworker.outputlog import LogReader
 from jobworker.v1 import jobworker_pb2 as pb
@@ -174,8 +174,7 @@ class JobWorkerService:
     # server is shutting down.
 
     def _board(self) -> StatusBoard:
-        if self._bridge.closed:
-            raise ShuttingDown("server shutting down")
+        self._bridge.check_open()
         board: StatusBoard = self._manager.board
         return board
 
@@ -245,8 +244,7 @@ class JobWorkerService:
                 # Send everything the reactor said is there before asking
                 # again: one round trip per batch, not per message.
                 while offset < state.size:
-                    if self._bridge.closed:
-                        raise ShuttingDown("server shutting down")
+                    self._bridge.check_open()
                     runs = log.read_runs(offset, state.size, chunk_bytes)
                     for run in runs:
                         yield encode_chunk(run)
