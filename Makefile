@@ -11,6 +11,9 @@ STAMP := $(VENV)/.installed
 CERTS := certs
 STATE_DIR ?= var
 LISTEN ?= 127.0.0.1:7443
+# trial's scratch directory, outside the checkout (job users must reach it) and
+# one per checkout, so that two checkouts can run their suites at once.
+TRIAL_TMP := /tmp/jobworker-trial-$(shell printf '%s' '$(CURDIR)' | sha256sum | cut -c1-12)
 # Debian packages: qemu and a kernel boot the cgroup v2 guest for the
 # isolation tests (virtme builds its initramfs with busybox, the guest's scratch
 # disk needs mkfs.ext4); iproute2, procps and util-linux are used by tests.
@@ -64,7 +67,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy --strict jobworker tests twisted/plugins bench soak
 
 unit: $(STAMP)
-	$(BIN)/trial --temp-directory=/tmp/jobworker-trial tests
+	$(BIN)/trial --temp-directory=$(TRIAL_TMP) tests
 
 test: sysdeps lint typecheck unit
 
@@ -73,7 +76,7 @@ test: sysdeps lint typecheck unit
 # runs it too (tests/test_cgroup2_guest.py), skipping with the reason when
 # not root or qemu, a kernel or mkfs.ext4 is missing.
 test-cgroup2: $(STAMP) sysdeps
-	$(BIN)/trial --temp-directory=/tmp/jobworker-trial-cgroup2 tests.test_cgroup2_guest
+	$(BIN)/trial --temp-directory=$(TRIAL_TMP)-cgroup2 tests.test_cgroup2_guest
 
 # Benchmarks against baselines measured in the same run (bench/): needs root,
 # under 10 minutes, rewrites doc/performance.md. Never part of `make test`.
@@ -86,15 +89,15 @@ proto: $(STAMP)
 	    --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. \
 	    proto/jobworker/v1/jobworker.proto
 
-# Redraw doc/img/job-machine.svg from jobworker.machine (needs graphviz's dot).
+# Redraw doc/img/job-machine.svg from jobworker.job.machine (needs graphviz's dot).
 diagram: $(STAMP)
 	command -v dot >/dev/null || apt-get install -y -qq graphviz
 	$(PYTHON) -m venv /tmp/jobworker-viz-venv
 	/tmp/jobworker-viz-venv/bin/pip install --quiet graphviz $$(grep -o '^automat==[0-9.]*' requirements.lock)
 	cd /tmp && PYTHONPATH=$(CURDIR):$$($(abspath $(BIN))/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') \
 	    /tmp/jobworker-viz-venv/bin/automat-visualize --dot-directory /tmp/jobworker-dot \
-	    --image-directory /tmp/jobworker-img --image-type svg jobworker.machine
-	cp /tmp/jobworker-img/jobworker.machine.JobMachine.dot.svg doc/img/job-machine.svg
+	    --image-directory /tmp/jobworker-img --image-type svg jobworker.job.machine
+	cp /tmp/jobworker-img/jobworker.job.machine.JobMachine.dot.svg doc/img/job-machine.svg
 
 # Re-resolve requirements.in into requirements.lock (see README, "Dependencies").
 lock:
@@ -105,7 +108,7 @@ lock:
 	    -o requirements.lock requirements.in
 
 clean:
-	rm -rf $(VENV) build *.egg-info _trial_temp* /tmp/jobworker-trial
+	rm -rf $(VENV) build *.egg-info _trial_temp* $(TRIAL_TMP)
 
 # The reliability suite: a real server as root on 127.0.0.1, thousands of jobs,
 # disconnects, SIGKILL and SIGTERM (about 10 minutes); rewrites doc/reliability.md.

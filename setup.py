@@ -23,7 +23,7 @@ setup(
     ],
     entry_points={
         "console_scripts": [
-            "jobworker = jobworker.cli:main",
+            "jobworker = jobworker.cli.main:main",
             "jobworker-pki = jobworker.pki:main",
         ]
     },

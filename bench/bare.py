@@ -2,7 +2,7 @@
 
 `python -m bench.bare CERT KEY CLIENT_CA THREADS` listens on 127.0.0.1 (a
 free port, printed as one line `port N` once serving) with the server
-credentials `jobworker.server` builds, the same thread pool size, and two
+credentials `jobworker.server.service` builds, the same thread pool size, and two
 raw-bytes methods: `Echo` (unary, a reply the size of a Status reply) and
 `Stream` (the request is a byte count in ASCII; the reply is that many
 bytes, as 64 KiB messages sent from memory). It runs until SIGTERM.
@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from bench.common import BARE_SERVICE, ECHO_REPLY_BYTES, MESSAGE_BYTES, grpc
-from jobworker.tlsconfig import load_server_tls
+from jobworker.server.tls import load_server_tls
 
 _MESSAGE = b"\0" * MESSAGE_BYTES
 _REPLY = b"r" * ECHO_REPLY_BYTES

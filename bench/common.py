@@ -15,7 +15,7 @@ from typing import Any
 
 # Before grpc is imported anywhere in a bench process: the same grpc-core
 # settings as the server (fork support off, TLS 1.2 suites restricted).
-from jobworker.tlsconfig import configure_grpc_environment
+from jobworker.server.tls import configure_grpc_environment
 
 configure_grpc_environment()
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")

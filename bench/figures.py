@@ -16,7 +16,7 @@ from typing import Any
 from bench.common import MIB, grpc, open_channel
 from bench.run import one, run_workers
 from bench.servers import BenchError, JobWorkerProcess
-from jobworker.client import list_all
+from jobworker.cli.client import list_all
 from jobworker.v1 import jobworker_pb2 as pb
 from jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 

@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from bench.common import Endpoint, grpc, open_channel
-from jobworker.cgroups import parent_name
+from jobworker.isolation.cgroups import parent_name
 from jobworker.v1 import jobworker_pb2 as pb
 from jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 

@@ -22,8 +22,8 @@ from bench.common import GIB, MIB
 from bench.report import Row, ratio_row
 from bench.servers import BareProcess, JobWorkerProcess
 from bench.stats import Summary, percentile
-from jobworker.api.quota import WAITING_CALLS
-from jobworker.server import UNARY_HEADROOM
+from jobworker.server.api.quota import WAITING_CALLS
+from jobworker.server.service import UNARY_HEADROOM
 
 MAX_FOLLOWERS = 256
 # grpc threads of the jobworker server, which the bare server gets too.

@@ -177,8 +177,8 @@ def start(task: dict[str, Any], endpoint: Endpoint) -> dict[str, Any]:
 
 def cli(task: dict[str, Any], endpoint: Endpoint) -> dict[str, Any]:
     """`jobworker run -- head -c N /dev/zero > /dev/null`, in the CLI's code."""
-    from jobworker import cli as jobworker_cli  # noqa: PLC0415
-    from jobworker.client import Client, ClientConfig  # noqa: PLC0415
+    from jobworker.cli import main as jobworker_cli  # noqa: PLC0415
+    from jobworker.cli.client import Client, ClientConfig  # noqa: PLC0415
 
     config = ClientConfig(endpoint.address, endpoint.ca, endpoint.cert, endpoint.key)
     client = Client(config)

@@ -1,7 +1,7 @@
 """The exceptions jobworker raises.
 
 Each is raised where the fault is known and translated once at each boundary:
-library -> gRPC status (`jobworker.api.errors`) -> CLI message.
+library -> gRPC status (`jobworker.server.api.errors`) -> CLI message.
 """
 
 

@@ -1,6 +1,6 @@
 """Sizes as people type them: "512M", "4G", "1048576" (K/M/G/T, base 1024).
 
-Shared by the server's options (`jobworker.tap`) and the CLI's limits.
+Shared by the server's options (`jobworker.server.tap`) and the CLI's limits.
 """
 
 from __future__ import annotations

@@ -135,7 +135,7 @@ class Shutdown:
 
 
 def clean_exit(server: ServerProcess, status: int | None) -> bool:
-    """Exit 0 after the whole shutdown (jobworker.tap keeps twistd from
+    """Exit 0 after the whole shutdown (jobworker.server.tap keeps twistd from
     re-raising SIGTERM once the shutdown is complete)."""
     return status == 0 and "Server Shut Down." in server.log_text()
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 
-from jobworker.client import list_all
+from jobworker.cli.client import list_all
 from jobworker.v1 import jobworker_pb2 as pb
 from soak.client import Clients, Output, collect
 

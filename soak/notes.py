@@ -4,7 +4,7 @@ NOTES = [
     "## Notes",
     "",
     "- **Exit status on SIGTERM.** twistd ends itself with the signal that",
-    "  stopped it once the shutdown is complete; `jobworker.tap` forgets the",
+    "  stopped it once the shutdown is complete; `jobworker.server.tap` forgets the",
     "  signal after a complete shutdown, so the server exits 0 and the soak",
     "  requires exactly that (and `Server Shut Down.` in its log).",
     "- **Job records and logs are kept.** Every ended job's status stays in",

@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from jobworker.client import list_all
+from jobworker.cli.client import list_all
 from jobworker.v1 import jobworker_pb2 as pb
 from soak.client import Clients
 from soak.disconnects import start
@@ -156,7 +156,7 @@ PROBLEMS = {
         " does not reap would collect one per killed job."
     ),
     "an earlier Stop's long grace holds up the shutdown": (
-        "A stopping job keeps its first stop's KILL time (`jobworker/machine.py`,"
+        "A stopping job keeps its first stop's KILL time (`jobworker/job/machine.py`,"
         " `test_concurrent_stops_share_one_escalation`) and the shutdown's stop"
         " shares it: after a user's Stop with a 1 h (up to 24 h) grace on a job"
         " that ignores SIGTERM, SIGTERM of the server waits that long instead of"

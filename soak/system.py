@@ -14,7 +14,7 @@ import signal
 import time
 from dataclasses import dataclass
 
-from jobworker.cgroups import parent_name
+from jobworker.isolation.cgroups import parent_name
 from soak.server import proc_stat
 
 CGROUP_ROOT = "/sys/fs/cgroup"

@@ -1,8 +1,8 @@
 """jobworker's trial suite.
 
 grpc reads GRPC_SSL_CIPHER_SUITES and GRPC_ENABLE_FORK_SUPPORT once, when it
-is first imported: importing jobworker.api here sets them before any test
+is first imported: importing jobworker.server.api here sets them before any test
 module can import grpc.
 """
 
-import jobworker.api  # noqa: F401
+import jobworker.server.api  # noqa: F401

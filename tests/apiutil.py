@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import jobworker.api  # noqa: F401 - grpc-core settings before grpc is imported
+import jobworker.server.api  # noqa: F401 - grpc-core settings before grpc is imported
 
 # isort: split
 import grpc
@@ -24,9 +24,9 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from twisted.trial import unittest
 
-from jobworker.manager import JobManager
-from jobworker.server import JobWorkerServer
-from jobworker.tlsconfig import load_server_tls
+from jobworker.job.manager import JobManager
+from jobworker.server.service import JobWorkerServer
+from jobworker.server.tls import load_server_tls
 from jobworker.v1 import jobworker_pb2 as pb
 from jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 from tests import pkiutil

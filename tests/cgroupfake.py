@@ -12,8 +12,8 @@ import os
 import shutil
 from collections.abc import Sequence
 
-from jobworker.cgroups import Kernel
-from jobworker.mountinfo import Mount
+from jobworker.isolation.cgroups import Kernel
+from jobworker.isolation.mountinfo import Mount
 
 V1_FILES = {
     "cgroup.procs": "",

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 
 from twisted.trial import unittest
 
-from jobworker.cgroups import V1Driver, V2Driver, detect
-from jobworker.isolation import CgroupDriver, JobCgroup
+from jobworker.isolation.cgroups import V1Driver, V2Driver, detect
+from jobworker.isolation.interfaces import CgroupDriver, JobCgroup
 
 EXPECT_ENV = "JOBWORKER_EXPECT_CGROUP"
 

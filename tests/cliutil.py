@@ -1,7 +1,7 @@
 """End-to-end fixtures for the CLI tests: a real server, a PKI, the real CLI.
 
 The server is built in-process exactly as `twistd jobworker` builds it
-(`jobworker.tap.Options` + `build_service`), on 127.0.0.1 with a free port
+(`jobworker.server.tap.Options` + `build_service`), on 127.0.0.1 with a free port
 with the run's PKI from `tests.pkiutil`. The CLI is the installed
 `jobworker` console script, spawned through the reactor so the server keeps
 serving while it runs.
@@ -21,10 +21,9 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 
 from jobworker.address import format_address
-from jobworker.cgroups import parent_name
-from jobworker.cgroups.base import PARENT_PREFIX
-from jobworker.startup import API_SERVICE, build_service
-from jobworker.tap import Options
+from jobworker.isolation.cgroups import parent_name
+from jobworker.isolation.cgroups.base import PARENT_PREFIX
+from jobworker.server.tap import API_SERVICE, Options, build_service
 from tests import pkiutil
 
 BIN = os.path.dirname(sys.executable)

@@ -8,9 +8,9 @@ from typing import Any
 from twisted.internet import reactor as _reactor
 from twisted.trial import unittest
 
-from jobworker.cgroups import detect
-from jobworker.isolation import IsolationConfig
-from jobworker.manager import JobManager
+from jobworker.isolation.cgroups import detect
+from jobworker.isolation.interfaces import IsolationConfig
+from jobworker.job.manager import JobManager
 from jobworker.model import JobStatus, Stream
 from tests.procutil import processes_with
 

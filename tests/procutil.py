@@ -12,7 +12,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
-from jobworker.launcher import LaunchSpec, spawn
+from jobworker.job.process.launcher import LaunchSpec, spawn
 
 
 def marker() -> str:

@@ -7,7 +7,7 @@ never answers our HTTP/2 preface) or at the call (a gRPC status code).
 from __future__ import annotations
 
 # grpc-core reads its settings when grpc is first imported: ours go first.
-import jobworker.api  # noqa: F401
+import jobworker.server.api  # noqa: F401
 
 # isort: split
 from typing import Any
@@ -182,7 +182,7 @@ class CallTests(APITestCase):
         await self.assert_denied("nocn", "common name")
 
     async def test_each_call_is_authenticated_once(self) -> None:
-        from jobworker.api import auth, gate  # noqa: PLC0415
+        from jobworker.server.api import auth, gate  # noqa: PLC0415
 
         seen: list[str] = []
         real = auth.authenticate

@@ -7,7 +7,7 @@ job is NOT_FOUND, word for word what a job that does not exist gives.
 from __future__ import annotations
 
 # grpc-core reads its settings when grpc is first imported: ours go first.
-import jobworker.api  # noqa: F401
+import jobworker.server.api  # noqa: F401
 
 # isort: split
 import uuid

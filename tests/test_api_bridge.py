@@ -14,9 +14,9 @@ import grpc
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.trial import unittest
 
-from jobworker.api.bridge import Bridge
-from jobworker.api.errors import ClientGone, Refused
 from jobworker.errors import JobNotFound, ShuttingDown
+from jobworker.server.api.bridge import Bridge
+from jobworker.server.api.errors import ClientGone, Refused
 
 
 class ImmediateReactor:

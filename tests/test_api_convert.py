@@ -1,18 +1,18 @@
-"""Tests for jobworker.api.convert: the hand-written OutputChunk encoding."""
+"""Tests for jobworker.server.api.convert: the hand-written OutputChunk encoding."""
 
 from __future__ import annotations
 
 # grpc-core reads its settings when grpc is first imported: ours go first.
-import jobworker.api  # noqa: F401
+import jobworker.server.api  # noqa: F401
 
 # isort: split
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
-from jobworker.api.convert import encode_chunk
+from jobworker.job.outputlog import Run
 from jobworker.model import Stream
-from jobworker.outputlog import Run
+from jobworker.server.api.convert import encode_chunk
 from jobworker.v1 import jobworker_pb2 as pb
 
 offsets = st.integers(min_value=0, max_value=2**64 - 1)

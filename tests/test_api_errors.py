@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 # grpc-core reads its settings when grpc is first imported: ours go first.
-import jobworker.api  # noqa: F401
+import jobworker.server.api  # noqa: F401
 
 # isort: split
 from typing import Any
@@ -12,8 +12,8 @@ import grpc
 from twisted.trial import unittest
 
 from jobworker import errors
-from jobworker.api.errors import ClientGone, Refused, status_for
-from jobworker.server import JobWorkerServer, ListenFailed
+from jobworker.server.api.errors import ClientGone, Refused, status_for
+from jobworker.server.service import JobWorkerServer, ListenFailed
 from jobworker.v1 import jobworker_pb2 as pb
 from jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 from tests.apiutil import APITestCase, shell, stream_end

@@ -8,7 +8,7 @@ did not get it.
 from __future__ import annotations
 
 # grpc-core reads its settings when grpc is first imported: ours go first.
-import jobworker.api  # noqa: F401
+import jobworker.server.api  # noqa: F401
 
 # isort: split
 import base64
@@ -19,8 +19,12 @@ import uuid
 import grpc
 from twisted.trial import unittest
 
-from jobworker.api import paging
-from jobworker.api.paging import (
+from jobworker.cli.client import list_all
+from jobworker.errors import InvalidRequest
+from jobworker.job.manager import MAX_COMMAND
+from jobworker.model import JobState, JobStatus, Limits
+from jobworker.server.api import paging
+from jobworker.server.api.paging import (
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
     PAGE_BYTES,
@@ -28,10 +32,6 @@ from jobworker.api.paging import (
     encode_token,
     job_key,
 )
-from jobworker.client import list_all
-from jobworker.errors import InvalidRequest
-from jobworker.manager import MAX_COMMAND
-from jobworker.model import JobState, JobStatus, Limits
 from jobworker.v1 import jobworker_pb2 as pb
 from tests.apiutil import APITestCase, shell
 

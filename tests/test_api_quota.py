@@ -1,11 +1,11 @@
-"""Tests for jobworker.api.quota: calls that wait are budgeted per caller."""
+"""Tests for jobworker.server.api.quota: calls that wait are budgeted per caller."""
 
 from __future__ import annotations
 
 from twisted.trial import unittest
 
-from jobworker.api.quota import WaitingCalls
 from jobworker.errors import TooManyJobs
+from jobworker.server.api.quota import WaitingCalls
 
 
 class WaitingCallsTests(unittest.TestCase):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 # grpc-core reads its settings when grpc is first imported: ours go first.
-import jobworker.api  # noqa: F401
+import jobworker.server.api  # noqa: F401
 
 # isort: split
 import itertools
@@ -13,15 +13,15 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from jobworker.api.bridge import Bridge
-from jobworker.api.service import (
+from jobworker.model import JobState
+from jobworker.server.api.bridge import Bridge
+from jobworker.server.api.servicer import (
     CHUNK_BYTES,
     CHUNK_BYTES_MIN,
     FOLLOWER_BUFFER_BYTES,
     JobWorkerService,
 )
-from jobworker.model import JobState
-from jobworker.server import SIDE_STREAMS
+from jobworker.server.service import SIDE_STREAMS
 from jobworker.v1 import jobworker_pb2 as pb
 from tests.apiutil import APITestCase, shell, stream_end, threads_in
 

@@ -1,4 +1,5 @@
-"""Tests for jobworker.blockdev: partitions resolve to their disk through sysfs."""
+"""Tests for jobworker.isolation.blockdev: partitions resolve to their disk
+through sysfs."""
 
 from __future__ import annotations
 
@@ -6,9 +7,14 @@ import os
 
 from twisted.trial import unittest
 
-from jobworker.blockdev import check_io_devices, disks_of, job_disks, whole_disk
 from jobworker.errors import IsolationUnavailable
-from jobworker.mountinfo import Mount
+from jobworker.isolation.blockdev import (
+    check_io_devices,
+    disks_of,
+    job_disks,
+    whole_disk,
+)
+from jobworker.isolation.mountinfo import Mount
 
 # (sysfs path below devices/, MAJ:MIN, is a partition)
 _DEVICES = [

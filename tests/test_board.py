@@ -1,4 +1,4 @@
-"""Tests for jobworker.board: published statuses, read from any thread."""
+"""Tests for jobworker.job.board: published statuses, read from any thread."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from dataclasses import replace
 
 from twisted.trial import unittest
 
-from jobworker.board import StatusBoard
 from jobworker.errors import JobNotFound
+from jobworker.job.board import StatusBoard
 from jobworker.model import JobState, JobStatus, Limits
 
 

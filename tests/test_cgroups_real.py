@@ -8,7 +8,7 @@ import time
 
 from twisted.trial import unittest
 
-from jobworker.cgroups import V1JobCgroup, V2JobCgroup, detect
+from jobworker.isolation.cgroups import V1JobCgroup, V2JobCgroup, detect
 from jobworker.model import Limits
 from tests.cgrouputil import job_dirs, listed, real_driver, spawn_in
 

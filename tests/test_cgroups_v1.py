@@ -8,8 +8,8 @@ import os
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from jobworker.cgroups import CgroupBusy, V1Driver, detect_in, parent_name
 from jobworker.errors import IsolationFailed, IsolationUnavailable
+from jobworker.isolation.cgroups import CgroupBusy, V1Driver, detect_in, parent_name
 from jobworker.model import Limits
 from tests.cgroupfake import V1_FILES, FakeKernel, v1_tree
 

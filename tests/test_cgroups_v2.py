@@ -8,8 +8,8 @@ import os
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from jobworker.cgroups import V2Driver, detect_in, parent_name
 from jobworker.errors import IsolationUnavailable
+from jobworker.isolation.cgroups import V2Driver, detect_in, parent_name
 from jobworker.model import Limits
 from tests.cgroupfake import V2_FILES, FakeKernel, fill, v2_tree
 from tests.test_blockdev import make_sysfs

@@ -10,7 +10,7 @@ import socket
 
 from twisted.trial import unittest
 
-from jobworker.api import paging
+from jobworker.server.api import paging
 from tests.cliutil import CLITestCase, start_server, started_job
 
 UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}\n")

@@ -1,6 +1,6 @@
-"""Tests for jobworker.helper: the exec'd helper, run for real.
+"""Tests for jobworker.job.process.helper: the exec'd helper, run for real.
 
-Each test spawns the helper the way the manager does (jobworker.launcher)
+Each test spawns the helper the way the manager does (jobworker.job.process.launcher)
 and checks what the job saw and how the helper ended.
 """
 
@@ -17,8 +17,9 @@ from typing import Any
 from twisted.internet import reactor as _reactor
 from twisted.trial import unittest
 
-from jobworker.jobdirs import JobUser, job_env, resolve_user
-from jobworker.launcher import HELPER, LaunchSpec
+from jobworker.job.environment import job_env
+from jobworker.job.process.launcher import HELPER, LaunchSpec
+from jobworker.job.users import JobUser, resolve_user
 from tests.procutil import (
     HelperRun,
     marker,

@@ -11,7 +11,7 @@ bob's job. Commands that could run a real program are kept to /bin/true and
 from __future__ import annotations
 
 # grpc-core reads its settings when grpc is first imported: ours go first.
-import jobworker.api  # noqa: F401
+import jobworker.server.api  # noqa: F401
 
 # isort: split
 import os
@@ -23,9 +23,9 @@ import grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jobworker.api.quota import WAITING_CALLS
-from jobworker.jobdirs import job_env
-from jobworker.server import UNARY_HEADROOM
+from jobworker.job.environment import job_env
+from jobworker.server.api.quota import WAITING_CALLS
+from jobworker.server.service import UNARY_HEADROOM
 from jobworker.v1 import jobworker_pb2 as pb
 from tests.apiutil import APITestCase, shell
 

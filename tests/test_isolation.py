@@ -21,10 +21,10 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
-from jobworker.blockdev import job_disks
-from jobworker.cgroups import V1JobCgroup, V2JobCgroup
-from jobworker.isolation import CgroupDriver, IsolationConfig, JobCgroup
-from jobworker.manager import JobManager
+from jobworker.isolation.blockdev import job_disks
+from jobworker.isolation.cgroups import V1JobCgroup, V2JobCgroup
+from jobworker.isolation.interfaces import CgroupDriver, IsolationConfig, JobCgroup
+from jobworker.job.manager import JobManager
 from jobworker.model import JobState, JobStatus, Limits
 from tests.cgrouputil import job_dirs, real_driver, require_root
 from tests.managerutil import output_of, until_output

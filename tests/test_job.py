@@ -1,4 +1,4 @@
-"""Tests for jobworker.job through JobManager, on a fake process reactor.
+"""Tests for jobworker.job.job through JobManager, on a fake process reactor.
 
 Like Twisted's test_procmon: `spawnProcess` is faked on a
 `MemoryReactorClock`, so "TERM, wait, KILL", the drain timeout and the
@@ -21,10 +21,10 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from jobworker.errors import ExecutableNotFound, IsolationFailed, StartFailed
-from jobworker.isolation import IsolationConfig, JobCgroup
-from jobworker.job import DRAIN_TIMEOUT, KILL_BACKSTOP, START_TIMEOUT
-from jobworker.launcher import HELPER
-from jobworker.manager import JobManager
+from jobworker.isolation.interfaces import IsolationConfig, JobCgroup
+from jobworker.job.job import DRAIN_TIMEOUT, KILL_BACKSTOP, START_TIMEOUT
+from jobworker.job.manager import JobManager
+from jobworker.job.process.launcher import HELPER
 from jobworker.model import JobState, JobStatus, Limits
 
 

@@ -1,4 +1,4 @@
-"""Tests for jobworker.machine: states and the TERM, grace, KILL escalation."""
+"""Tests for jobworker.job.machine: states and the TERM, grace, KILL escalation."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from automat import NoTransition
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from jobworker.machine import JobCore, JobInputs, JobMachine
+from jobworker.job.machine import JobCore, JobInputs, JobMachine
 from jobworker.model import JobState
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from twisted.internet.defer import CancelledError, Deferred
 
 from jobworker.errors import InvalidRequest, JobNotFound
-from jobworker.manager import JobManager
+from jobworker.job.manager import JobManager
 from jobworker.model import Limits
 from tests.managerutil import ManagerTestCase, NamespacedMixin, output_of
 from tests.procutil import marker

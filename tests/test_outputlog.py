@@ -1,4 +1,4 @@
-"""Tests for jobworker.outputlog: the record log, its waiters and reader."""
+"""Tests for jobworker.job.outputlog: the record log, its waiters and reader."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from twisted.internet.defer import CancelledError
 from twisted.trial import unittest
 
 from jobworker.errors import InvalidRequest
-from jobworker.model import OutputChunk, OutputState, Stream
-from jobworker.outputlog import (
+from jobworker.job.outputlog import (
     HEADER,
     MAX_RECORD,
     LogReader,
     OutputLog,
     read_chunks,
 )
+from jobworker.model import OutputChunk, OutputState, Stream
 
 
 class OutputLogTests(unittest.TestCase):

@@ -1,4 +1,5 @@
-"""Tests for jobworker.pipes: a job's output read in large pieces, for real."""
+"""Tests for jobworker.job.process.pipes: a job's output read in large
+pieces, for real."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from jobworker.pipes import PIPE_BYTES, JobProcess
+from jobworker.job.process.pipes import PIPE_BYTES, JobProcess
 
 reactor: Any = _reactor
 SH = shutil.which("sh") or "/bin/sh"

@@ -23,9 +23,9 @@ from twisted.python import usage
 from twisted.trial import unittest
 
 from jobworker.model import Limits
-from jobworker.server import JobWorkerServer
-from jobworker.statelock import StateDirLock
-from jobworker.tap import Options, makeService
+from jobworker.server.service import JobWorkerServer
+from jobworker.server.statelock import StateDirLock
+from jobworker.server.tap import Options, makeService
 from tests import pkiutil
 from tests.cliutil import remove_parent_cgroups
 

@@ -1,10 +1,10 @@
-"""The `twistd jobworker` plugin: a pointer to `jobworker.tap`."""
+"""The `twistd jobworker` plugin: a pointer to `jobworker.server.tap`."""
 
 from twisted.application.service import ServiceMaker
 
 jobworker = ServiceMaker(  # type: ignore[no-untyped-call]
     "jobworker",
-    "jobworker.tap",
+    "jobworker.server.tap",
     "Run Linux processes for remote clients over a mutual-TLS gRPC API.",
     "jobworker",
 )

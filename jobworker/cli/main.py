@@ -1,0 +1,191 @@
+"""The `jobworker` command: start, run, follow, stop and list remote jobs.
+
+Exit codes: 0 success; 1 the server refused or failed the request, or could
+not be reached (one line `jobworker: ...` on stderr); 2 usage errors. `run`
+exits with the job's own code, or 128+N when a signal N killed it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+# Before grpc is first imported: grpc-core must not write its own log lines
+# to our stderr; every failure is reported once, in our words.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
+from jobworker.cli import formatting as cli_format
+from jobworker.cli.client import Client, ClientConfig, ClientError
+from jobworker.cli.parser import build_parser
+from jobworker.v1 import jobworker_pb2 as pb
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _say(message: str) -> None:
+    print(f"jobworker: {message}", file=sys.stderr, flush=True)
+
+
+def _limits(args: argparse.Namespace) -> pb.Limits:
+    limits = pb.Limits()
+    for name in ("cpu", "memory_bytes", "io_read_bps", "io_write_bps", "pids"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(limits, name, value)
+    return limits
+
+
+def _command(args: argparse.Namespace) -> list[bytes]:
+    command: list[str] = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise UsageError("no command given: jobworker start [LIMITS] -- PROG [ARG...]")
+    return [os.fsencode(arg) for arg in command]
+
+
+class UsageError(ClientError):
+    """A command line that makes no sense; exit code 2."""
+
+    exit_code = EXIT_USAGE
+
+
+def copy_output(client: Client, job_id: str, *, until: int | None = None) -> int:
+    """Copy the job's stdout and stderr to ours, byte for byte, from the start.
+
+    Follows until the job has ended or, with `until`, until that many bytes
+    of output (the status's `output_bytes`) are copied. Returns the count.
+    """
+    out, err = sys.stdout.buffer, sys.stderr.buffer
+    copied = 0
+    if until is not None and until <= 0:
+        return copied
+    for chunk in client.output(job_id):
+        target = err if chunk.stream == pb.STREAM_STDERR else out
+        target.write(chunk.data)
+        target.flush()
+        copied += len(chunk.data)
+        if until is not None and copied >= until:
+            break
+    return copied
+
+
+def _start(client: Client, args: argparse.Namespace) -> pb.JobStatus:
+    command, limits = _command(args), _limits(args)
+    try:
+        return client.start(command, limits)
+    except KeyboardInterrupt:
+        _say("interrupted while starting; the job may be running (see: jobworker list)")
+        raise SystemExit(EXIT_INTERRUPTED) from None
+
+
+def cmd_start(client: Client, args: argparse.Namespace) -> int:
+    print(_start(client, args).id, flush=True)
+    return 0
+
+
+def cmd_run(client: Client, args: argparse.Namespace) -> int:
+    job = _start(client, args)
+    try:
+        copy_output(client, job.id)
+    except KeyboardInterrupt:
+        _say(
+            f"stopped following job {job.id}; it is still running"
+            f" (stop it with: jobworker stop {job.id})"
+        )
+        return EXIT_INTERRUPTED
+    final = client.status(job.id)
+    code = cli_format.exit_status(final)
+    if code is None:
+        _say(f"job {job.id} is {cli_format.state_name(final)} but its output ended")
+        return EXIT_FAILED
+    return code
+
+
+def cmd_status(client: Client, args: argparse.Namespace) -> int:
+    job = client.status(args.job_id)
+    if args.json:
+        print(cli_format.dumps(cli_format.job_json(job)))
+    else:
+        print(cli_format.summary(job))
+    return 0
+
+
+def cmd_stop(client: Client, args: argparse.Namespace) -> int:
+    try:
+        job = client.stop(args.job_id, args.grace)
+    except KeyboardInterrupt:
+        _say(
+            f"stopped waiting; job {args.job_id} is still being stopped"
+            f" (see: jobworker status {args.job_id})"
+        )
+        return EXIT_INTERRUPTED
+    print(cli_format.summary(job))
+    return 0
+
+
+def cmd_logs(client: Client, args: argparse.Namespace) -> int:
+    job_id: str = args.job_id
+    if args.follow:
+        copy_output(client, job_id)
+        return 0
+    job = client.status(job_id)
+    if cli_format.state_name(job) in ("exited", "killed"):
+        copy_output(client, job_id)
+    else:
+        copy_output(client, job_id, until=job.output_bytes)
+    return 0
+
+
+def cmd_list(client: Client, args: argparse.Namespace) -> int:
+    jobs = client.list()
+    if args.json:
+        print(cli_format.dumps([cli_format.job_json(job) for job in jobs]))
+    elif jobs:
+        print(cli_format.table(jobs))
+    return 0
+
+
+COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
+    "start": cmd_start,
+    "run": cmd_run,
+    "status": cmd_status,
+    "stop": cmd_stop,
+    "logs": cmd_logs,
+    "list": cmd_list,
+}
+
+
+def _quiet_broken_pipe() -> NoReturn:
+    """Our reader went away (`jobworker logs ID | head`): leave quietly."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    raise SystemExit(EXIT_FAILED)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one `jobworker` command; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    flags = {name: getattr(args, name) for name in ("server", "ca", "cert", "key")}
+    try:
+        config = ClientConfig.resolve(flags, os.environ, args.connect_timeout)
+        client = Client(config)
+    except ClientError as error:
+        _say(str(error))
+        return error.exit_code
+    try:
+        return COMMANDS[args.name](client, args)
+    except ClientError as error:
+        _say(str(error))
+        return error.exit_code
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+    finally:
+        client.close()

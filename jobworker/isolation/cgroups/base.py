@@ -1,0 +1,249 @@
+"""What the v1 and v2 cgroup drivers share: the kernel calls, killing
+everything in a cgroup, and removing cgroup directories while the kernel
+still reports them busy.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import suppress
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+
+from jobworker.errors import IsolationFailed, JobWorkerError
+from jobworker.isolation.blockdev import job_disks
+
+PARENT_PREFIX = "jobworker-"
+REMOVE_TIMEOUT = 10.0  # seconds remove() keeps retrying a busy cgroup
+_FIRST_DELAY = 0.01
+_MAX_DELAY = 0.5
+_KILL_ROUNDS = 20
+
+
+class CgroupBusy(JobWorkerError):
+    """A job's cgroup could not be removed: the kernel kept it busy."""
+
+
+class Kernel:
+    """The calls that change cgroups; tests replace it to drive fake trees."""
+
+    def mkdir(self, path: str) -> None:
+        os.mkdir(path, 0o755)
+
+    def rmdir(self, path: str) -> None:
+        os.rmdir(path)
+
+    def write(self, path: str, value: str) -> None:
+        """Write `value` with one write(2), as cgroup files require."""
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+        try:
+            os.write(fd, value.encode())
+        finally:
+            os.close(fd)
+
+    def kill_listed(self, procs_files: Sequence[str]) -> None:
+        """SIGKILL every process listed in `procs_files`, forks included.
+
+        Each pid is pinned with a pidfd and signalled only if it is still
+        listed after that, so a recycled pid outside the cgroup is never hit.
+        """
+        signalled: set[int] = set()
+        for _ in range(_KILL_ROUNDS):
+            pids = listed_pids(procs_files) - signalled
+            if not pids:
+                return
+            fds: dict[int, int] = {}
+            for pid in pids:
+                with suppress(ProcessLookupError):
+                    fds[pid] = os.pidfd_open(pid)
+            try:
+                still = listed_pids(procs_files)
+                for pid, fd in fds.items():
+                    if pid in still:
+                        with suppress(ProcessLookupError):
+                            signal.pidfd_send_signal(fd, signal.SIGKILL)
+            finally:
+                for fd in fds.values():
+                    os.close(fd)
+            signalled |= pids
+
+
+def listed_pids(procs_files: Iterable[str]) -> set[int]:
+    """The pids in `cgroup.procs` files; a vanished file lists none."""
+    pids: set[int] = set()
+    for path in procs_files:
+        with suppress(FileNotFoundError), open(path) as procs:
+            pids.update(int(word) for word in procs.read().split())
+    return pids
+
+
+def read_keyed(path: str) -> dict[str, int]:
+    """Parse a flat "key value" cgroup file (memory.events, cpu.stat...)."""
+    values: dict[str, int] = {}
+    with open(path) as file:
+        for line in file:
+            key, _, value = line.partition(" ")
+            with suppress(ValueError):
+                values[key] = int(value)
+    return values
+
+
+def check_job_id(job_id: str) -> None:
+    """Refuse a job id that is not a plain directory name."""
+    if not job_id or "/" in job_id or job_id in (".", "..") or "\0" in job_id:
+        raise IsolationFailed(f"job id {job_id!r} cannot name a cgroup")
+
+
+def _try_rmdir(kernel: Kernel, directories: Sequence[str]) -> list[str]:
+    """Remove what can be removed now; return the directories still busy."""
+    busy = []
+    for directory in directories:
+        try:
+            kernel.rmdir(directory)
+        except FileNotFoundError:
+            pass
+        except OSError as error:
+            if error.errno != errno.EBUSY:
+                raise CgroupBusy(
+                    f"cannot remove cgroup {directory}: {error}"
+                ) from error
+            busy.append(directory)
+    return busy
+
+
+def _removal(
+    kernel: Kernel,
+    directories: Sequence[str],
+    kill: Callable[[], None],
+    now: Callable[[], float],
+    timeout: float,
+) -> Iterator[float]:
+    """Kill and rmdir until all are gone; yield how long to wait in between."""
+    deadline = now() + timeout
+    delay = _FIRST_DELAY
+    remaining = list(directories)
+    while True:
+        kill()
+        remaining = _try_rmdir(kernel, remaining)
+        if not remaining:
+            prune_parents(kernel, directories)
+            return
+        if now() >= deadline:
+            raise CgroupBusy(f"cgroup {remaining[0]} still busy after {timeout}s")
+        yield delay
+        delay = min(delay * 2, _MAX_DELAY)
+
+
+def prune_parents(kernel: Kernel, directories: Sequence[str]) -> None:
+    """Remove the parents of `directories` if no job is left in them."""
+    remove_if_empty(kernel, [os.path.dirname(d) for d in directories])
+
+
+def remove_if_empty(kernel: Kernel, parents: Iterable[str]) -> None:
+    """Remove per-state-dir parents that hold no job (else they are busy).
+
+    An idle server leaves nothing behind; the next `create` makes them again.
+    """
+    for parent in dict.fromkeys(parents):
+        with suppress(OSError):
+            kernel.rmdir(parent)
+
+
+async def remove_busy(
+    kernel: Kernel,
+    directories: Sequence[str],
+    kill: Callable[[], None],
+    reactor: Any,
+    timeout: float = REMOVE_TIMEOUT,
+) -> None:
+    """Kill and rmdir `directories`, retrying on the reactor's clock."""
+    for delay in _removal(kernel, directories, kill, reactor.seconds, timeout):
+        await deferLater(reactor, delay, lambda: None)
+
+
+def remove_now(
+    kernel: Kernel, directories: Sequence[str], kill: Callable[[], None], timeout: float
+) -> None:
+    """Kill and rmdir `directories`, blocking; for server start-up only.
+
+    TODO: this polls with short sleeps because `cleanup_stale` runs before
+    the reactor does; waiting on the killed processes' pidfds would avoid it.
+    """
+    for delay in _removal(kernel, directories, kill, time.monotonic, timeout):
+        time.sleep(delay)
+
+
+class JobCgroupBase:
+    """A job's cgroup directories: killing what is in them and removing them."""
+
+    def __init__(self, directories: Sequence[str], kernel: Kernel, reactor: Any):
+        self.directories = tuple(dict.fromkeys(directories))
+        self._kernel = kernel
+        self._reactor = reactor
+
+    @property
+    def procs_files(self) -> tuple[str, ...]:
+        return tuple(os.path.join(d, "cgroup.procs") for d in self.directories)
+
+    def kill_all(self) -> None:
+        self._kernel.kill_listed(self.procs_files)
+
+    def remove(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(
+            remove_busy(self._kernel, self.directories, self.kill_all, self._reactor)
+        )
+
+    def discard(self) -> None:
+        """Undo a half-made cgroup at creation; nothing can run in it yet."""
+        with suppress(OSError, CgroupBusy):
+            _try_rmdir(self._kernel, self.directories)
+            prune_parents(self._kernel, self.directories)
+
+
+def stale_job_dirs(parents: Iterable[str]) -> dict[str, list[str]]:
+    """Job cgroups below the parent directories: job id -> its directories."""
+    jobs: dict[str, list[str]] = {}
+    for parent in dict.fromkeys(parents):
+        with suppress(FileNotFoundError):
+            for entry in os.scandir(parent):
+                if entry.is_dir(follow_symlinks=False):
+                    jobs.setdefault(entry.name, []).append(entry.path)
+    return jobs
+
+
+class DriverBase:
+    """What both drivers hold: the kernel, the clock, and the IO devices."""
+
+    def __init__(
+        self,
+        *,
+        io_devices: Sequence[str] | None,
+        reactor: Any,
+        kernel: Kernel | None,
+        mountinfo_path: str,
+        sys_root: str,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default  # noqa: PLC0415
+
+            reactor = default
+        self._io_devices = list(io_devices) if io_devices is not None else None
+        self._reactor = reactor
+        self._kernel = kernel or Kernel()
+        self._mountinfo_path = mountinfo_path
+        self._sys_root = sys_root
+
+    def io_devices(self, workdir: str) -> list[str]:
+        """The disks a job's IO limits are written for: the override, or the
+        disks of the filesystems the job sees (see jobworker.isolation.blockdev)."""
+        if self._io_devices is not None:
+            return self._io_devices
+        return job_disks(
+            workdir, mountinfo_path=self._mountinfo_path, sys_root=self._sys_root
+        )

@@ -1,0 +1,191 @@
+"""The cgroup v2 driver: one directory per job in the unified hierarchy.
+
+Set-up: the controllers are enabled in the server's own cgroup's
+cgroup.subtree_control; if the kernel refuses because that cgroup holds
+processes (the no-internal-processes rule), they are first moved into a leaf
+`<own>/jobworker-server`. The per-state-dir parent enables them again for
+its children. Files written per job: cpu.max, memory.max, memory.swap.max 0
+(swap cannot extend memory), one io.max line per disk (rbps=, wbps=),
+pids.max. CPU time comes from cpu.stat usage_usec, the OOM flag from
+memory.events oom_kill; kill_all writes cgroup.kill.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Sequence
+from contextlib import suppress
+from functools import partial
+from typing import Any
+
+from jobworker.errors import IsolationFailed, IsolationUnavailable
+from jobworker.isolation.cgroups.base import (
+    DriverBase,
+    JobCgroupBase,
+    Kernel,
+    check_job_id,
+    listed_pids,
+    read_keyed,
+    remove_if_empty,
+    remove_now,
+    stale_job_dirs,
+)
+from jobworker.model import Limits
+
+CONTROLLERS = ("cpu", "memory", "io", "pids")
+SERVER_LEAF = "jobworker-server"
+CPU_PERIOD_US = 100_000
+_MIN_QUOTA_US = 1_000
+_MOVE_ROUNDS = 10
+STALE_TIMEOUT = 5.0
+_ENABLE = " ".join(f"+{c}" for c in CONTROLLERS)
+
+
+def kill_cgroup(kernel: Kernel, directory: str) -> None:
+    """SIGKILL everything in a v2 cgroup: cgroup.kill, or one by one."""
+    kill_file = os.path.join(directory, "cgroup.kill")
+    if os.path.exists(kill_file):
+        with suppress(FileNotFoundError):
+            kernel.write(kill_file, "1")
+    else:  # kernels before 5.14
+        kernel.kill_listed([os.path.join(directory, "cgroup.procs")])
+
+
+def enable_controllers(kernel: Kernel, own: str) -> None:
+    """Enable the job controllers below `own`, moving its processes to a leaf."""
+    control = os.path.join(own, "cgroup.subtree_control")
+    try:
+        kernel.write(control, _ENABLE)
+    except OSError as error:
+        if error.errno != errno.EBUSY:
+            raise IsolationUnavailable(f"cannot write {control}: {error}") from error
+        _move_to_leaf(kernel, own, control)
+
+
+def _move_to_leaf(kernel: Kernel, own: str, control: str) -> None:
+    """Satisfy the no-internal-processes rule, then enable the controllers."""
+    leaf = os.path.join(own, SERVER_LEAF)
+    try:
+        if not os.path.isdir(leaf):
+            kernel.mkdir(leaf)
+        for _ in range(_MOVE_ROUNDS):
+            pids = listed_pids([os.path.join(own, "cgroup.procs")])
+            if not pids:
+                break
+            for pid in pids:
+                with suppress(ProcessLookupError):
+                    kernel.write(os.path.join(leaf, "cgroup.procs"), str(pid))
+        kernel.write(control, _ENABLE)
+    except OSError as error:
+        raise IsolationUnavailable(
+            f"cannot enable {_ENABLE} in {control} after moving its processes"
+            f" to {leaf}: {error}"
+        ) from error
+
+
+class V2JobCgroup(JobCgroupBase):
+    """One job's directory in the unified hierarchy."""
+
+    def __init__(self, directory: str, kernel: Kernel, reactor: Any):
+        super().__init__([directory], kernel, reactor)
+        self.directory = directory
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.directory, name)
+
+    def kill_all(self) -> None:
+        kill_cgroup(self._kernel, self.directory)
+
+    def oom_killed(self) -> bool:
+        return read_keyed(self.file("memory.events")).get("oom_kill", 0) > 0
+
+    def cpu_usage_ns(self) -> int:
+        return read_keyed(self.file("cpu.stat"))["usage_usec"] * 1000
+
+
+class V2Driver(DriverBase):
+    """Creates job cgroups in the unified hierarchy, below the server's own."""
+
+    def __init__(
+        self,
+        parent: str,
+        *,
+        io_devices: Sequence[str] | None = None,
+        reactor: Any = None,
+        kernel: Kernel | None = None,
+        mountinfo_path: str = "/proc/self/mountinfo",
+        sys_root: str = "/sys",
+    ) -> None:
+        super().__init__(
+            io_devices=io_devices,
+            reactor=reactor,
+            kernel=kernel,
+            mountinfo_path=mountinfo_path,
+            sys_root=sys_root,
+        )
+        self.parent = parent
+        self._make_parent()  # proves we may, at start-up
+        remove_if_empty(self._kernel, [parent])
+
+    @property
+    def version(self) -> int:
+        return 2
+
+    def _make_parent(self) -> None:
+        try:
+            if not os.path.isdir(self.parent):
+                with suppress(FileExistsError):
+                    self._kernel.mkdir(self.parent)
+            self._kernel.write(
+                os.path.join(self.parent, "cgroup.subtree_control"), _ENABLE
+            )
+        except OSError as error:
+            raise IsolationUnavailable(
+                f"cannot create the cgroup {self.parent} with {_ENABLE}: {error}"
+            ) from error
+
+    def create(self, job_id: str, limits: Limits, workdir: str) -> V2JobCgroup:
+        check_job_id(job_id)
+        cgroup = V2JobCgroup(
+            os.path.join(self.parent, job_id), self._kernel, self._reactor
+        )
+        try:
+            if not os.path.isdir(self.parent):
+                self._make_parent()
+            self._kernel.mkdir(cgroup.directory)
+            self._apply(cgroup, limits, workdir)
+        except (OSError, IsolationUnavailable) as error:
+            cgroup.discard()
+            raise IsolationFailed(f"cannot set up the job's cgroup: {error}") from error
+        return cgroup
+
+    def _apply(self, cgroup: V2JobCgroup, limits: Limits, workdir: str) -> None:
+        write = self._kernel.write
+        if limits.cpu is not None:
+            quota = max(_MIN_QUOTA_US, round(limits.cpu * CPU_PERIOD_US))
+            write(cgroup.file("cpu.max"), f"{quota} {CPU_PERIOD_US}")
+        if limits.memory_bytes is not None:
+            write(cgroup.file("memory.max"), str(limits.memory_bytes))
+            if os.path.exists(cgroup.file("memory.swap.max")):
+                write(cgroup.file("memory.swap.max"), "0")
+        rates = [
+            f"{key}={bps}"
+            for key, bps in (
+                ("rbps", limits.io_read_bps),
+                ("wbps", limits.io_write_bps),
+            )
+            if bps is not None
+        ]
+        if rates:
+            for device in self.io_devices(workdir):
+                write(cgroup.file("io.max"), " ".join([device, *rates]))
+        if limits.pids is not None:
+            write(cgroup.file("pids.max"), str(limits.pids))
+
+    def cleanup_stale(self) -> int:
+        jobs = stale_job_dirs([self.parent])
+        for dirs in jobs.values():
+            kill = partial(kill_cgroup, self._kernel, dirs[0])
+            remove_now(self._kernel, dirs, kill, STALE_TIMEOUT)
+        return len(jobs)

@@ -1,0 +1,65 @@
+"""The contract between the job manager and the isolation back-ends.
+
+`JobManager` (jobworker.job.manager) only sees these types; the cgroup v1 and v2
+drivers (jobworker.isolation.cgroups) implement them. Namespaces are set up by the
+exec'd helper (jobworker.job.process.helper) when `IsolationConfig.namespaces` is true.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from twisted.internet.defer import Deferred
+
+from jobworker.model import Limits
+
+
+class JobCgroup(Protocol):
+    """The cgroup(s) of one job: one directory per v1 controller, one on v2."""
+
+    @property
+    def procs_files(self) -> tuple[str, ...]:
+        """The `cgroup.procs` files the helper writes its pid into before exec."""
+        ...
+
+    def kill_all(self) -> None:
+        """SIGKILL every process in the job's cgroup (cgroup.kill on v2)."""
+        ...
+
+    def oom_killed(self) -> bool:
+        """Whether the kernel's OOM killer killed a process of this job."""
+        ...
+
+    def cpu_usage_ns(self) -> int:
+        """CPU time used by the job so far, in nanoseconds."""
+        ...
+
+    def remove(self) -> Deferred[None]:
+        """Kill what is left and remove the cgroup, retrying while it is busy."""
+        ...
+
+
+class CgroupDriver(Protocol):
+    """Creates job cgroups below the server's own cgroup, on v1 or v2."""
+
+    @property
+    def version(self) -> int:
+        """1 or 2."""
+        ...
+
+    def create(self, job_id: str, limits: Limits, workdir: str) -> JobCgroup:
+        """Create the job's cgroup with its limits; raise `IsolationFailed`."""
+        ...
+
+    def cleanup_stale(self) -> int:
+        """Kill and remove job cgroups left by a crashed run; return how many."""
+        ...
+
+
+@dataclass(frozen=True)
+class IsolationConfig:
+    """How jobs are isolated: their cgroups, and whether namespaces are new."""
+
+    cgroups: CgroupDriver
+    namespaces: bool = True

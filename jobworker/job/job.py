@@ -1,0 +1,287 @@
+"""One job: its record, its state machine, its output log and its clean-up.
+
+A `Job` receives its helper's events (it is the `ProcessEvents` of
+`jobworker.job.process.protocol`). `when_started()` fires once the command
+was exec'd, or fails with the precise `StartFailed` once the helper is gone
+and everything made for the job (cgroup, directories) is removed. After a
+start, the job ends when the helper exits: the output pipes are drained
+(for at most `DRAIN_TIMEOUT` seconds, so nothing outside the job can hold
+them open), the cgroup is checked for an OOM kill and removed, the work dir
+removed, and only then is the final status recorded and the output log
+completed.
+"""
+
+from __future__ import annotations
+
+import signal as signals
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+
+from jobworker.errors import StartFailed
+from jobworker.isolation.interfaces import JobCgroup
+from jobworker.job.dirs import JobDirs, remove_tree
+from jobworker.job.machine import JobCore, JobInputs, JobMachine
+from jobworker.job.outputlog import OutputLog
+from jobworker.job.process.launcher import MAX_REPORT, start_error
+from jobworker.model import JobStatus, Limits, Stream
+
+DRAIN_TIMEOUT = 5.0
+# After SIGUSR2 ("kill everything") the helper has this long to exit before
+# the job's whole cgroup is killed as well.
+KILL_BACKSTOP = 2.0
+# A helper that has not exec'd the command by then is killed and the start
+# fails: set-up can hang (a hung NFS working directory, a stuck cgroup write).
+START_TIMEOUT = 30.0
+_log = Logger()
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """What a job was asked to be."""
+
+    id: str
+    owner: str
+    command: tuple[bytes, ...]
+    limits: Limits
+
+
+class Waiters(Generic[T]):
+    """Deferreds waiting for one outcome; later waiters get it at once.
+
+    A cancelled waiter is forgotten immediately.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: list[Deferred[T]] = []
+        self._value: tuple[T] | None = None
+        self._error: Exception | None = None
+
+    def wait(self) -> Deferred[T]:
+        if self._value is not None:
+            return succeed(self._value[0])
+        if self._error is not None:
+            return fail(self._error)
+        waiter: Deferred[T] = Deferred(self._waiting.remove)
+        self._waiting.append(waiter)
+        return waiter
+
+    def fire(self, value: T) -> None:
+        self._value = (value,)
+        waiting, self._waiting = self._waiting, []
+        for waiter in waiting:
+            waiter.callback(value)
+
+    def fail(self, error: Exception) -> None:
+        self._error = error
+        waiting, self._waiting = self._waiting, []
+        for waiter in waiting:
+            waiter.errback(error)
+
+
+@dataclass
+class _Exit:
+    exit_code: int | None
+    signal: int | None
+
+
+@dataclass
+class Job:
+    """A started (or starting) job; touched on the reactor thread only."""
+
+    record: JobRecord
+    dirs: JobDirs
+    output: OutputLog
+    cgroup: JobCgroup | None
+    reactor: Any
+    started_at: float = 0.0
+    transport: Any = None
+    on_change: Callable[[JobStatus], None] | None = None
+    """Called with the new status each time the job's status changes."""
+    ended_at: float | None = None
+    oom_killed: bool = False
+    _start_waiters: Waiters[None] = field(default_factory=Waiters[None])
+    _report: bytes = b""
+    _status_open: bool = True
+    _start_timer: Any = None
+    _backstop: Any = None
+    _exit: _Exit | None = None
+    _open_streams: set[Stream] = field(
+        default_factory=lambda: {Stream.STDOUT, Stream.STDERR}
+    )
+    _drained: Deferred[None] = field(default_factory=Deferred)
+    _end_waiters: Waiters[JobStatus] = field(default_factory=Waiters[JobStatus])
+    machine: JobInputs = field(init=False)
+    core: JobCore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.core = JobCore(self.reactor, self._terminate, self._kill)
+        self.machine = JobMachine(self.core)
+        # New output and the end are published before any follower is woken:
+        # a client that has read output must not get an older status.
+        self.output.before_wake = self.publish
+
+    def status(self) -> JobStatus:
+        """An immutable snapshot of this job."""
+        return JobStatus(
+            id=self.record.id,
+            owner=self.record.owner,
+            command=self.record.command,
+            state=self.machine.state(),
+            limits=self.record.limits,
+            started_at=self.started_at,
+            ended_at=self.ended_at,
+            exit_code=self.core.exit_code,
+            signal=self.core.signal,
+            oom_killed=self.oom_killed,
+            stop_requested=self.core.stop_requested,
+            output_bytes=self.output.data_bytes,
+            output_truncated=self.output.truncated,
+        )
+
+    def publish(self) -> None:
+        """Hand the current status to `on_change` (after every change)."""
+        if self.on_change is not None:
+            self.on_change(self.status())
+
+    def stop(self, grace: float) -> Deferred[JobStatus]:
+        """TERM, then KILL after `grace`; fires with the final status."""
+        self.machine.stop(grace)
+        self.publish()
+        return self.ended()
+
+    def ended(self) -> Deferred[JobStatus]:
+        """Fires with the final status."""
+        return self._end_waiters.wait()
+
+    def when_started(self) -> Deferred[None]:
+        """Fires once the command was exec'd; fails with `StartFailed`."""
+        return self._start_waiters.wait()
+
+    def start_timeout(self, seconds: float) -> None:
+        """Kill the helper if it has not exec'd the command within `seconds`."""
+        self._start_timer = self.reactor.callLater(
+            seconds, self._start_timed_out, seconds
+        )
+
+    def _start_timed_out(self, seconds: float) -> None:
+        _log.warn("job {id}: not exec'd after {s} s", id=self.record.id, s=seconds)
+        if not self._report:
+            self._report = f"timeout not exec'd within {seconds:g} s".encode()
+        self._signal(signals.SIGKILL)
+        if self.cgroup is not None:
+            self.cgroup.kill_all()
+
+    def _signal(self, sig: int) -> None:
+        try:
+            self.transport.signalProcess(sig)
+        except Exception:  # the helper may be gone already
+            _log.debug("job {id}: signal {sig} not sent", id=self.record.id, sig=sig)
+
+    def _terminate(self) -> None:
+        self._signal(signals.SIGTERM)
+
+    def _kill(self) -> None:
+        # The helper SIGKILLs the namespace's init and reaps it; killing the
+        # helper first would leave the init a zombie of whichever subreaper
+        # is above us. The cgroup is killed too, but only if the helper has
+        # not exited shortly after (and, in any case, when it is removed).
+        self._signal(signals.SIGUSR2)
+        if self.cgroup is not None:
+            self._backstop = self.reactor.callLater(KILL_BACKSTOP, self.cgroup.kill_all)
+
+    # ProcessEvents
+
+    def output_received(self, stream: Stream, data: bytes) -> None:
+        self.output.append(stream, data)  # publishes (before_wake)
+
+    def output_closed(self, stream: Stream) -> None:
+        self._open_streams.discard(stream)
+        if not self._open_streams and not self._drained.called:
+            self._drained.callback(None)
+
+    def status_received(self, data: bytes) -> None:
+        self._report = (self._report + data)[:MAX_REPORT]
+
+    def status_closed(self) -> None:
+        self._status_open = False
+        if self._start_timer is not None and self._start_timer.active():
+            self._start_timer.cancel()
+        if not self._report:
+            self._start_waiters.fire(None)
+        self._after_exit()
+
+    def process_exited(self, exit_code: int | None, signal: int | None) -> None:
+        self._exit = _Exit(exit_code, signal)
+        if self._backstop is not None and self._backstop.active():
+            self._backstop.cancel()
+        self._after_exit()
+
+    def _after_exit(self) -> None:
+        # Both the exit and the start report are needed; they come in any order.
+        if self._exit is None or self._status_open:
+            return
+        if self._report:
+            Deferred.fromCoroutine(self._fail_start())
+        else:
+            self.machine.process_exited()
+            Deferred.fromCoroutine(self._end(self._exit))
+
+    async def _fail_start(self) -> None:
+        error: StartFailed = start_error(self._report, self.record.command)
+        try:
+            await self._drain()
+            await self._release()
+            self.output.finish()
+            await self._in_thread(remove_tree, self.dirs.job_dir)
+        except Exception:
+            _log.failure("job {id}: clean-up failed", id=self.record.id)
+        self._start_waiters.fail(error)
+
+    async def _end(self, how: _Exit) -> None:
+        try:
+            await self._drain()
+            if self.cgroup is not None:
+                self.oom_killed = self.cgroup.oom_killed()
+            await self._release()
+            await self._in_thread(remove_tree, self.dirs.work_dir)
+        except Exception:
+            _log.failure("job {id}: clean-up failed", id=self.record.id)
+        # Whatever went wrong above, the job has ended: record it.
+        self.ended_at = self.reactor.seconds()
+        if how.signal is not None:
+            self.machine.killed(how.signal)
+        else:
+            self.machine.exited(how.exit_code or 0)
+        self.output.finish()  # publishes the final status (before_wake)
+        self._end_waiters.fire(self.status())
+
+    async def _drain(self) -> None:
+        """Wait for the output pipes to close, but not for ever."""
+        timer = self.reactor.callLater(DRAIN_TIMEOUT, self._stop_draining)
+        await self._drained
+        if timer.active():
+            timer.cancel()
+
+    def _stop_draining(self) -> None:
+        _log.warn("job {id}: output still open after exit", id=self.record.id)
+        for stream in list(self._open_streams):
+            self.transport.closeChildFD(stream)
+        if not self._drained.called:
+            self._drained.callback(None)
+
+    async def _release(self) -> None:
+        if self.cgroup is not None:
+            try:
+                await self.cgroup.remove()
+            except Exception:
+                _log.failure("job {id}: cannot remove its cgroup", id=self.record.id)
+
+    async def _in_thread(self, function: Any, *args: Any) -> None:
+        pool = self.reactor.getThreadPool()
+        await deferToThreadPool(self.reactor, pool, function, *args)

@@ -1,0 +1,264 @@
+"""The job library's facade: start, stop, query and read the output of jobs.
+
+`JobManager` is usable without the server. Every method runs on the reactor
+thread; only `board` (the jobs' published statuses) and
+`jobworker.job.outputlog.read_chunks` on `output_path(job_id)` may be used from
+other threads. Methods that return a Deferred report their
+errors through it; the others raise.
+"""
+
+from __future__ import annotations
+
+import builtins
+import math
+import uuid
+from collections.abc import Sequence
+from typing import Any, cast
+
+from twisted.internet.defer import Deferred, gatherResults, succeed
+
+from jobworker.errors import (
+    InvalidRequest,
+    IsolationFailed,
+    JobNotFound,
+    ShuttingDown,
+)
+from jobworker.isolation.interfaces import IsolationConfig, JobCgroup
+from jobworker.job.board import StatusBoard
+from jobworker.job.dirs import create_job_dirs, remove_tree
+from jobworker.job.environment import job_env
+from jobworker.job.job import START_TIMEOUT, Job, JobRecord
+from jobworker.job.outputlog import OutputLog, read_chunks
+from jobworker.job.process.launcher import LaunchSpec, spawn
+from jobworker.job.process.protocol import JobProcessProtocol
+from jobworker.job.users import resolve_user
+from jobworker.model import JobStatus, LimitPolicy, Limits, OutputChunk, OutputState
+
+# Linux refuses a single argument of 128 KiB or more (MAX_ARG_STRLEN).
+MAX_ARGUMENT = 128 * 1024 - 1
+MAX_COMMAND = 1024 * 1024
+MAX_GRACE = 24 * 3600.0
+DEFAULT_READ = 64 * 1024
+
+
+class JobManager:
+    """Runs jobs for owners, each in its own helper, cgroup and namespaces."""
+
+    def __init__(
+        self,
+        state_dir: str,
+        *,
+        policy: LimitPolicy = LimitPolicy(),  # noqa: B008 - frozen, shared
+        isolation: IsolationConfig | None = None,
+        job_user: str | None = None,
+        stop_grace: float = 10.0,
+        output_cap: int = 1 << 30,
+        reactor: Any = None,
+    ) -> None:
+        """Jobs live below `state_dir`; `isolation=None` runs them bare.
+
+        `job_user` is the account jobs run as (default: "nobody" when the
+        server is root, else the server's own user); `stop_grace` is the
+        default and shutdown TERM-to-KILL grace; `output_cap` the bytes of
+        output kept per job.
+        """
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor  # noqa: PLC0415
+
+            reactor = global_reactor
+        self._state_dir = state_dir
+        self._policy = policy
+        self._isolation = isolation
+        self._job_user = job_user
+        self._stop_grace = _check_grace(stop_grace)
+        if output_cap < 0:
+            raise InvalidRequest(f"output cap must not be negative: {output_cap}")
+        self._output_cap = output_cap
+        self._reactor = reactor
+        self._jobs: dict[str, Job] = {}
+        self.board = StatusBoard()
+        """Every started job's latest status, for readers on any thread."""
+        self._starting: dict[str, Job] = {}
+        self._closing = False
+        self._closed = False
+        self._shutdown_waiters: builtins.list[Deferred[None]] = []
+
+    def start(
+        self, owner: str, command: Sequence[bytes], limits: Limits | None = None
+    ) -> Deferred[JobStatus]:
+        """Start `command` for `owner`; fire once it has really been exec'd.
+
+        Fails with a `StartFailed` subclass (nothing of the job is left),
+        `InvalidRequest` (empty command, NUL byte, bad limits) or
+        `ShuttingDown`.
+        """
+        return Deferred.fromCoroutine(self._start(owner, command, limits))
+
+    async def _start(
+        self, owner: str, command: Sequence[bytes], limits: Limits | None
+    ) -> JobStatus:
+        if self._closing:
+            raise ShuttingDown("the job manager is shutting down")
+        argv = _check_command(command)
+        resolved = self._policy.resolve(limits)
+        user = resolve_user(self._job_user)
+        record = JobRecord(str(uuid.uuid4()), str(owner), argv, resolved)
+        dirs = create_job_dirs(self._state_dir, record.id, user)
+        output: OutputLog | None = None
+        cgroup: JobCgroup | None = None
+        try:
+            output = OutputLog(dirs.output_path, self._output_cap)
+            if self._isolation is not None:
+                try:
+                    cgroup = self._isolation.cgroups.create(
+                        record.id, resolved, dirs.work_dir
+                    )
+                except OSError as e:
+                    raise IsolationFailed(f"cannot create the job's cgroup: {e}") from e
+            job = Job(record, dirs, output, cgroup, self._reactor)
+            job.started_at = self._reactor.seconds()
+            spec = LaunchSpec(
+                argv,
+                dirs.work_dir,
+                job_env(dirs.work_dir),
+                user,
+                cgroup.procs_files if cgroup is not None else (),
+                self._isolation is not None and self._isolation.namespaces,
+            )
+            job.transport = spawn(self._reactor, JobProcessProtocol(job), spec)
+            job.start_timeout(START_TIMEOUT)
+        except BaseException:
+            if output is not None:
+                output.finish()
+            if cgroup is not None:
+                await cgroup.remove()
+            remove_tree(dirs.job_dir)
+            raise
+        # Registered when exec'd even if our caller stopped waiting (cancel).
+        self._starting[record.id] = job
+        job.when_started().addCallbacks(
+            lambda _: self._register(job), lambda _: None
+        ).addBoth(lambda _: self._starting.pop(record.id))
+        await job.when_started()
+        return job.status()
+
+    def _register(self, job: Job) -> None:
+        """The job was exec'd: it is listed, and publishes its status."""
+        self._jobs[job.record.id] = job
+        job.on_change = self.board.publish
+        job.publish()
+
+    def stop(self, job_id: str, grace: float | None = None) -> Deferred[JobStatus]:
+        """Stop a job: TERM, then after `grace` seconds KILL everything of it.
+
+        Fires with the final status; safe on stopping and ended jobs.
+        """
+        try:
+            job = self._job(job_id)
+            seconds = self._stop_grace if grace is None else _check_grace(grace)
+        except (JobNotFound, InvalidRequest) as e:
+            return _failed(e)
+        return job.stop(seconds)
+
+    def status(self, job_id: str) -> JobStatus:
+        """The job's current status; raises `JobNotFound`."""
+        return self._job(job_id).status()
+
+    def list(self) -> builtins.list[JobStatus]:
+        """Every job's status, oldest first."""
+        return sorted(
+            (job.status() for job in self._jobs.values()),
+            key=lambda status: status.started_at,
+        )
+
+    def wait_output(self, job_id: str, offset: int) -> Deferred[OutputState]:
+        """Fire once the job's log is longer than `offset` or complete.
+
+        Cancelling the Deferred releases everything kept for it.
+        """
+        try:
+            return self._job(job_id).output.wait(offset)
+        except (JobNotFound, InvalidRequest) as e:
+            return _failed(e)
+
+    def output_path(self, job_id: str) -> str:
+        """The job's output log, for `jobworker.job.outputlog.read_chunks`."""
+        return self._job(job_id).dirs.output_path
+
+    def read(
+        self, job_id: str, offset: int, max_bytes: int = DEFAULT_READ
+    ) -> Deferred[builtins.list[OutputChunk]]:
+        """Wait for output after `offset`, then read it; [] means the end."""
+        return Deferred.fromCoroutine(self._read(job_id, offset, max_bytes))
+
+    async def _read(
+        self, job_id: str, offset: int, max_bytes: int
+    ) -> builtins.list[OutputChunk]:
+        if max_bytes <= 0:
+            raise InvalidRequest(f"max_bytes must be positive, got {max_bytes}")
+        state = await self.wait_output(job_id, offset)
+        if offset >= state.size:
+            return []
+        return read_chunks(self.output_path(job_id), offset, state.size, max_bytes)
+
+    def shutdown(self) -> Deferred[None]:
+        """Refuse new jobs, stop every job, fire when all have ended."""
+        if self._closed:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._shutdown_waiters.append(waiter)
+        if not self._closing:
+            self._closing = True
+            Deferred.fromCoroutine(self._shutdown())
+        return waiter
+
+    async def _shutdown(self) -> None:
+        try:
+            starts = [job.when_started() for job in self._starting.values()]
+            await gatherResults(starts, consumeErrors=True).addErrback(lambda _: None)
+            stops = [job.stop(self._stop_grace) for job in self._jobs.values()]
+            await gatherResults(stops, consumeErrors=True)
+        finally:
+            self._closed = True
+            waiters, self._shutdown_waiters = self._shutdown_waiters, []
+            for waiter in waiters:
+                if not waiter.called:  # a cancelled waiter has been called
+                    waiter.callback(None)
+
+    def _job(self, job_id: str) -> Job:
+        job = self._jobs.get(job_id) if isinstance(job_id, str) else None
+        if job is None:
+            raise JobNotFound(str(job_id))
+        return job
+
+
+def _failed(error: Exception) -> Deferred[Any]:
+    result: Deferred[Any] = Deferred()
+    result.errback(error)
+    return result
+
+
+def _check_grace(grace: float) -> float:
+    if not (isinstance(grace, int | float) and math.isfinite(grace)):
+        raise InvalidRequest(f"grace must be a number of seconds, got {grace!r}")
+    if not 0 <= grace <= MAX_GRACE:
+        raise InvalidRequest(f"grace must be between 0 and {MAX_GRACE} seconds")
+    return float(grace)
+
+
+def _check_command(command: Sequence[bytes]) -> tuple[bytes, ...]:
+    if isinstance(cast(object, command), bytes | str):
+        raise InvalidRequest("the command must be a list of arguments")
+    argv = tuple(command)
+    if not argv or not argv[0]:
+        raise InvalidRequest("the command is empty")
+    for arg in argv:
+        if not isinstance(arg, bytes):
+            raise InvalidRequest(f"arguments must be bytes, got {type(arg).__name__}")
+        if b"\0" in arg:
+            raise InvalidRequest("an argument contains a NUL byte")
+        if len(arg) > MAX_ARGUMENT:
+            raise InvalidRequest(f"an argument is longer than {MAX_ARGUMENT} bytes")
+    if sum(len(arg) + 1 for arg in argv) > MAX_COMMAND:
+        raise InvalidRequest(f"the command is longer than {MAX_COMMAND} bytes")
+    return argv

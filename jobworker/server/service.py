@@ -1,0 +1,166 @@
+"""The API server as a Twisted service: grpcio over mutual TLS around a JobManager.
+
+`startService` binds grpcio (its own thread pool, sized for the follower
+cap plus headroom for unary calls) with the JobWorker service, health and
+reflection, all behind the authentication interceptor. `stopService`
+refuses new calls, ends open streams with UNAVAILABLE "server shutting
+down", shuts the manager down (every job stopped), then stops grpcio and
+its threads; its Deferred fires when nothing is left.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+# isort: off
+import jobworker.server.api  # noqa: F401 - configures grpc-core before grpc is imported
+import grpc
+
+# isort: on
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from jobworker.errors import JobWorkerError
+from jobworker.server.api.bridge import Bridge
+from jobworker.server.api.gate import Gate
+from jobworker.server.api.quota import WAITING_CALLS
+from jobworker.server.api.servicer import SERVICE_NAME, JobWorkerService
+from jobworker.server.tls import ServerTLS
+
+log = Logger()
+
+# Threads beyond the follower cap and the Start/Stop budget (WAITING_CALLS),
+# for Status/List, health and reflection; grpcio refuses calls past the pool
+# (RESOURCE_EXHAUSTED) instead of queueing them behind followers.
+UNARY_HEADROOM = 16
+# Health watches and reflection streams allowed at once (out of the headroom).
+SIDE_STREAMS = 4
+# Seconds in-flight unary calls get to finish once the jobs are stopped.
+GRPC_STOP_GRACE = 5.0
+
+
+class ListenFailed(JobWorkerError):
+    """The server cannot listen on the requested address."""
+
+
+class JobWorkerServer(Service):
+    """Serves `manager` over gRPC with mutual TLS on `listen` (HOST:PORT)."""
+
+    def __init__(
+        self,
+        manager: Any,
+        *,
+        listen: str,
+        tls: ServerTLS,
+        max_followers: int = 64,
+        reactor: Any = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor  # noqa: PLC0415
+
+            reactor = global_reactor
+        if max_followers < 1:
+            raise ValueError("max_followers must be at least 1")
+        self.manager = manager
+        self.listen = listen
+        self.tls = tls
+        self.max_followers = max_followers
+        self._reactor = reactor
+        self._port: int | None = None
+        self._grpc: grpc.Server | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._health: health.HealthServicer | None = None
+        self.bridge = Bridge(reactor)
+        self.service = JobWorkerService(manager, self.bridge, max_followers)
+
+    @property
+    def port(self) -> int:
+        """The port bound by `startService` (useful with port 0)."""
+        if self._port is None:
+            raise RuntimeError("the server is not started")
+        return self._port
+
+    def startService(self) -> None:
+        workers = self.max_followers + WAITING_CALLS + UNARY_HEADROOM
+        executor = ThreadPoolExecutor(workers, thread_name_prefix="jobworker-grpc")
+        server = grpc.server(
+            executor,
+            handlers=[self.service.handler()],
+            interceptors=[Gate(SERVICE_NAME, SIDE_STREAMS)],
+            maximum_concurrent_rpcs=workers,
+            # Without this, a second server could silently share the port.
+            options=[("grpc.so_reuseport", 0)],
+        )
+        self._health = health.HealthServicer()
+        self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        credentials = grpc.ssl_server_credentials(
+            [(self.tls.private_key, self.tls.cert_chain)],
+            root_certificates=self.tls.client_ca,
+            require_client_auth=True,
+        )
+        try:
+            port = server.add_secure_port(self.listen, credentials)
+        except RuntimeError:
+            executor.shutdown(wait=False)
+            raise ListenFailed(
+                f"cannot listen on {self.listen} (address in use or not local?)"
+            ) from None
+        server.start()
+        self._grpc, self._executor, self._port = server, executor, port
+        super().startService()  # type: ignore[no-untyped-call]
+        log.info(
+            "API listening on {listen} (port {port}), mutual TLS 1.3,"
+            " {followers} followers at most",
+            listen=self.listen,
+            port=port,
+            followers=self.max_followers,
+        )
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()  # type: ignore[no-untyped-call]
+        log.info(
+            "API shutting down: refusing calls, ending {calls} open call(s),"
+            " stopping every job",
+            calls=self.bridge.active,
+        )
+        self.bridge.close()
+        if self._health is not None:
+            self._health.enter_graceful_shutdown()
+        done: Deferred[None] = Deferred.fromCoroutine(self._stop())
+        return done
+
+    async def _stop(self) -> None:
+        try:
+            await self.manager.shutdown()
+        finally:
+            server, executor = self._grpc, self._executor
+            self._grpc = self._executor = None
+            if server is not None and executor is not None:
+                await self._in_thread(server, executor)
+
+    def _in_thread(
+        self, server: grpc.Server, executor: ThreadPoolExecutor
+    ) -> Deferred[None]:
+        """Stop grpcio and join its threads without blocking the reactor."""
+        done: Deferred[None] = Deferred()
+
+        def stop() -> None:
+            try:
+                server.stop(GRPC_STOP_GRACE).wait()
+                executor.shutdown(wait=True)
+            finally:
+                self._reactor.callFromThread(done.callback, None)
+
+        thread = threading.Thread(target=stop, name="jobworker-grpc-stop")
+        thread.start()
+        done.addCallback(lambda _: thread.join())
+        return done
