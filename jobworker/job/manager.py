@@ -1,9 +1,10 @@
 """The job library's facade: start, stop, query and read the output of jobs.
 
 `JobManager` is usable without the server. Every method runs on the reactor
-thread; only `board` (the jobs' published statuses) and
-`jobworker.job.outputlog.read_chunks` on `output_path(job_id)` may be used from
-other threads. Methods that return a Deferred report their
+thread; only `board` (the jobs' published statuses) and the output log file
+may be used from other threads: a `jobworker.job.outputlog.LogReader` (or
+`read_chunks`) on the path `output_path(job_id)` gave, up to a size
+`wait_output` reported. Methods that return a Deferred report their
 errors through it; the others raise.
 """
 
@@ -182,7 +183,7 @@ class JobManager:
             return _failed(e)
 
     def output_path(self, job_id: str) -> str:
-        """The job's output log, for `jobworker.job.outputlog.read_chunks`."""
+        """The job's output log, for a `LogReader` or `read_chunks` on any thread."""
         return self._job(job_id).dirs.output_path
 
     def read(

@@ -4,8 +4,9 @@ The log is a sequence of records, each a 5-byte header `>BI` (stream 1 or 2,
 data length) followed by the data. Offsets are log-file offsets of record
 starts: an opaque cursor, 0 being the first record. The writer (`OutputLog`,
 reactor thread only) writes each record to the OS before it advertises the
-new size, so `read_chunks` can read up to an advertised size from any thread
-with its own file handle. Memory does not grow with the output's size or
+new size, so a `LogReader` (or `read_chunks`, one read on a reader of its
+own) can read up to an advertised size from any thread with its own file
+handle. Memory does not grow with the output's size or
 with the number of readers: data is never kept in memory, and a reader
 waiting for more holds only its own Deferred until it fires or is cancelled.
 """

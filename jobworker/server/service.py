@@ -1,11 +1,14 @@
 """The API server as a Twisted service: grpcio over mutual TLS around a JobManager.
 
 `startService` binds grpcio (its own thread pool, sized for the follower
-cap plus headroom for unary calls) with the JobWorker service, health and
-reflection, all behind the authentication interceptor. `stopService`
-refuses new calls, ends open streams with UNAVAILABLE "server shutting
-down", shuts the manager down (every job stopped), then stops grpcio and
-its threads; its Deferred fires when nothing is left.
+cap, the Start/Stop budget and headroom for quick calls) with the JobWorker
+service, health and reflection, all behind one interceptor (`Gate`:
+authentication, and a cap on health watches and reflection streams).
+`stopService` closes the bridge (new calls are refused; every call still
+waiting, open streams included, ends with UNAVAILABLE "server shutting
+down"), marks health NOT_SERVING, shuts the manager down (every job
+stopped), then stops grpcio and its threads; its Deferred fires when
+nothing is left.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """The `jobworker.v1.JobWorker` service: RPCs on grpc threads, jobs on the reactor.
 
 Requests arrive as raw bytes and are decoded here, so a malformed request is
-INVALID_ARGUMENT rather than grpc's own INTERNAL. Every library call goes
-through a `CallWaiter` (bounded or cancellable waits). `StreamOutput` waits on
-the reactor only for "there is more" (`wait_output`) and reads the log
-file itself, in its own thread, with a `LogReader`.
+INVALID_ARGUMENT rather than grpc's own INTERNAL. Start and Stop reach the
+library through a `CallWaiter` (bounded or cancellable waits); Status and
+List read the jobs' published statuses (`manager.board`) on the grpc thread.
+`StreamOutput` waits on the reactor only for "there is more" (`wait_output`)
+and reads the log file itself, in its own thread, with a `LogReader`.
 """
 
 from __future__ import annotations
