@@ -8,10 +8,11 @@ checked without threads or real time.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.trial import unittest
 
 from jobworker.errors import JobNotFound, ShuttingDown
@@ -54,7 +55,7 @@ class Pending:
 
 class BridgeTests(unittest.TestCase):
     def setUp(self) -> None:
-        self.bridge = Bridge(ImmediateReactor())
+        self.bridge = Bridge(cast(IReactorFromThreads, ImmediateReactor()))
         self.context = FakeContext()
         self.waiter = self.bridge.waiter(self.context)  # type: ignore[arg-type]
 

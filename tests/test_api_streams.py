@@ -66,7 +66,8 @@ class StreamTests(APITestCase):
         self.assertGreater(min(sizes[:3]), CHUNK_BYTES - 64 * 1024)
 
     def test_messages_shrink_as_followers_are_added(self) -> None:
-        service = JobWorkerService(None, Bridge(None), max_followers=256)
+        unused: Any = None  # message sizes need neither manager nor reactor
+        service = JobWorkerService(unused, Bridge(unused), max_followers=256)
         sizes = {}
         for followers in (0, 1, 4, 16, 50, 64, 256):
             service._followers = followers

@@ -13,9 +13,7 @@ nothing is left.
 
 from __future__ import annotations
 
-import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 # isort: off
 import jobworker.server.api  # noqa: F401 - configures grpc-core before grpc is imported
@@ -26,9 +24,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from jobworker.errors import JobWorkerError
+from jobworker.job.manager import JobManager
 from jobworker.server.api.bridge import Bridge
 from jobworker.server.api.gate import Gate
 from jobworker.server.api.quota import WAITING_CALLS
@@ -56,12 +57,12 @@ class JobWorkerServer(Service):
 
     def __init__(
         self,
-        manager: Any,
+        manager: JobManager,
         *,
         listen: str,
         tls: ServerTLS,
         max_followers: int = 64,
-        reactor: Any = None,
+        reactor: IReactorThreads | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor  # noqa: PLC0415
@@ -148,22 +149,18 @@ class JobWorkerServer(Service):
             server, executor = self._grpc, self._executor
             self._grpc = self._executor = None
             if server is not None and executor is not None:
-                await self._in_thread(server, executor)
+                # Off the reactor thread: both calls block until grpcio's
+                # threads are gone.
+                await deferToThreadPool(
+                    self._reactor,
+                    self._reactor.getThreadPool(),  # type: ignore[misc] # zope method, no self
+                    _stop_grpc,
+                    server,
+                    executor,
+                )
 
-    def _in_thread(
-        self, server: grpc.Server, executor: ThreadPoolExecutor
-    ) -> Deferred[None]:
-        """Stop grpcio and join its threads without blocking the reactor."""
-        done: Deferred[None] = Deferred()
 
-        def stop() -> None:
-            try:
-                server.stop(GRPC_STOP_GRACE).wait()
-                executor.shutdown(wait=True)
-            finally:
-                self._reactor.callFromThread(done.callback, None)
-
-        thread = threading.Thread(target=stop, name="jobworker-grpc-stop")
-        thread.start()
-        done.addCallback(lambda _: thread.join())
-        return done
+def _stop_grpc(server: grpc.Server, executor: ThreadPoolExecutor) -> None:
+    """Stop grpcio and join its threads (blocks: run in a thread)."""
+    server.stop(GRPC_STOP_GRACE).wait()
+    executor.shutdown(wait=True)

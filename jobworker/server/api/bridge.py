@@ -9,11 +9,13 @@ reactor thread, which releases whatever the library held for it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar, overload
 
 import grpc
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.python.failure import Failure
 
 from jobworker.errors import ShuttingDown
@@ -25,7 +27,7 @@ T = TypeVar("T")
 class Bridge:
     """Runs library calls on the reactor; tracks waiting calls to end them."""
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: IReactorFromThreads) -> None:
         self._reactor = reactor
         self._lock = threading.Lock()
         self._calls: set[CallWaiter] = set()
@@ -40,6 +42,15 @@ class Bridge:
         if not context.add_callback(waiter.client_gone):
             waiter.client_gone()
         return waiter
+
+    @contextmanager
+    def waiting(self, context: grpc.ServicerContext) -> Iterator[CallWaiter]:
+        """A `waiter` for the body of the `with`, forgotten when it is done."""
+        waiter = self.waiter(context)
+        try:
+            yield waiter
+        finally:
+            self.done(waiter)
 
     def check_open(self) -> None:
         """Raise `ShuttingDown` once the server has begun to close."""
@@ -69,7 +80,7 @@ class Bridge:
 class CallWaiter:
     """One RPC's waits on the reactor; ended by a disconnect or a close."""
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: IReactorFromThreads) -> None:
         self._reactor = reactor
         self._lock = threading.Lock()
         self._ended: BaseException | None = None
@@ -94,13 +105,31 @@ class CallWaiter:
     def _reason(self) -> BaseException | None:
         return self._ended
 
+    @overload
     def wait(
         self,
-        function: Callable[..., Deferred[T] | T],
+        function: Callable[..., Deferred[T]],
         *args: Any,
         timeout: float | None = None,
         cancel_on_end: bool = True,
-    ) -> T:
+    ) -> T: ...
+
+    @overload
+    def wait(
+        self,
+        function: Callable[..., T],
+        *args: Any,
+        timeout: float | None = None,
+        cancel_on_end: bool = True,
+    ) -> T: ...
+
+    def wait(
+        self,
+        function: Callable[..., Any],
+        *args: Any,
+        timeout: float | None = None,
+        cancel_on_end: bool = True,
+    ) -> Any:
         """Call `function(*args)` on the reactor and wait for its result.
 
         Raises its exception; `ClientGone` or `ShuttingDown` when the call
@@ -121,7 +150,7 @@ class CallWaiter:
             with self._lock:
                 if self._ended is not None or gave_up.is_set():
                     return
-            d: Deferred[T] = maybeDeferred(cast(Callable[..., T], function), *args)
+            d: Deferred[Any] = maybeDeferred(function, *args)
             with self._lock:
                 late = self._ended is not None or gave_up.is_set()
                 if cancel_on_end and not late:
@@ -146,7 +175,7 @@ class CallWaiter:
         if results:
             result = results[0]
             if not isinstance(result, Failure):
-                return result  # type: ignore[no-any-return]
+                return result
             if ended is None or not isinstance(result.value, CancelledError):
                 result.raiseException()
         if pending is not None:

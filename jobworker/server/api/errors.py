@@ -3,13 +3,14 @@
 A `JobWorkerError` becomes its precise code with its own message; `Refused`
 carries the code chosen by the authentication layer; anything else is a
 server bug: `INTERNAL` with a reference, the traceback only in the log.
+`refuse` is the one place a refused call is logged. This module knows
+nothing of callers (`auth` imports it, not the other way round).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
-from typing import NoReturn, TypeVar
+from typing import NoReturn
 
 import grpc
 from twisted.logger import Logger
@@ -17,7 +18,6 @@ from twisted.logger import Logger
 from jobworker import errors
 
 log = Logger()
-T = TypeVar("T")
 
 _CODES: tuple[tuple[type[errors.JobWorkerError], grpc.StatusCode], ...] = (
     (errors.InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
@@ -41,8 +41,27 @@ class ClientGone(Exception):
     """The client cancelled or disconnected while the call was waiting."""
 
 
+class AlreadyLogged(Exception):
+    """A library error already logged where it happened, with more detail.
+
+    A Start the manager refuses is logged by the job events log with its
+    command (`jobworker.job.events`); the call maps `error` as usual and
+    `refuse` does not log it a second time.
+    """
+
+    def __init__(self, error: errors.JobWorkerError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+# What a call may fail with on purpose; anything else is a bug.
+EXPECTED = (errors.JobWorkerError, Refused, ClientGone, AlreadyLogged)
+
+
 def status_for(error: BaseException, method: str) -> tuple[grpc.StatusCode, str]:
     """The status code and message a client gets for `error`."""
+    if isinstance(error, AlreadyLogged):
+        return status_for(error.error, method)
     if isinstance(error, Refused):
         return error.code, error.message
     if isinstance(error, ClientGone):
@@ -59,52 +78,29 @@ def status_for(error: BaseException, method: str) -> tuple[grpc.StatusCode, str]
     return grpc.StatusCode.INTERNAL, f"internal server error (reference {reference})"
 
 
-def abort(context: grpc.ServicerContext, code: grpc.StatusCode, text: str) -> NoReturn:
-    """End the call with this status (grpc raises to unwind the handler)."""
-    context.abort(code, text)
-    raise AssertionError("grpc's abort returned")  # pragma: no cover
-
-
-def _refused(
-    method: str, context: grpc.ServicerContext, error: BaseException
+def refuse(
+    method: str, identity: str, peer: str, error: BaseException
 ) -> tuple[grpc.StatusCode, str]:
-    """Map `error` and log the refusal with the caller's identity."""
-    code, text = status_for(error, method)
-    if code not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED):
-        # The one reading of the caller's identity (auth imports this module).
-        from jobworker.server.api.auth import caller_of  # noqa: PLC0415
+    """The status for `error`, the refusal logged once with who was refused.
 
-        try:
-            identity = caller_of(context).identity
-        except Refused:
-            identity = "?"
+    A bug is logged by `status_for` (with its traceback), a client that
+    went away is not a refusal, and an `AlreadyLogged` error was logged.
+    """
+    code, text = status_for(error, method)
+    quiet = (grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED)
+    if code not in quiet and not isinstance(error, AlreadyLogged):
         log.info(
-            "{method} by {identity} refused: {code}: {text}",
+            "{method} by {identity} ({peer}) refused: {code}: {text}",
             method=method,
             identity=identity,
+            peer=peer,
             code=code.name,
             text=text,
         )
     return code, text
 
 
-def call(method: str, context: grpc.ServicerContext, handler: Callable[[], T]) -> T:
-    """Run a unary handler; any exception becomes the call's status."""
-    try:
-        return handler()
-    except Exception as error:
-        code, text = _refused(method, context, error)
-    abort(context, code, text)
-
-
-def stream(
-    method: str, context: grpc.ServicerContext, responses: Iterator[T]
-) -> Iterator[T]:
-    """Relay a response stream; an exception ends it with the mapped status."""
-    try:
-        yield from responses
-    except Exception as error:
-        code, text = _refused(method, context, error)
-    else:
-        return
-    abort(context, code, text)
+def abort(context: grpc.ServicerContext, code: grpc.StatusCode, text: str) -> NoReturn:
+    """End the call with this status (grpc raises to unwind the handler)."""
+    context.abort(code, text)
+    raise AssertionError("grpc's abort returned")  # pragma: no cover

@@ -11,20 +11,21 @@ that they, too, cannot take the threads Start/Stop/Status need.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
-from twisted.logger import Logger
 
-from jobworker.server.api.auth import AuthenticatedContext, Caller, authenticate
-from jobworker.server.api.errors import Refused, abort, status_for
+from jobworker.server.api.auth import AuthenticatedContext, authenticate
+from jobworker.server.api.errors import Refused, abort, refuse
 
-log = Logger()
 Behavior = Callable[[Any, grpc.ServicerContext], Any]
-# Admission: the caller and how to release the call, or `Refused`.
-Admit = Callable[[grpc.ServicerContext], tuple[Caller, Callable[[], None]]]
+# Admission: the context to hand the handler and how to release the call.
+Admit = Callable[
+    [grpc.ServicerContext], tuple[grpc.ServicerContext, Callable[[], None]]
+]
 
 _FACTORIES = {
     "unary_unary": grpc.unary_unary_rpc_method_handler,
@@ -34,34 +35,9 @@ _FACTORIES = {
 }
 
 
-def _admitted(
-    admit: Admit, context: grpc.ServicerContext, method: str
-) -> tuple[grpc.ServicerContext, Callable[[], None]]:
-    """Admit the call or end it with its status.
-
-    Returns the context to hand the handler (with the caller) and how to
-    release the call.
-    """
-    try:
-        caller, release = admit(context)
-        return cast(
-            grpc.ServicerContext, AuthenticatedContext(context, caller)
-        ), release
-    except Refused as refused:
-        code, text = status_for(refused, method)
-    log.info(
-        "refused {method} from {peer}: {code} {reason}",
-        method=method,
-        peer=context.peer(),
-        code=code.name,
-        reason=text,
-    )
-    abort(context, code, text)
-
-
-def _unary(method: str, behavior: Behavior, admit: Admit) -> Behavior:
+def _unary(behavior: Behavior, admit: Admit) -> Behavior:
     def unary(request: Any, context: grpc.ServicerContext) -> Any:
-        context, release = _admitted(admit, context, method)
+        context, release = admit(context)
         try:
             return behavior(request, context)
         finally:
@@ -70,9 +46,9 @@ def _unary(method: str, behavior: Behavior, admit: Admit) -> Behavior:
     return unary
 
 
-def _streaming(method: str, behavior: Behavior, admit: Admit) -> Behavior:
+def _streaming(behavior: Behavior, admit: Admit) -> Behavior:
     def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        context, release = _admitted(admit, context, method)
+        context, release = admit(context)
         try:
             yield from behavior(request, context)
         finally:
@@ -99,22 +75,33 @@ class Gate(_Interceptor):
         self._slots = threading.BoundedSemaphore(side_streams)
         self.side_streams = side_streams
 
-    def _authenticate(
-        self, context: grpc.ServicerContext
-    ) -> tuple[Caller, Callable[[], None]]:
-        return authenticate(context), _nothing
-
-    def _authenticate_and_take_slot(
-        self, context: grpc.ServicerContext
-    ) -> tuple[Caller, Callable[[], None]]:
-        caller = authenticate(context)
+    def _take_slot(self) -> Callable[[], None]:
+        """A slot for a long-lived call, and how to give it back."""
         if not self._slots.acquire(blocking=False):
             raise Refused(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"too many health watches or reflection streams open (the server"
                 f" allows {self.side_streams}); try again later",
             )
-        return caller, self._slots.release
+        return self._slots.release
+
+    def _admit(
+        self, context: grpc.ServicerContext, method: str, capped: bool
+    ) -> tuple[grpc.ServicerContext, Callable[[], None]]:
+        """Authenticate (and, if `capped`, take a slot) or end the call.
+
+        Returns the context to hand the handler (with the caller) and how to
+        release the call.
+        """
+        identity = "?"
+        try:
+            caller = authenticate(context)
+            identity = caller.identity
+            release = self._take_slot() if capped else _nothing
+        except Refused as refused:
+            abort(context, *refuse(method, identity, context.peer(), refused))
+        authenticated = AuthenticatedContext(context, caller)
+        return cast(grpc.ServicerContext, authenticated), release
 
     def intercept_service(
         self,
@@ -128,17 +115,14 @@ class Gate(_Interceptor):
             return None
         method = handler_call_details.method
         long_lived = handler.request_streaming or handler.response_streaming
-        admit = (
-            self._authenticate_and_take_slot
-            if long_lived and not method.startswith(self._own)
-            else self._authenticate
-        )
+        capped = long_lived and not method.startswith(self._own)
+        admit = functools.partial(self._admit, method=method, capped=capped)
         wrap = _streaming if handler.response_streaming else _unary
         for kind, factory in _FACTORIES.items():
             behavior = getattr(handler, kind)
             if behavior is not None:
                 return factory(
-                    wrap(method, behavior, admit),
+                    wrap(behavior, admit),
                     request_deserializer=handler.request_deserializer,
                     response_serializer=handler.response_serializer,
                 )

@@ -1,11 +1,15 @@
 """The `jobworker.v1.JobWorker` service: RPCs on grpc threads, jobs on the reactor.
 
 Requests arrive as raw bytes and are decoded here, so a malformed request is
-INVALID_ARGUMENT rather than grpc's own INTERNAL. Start and Stop reach the
-library through a `CallWaiter` (bounded or cancellable waits); Status and
-List read the jobs' published statuses (`manager.board`) on the grpc thread.
-`StreamOutput` waits on the reactor only for "there is more" (`wait_output`)
-and reads the log file itself, in its own thread, with a `LogReader`.
+INVALID_ARGUMENT rather than grpc's own INTERNAL. There are three kinds of
+call, each with one helper that runs it inside `answering` (the caller in,
+the call's status out): Start and Stop wait on the reactor through a
+`CallWaiter` (bounded or cancellable waits) within the Start/Stop budget
+(`on_reactor`); Status and List read the statuses the jobs publish
+(`on_board`); `StreamOutput` waits on the reactor only for "there is more"
+(`wait_output`) and reads the log file itself, in its own thread, with a
+`LogReader`. Whether a caller may see a job is read from the board, for
+every call, by `Caller.may_see`.
 """
 
 from __future__ import annotations
@@ -14,15 +18,16 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from contextlib import contextmanager
+from typing import Any
 
 import grpc
 
-from jobworker.errors import JobNotFound, TooManyJobs
+from jobworker.errors import JobNotFound, JobWorkerError, TooManyJobs
 from jobworker.job.board import StatusBoard
+from jobworker.job.manager import JobManager
 from jobworker.job.outputlog import LogReader
 from jobworker.model import JobStatus
-from jobworker.server.api import errors
 from jobworker.server.api.auth import Caller, caller_of
 from jobworker.server.api.bridge import Bridge, CallWaiter
 from jobworker.server.api.convert import (
@@ -31,13 +36,18 @@ from jobworker.server.api.convert import (
     parse,
     status_to_pb,
 )
+from jobworker.server.api.errors import (
+    EXPECTED,
+    AlreadyLogged,
+    abort,
+    refuse,
+    status_for,
+)
 from jobworker.server.api.paging import PageRequest
 from jobworker.server.api.quota import WaitingCalls
 from jobworker.v1 import jobworker_pb2 as pb
 
 SERVICE_NAME = "jobworker.v1.JobWorker"
-# The calls that wait on a job (for its exec, for its end): budgeted.
-WAITING_METHODS = frozenset({"Start", "Stop"})
 # Output messages are as large as this while few followers are open (large
 # messages make streaming cheap per byte, on both ends); the output in
 # flight to all followers together is kept near FOLLOWER_BUFFER_BYTES by
@@ -54,13 +64,31 @@ QUERY_TIMEOUT = 30.0
 # Stop waits for the grace period (the server's default when unset) plus this.
 STOP_MARGIN = 60.0
 STOP_DEFAULT_BOUND = 600.0
-T = TypeVar("T")
+
+
+@contextmanager
+def answering(method: str, context: grpc.ServicerContext) -> Iterator[Caller]:
+    """The call's caller; a failure in the `with` ends the call with its status."""
+    identity = "?"
+    try:
+        caller = caller_of(context)
+        identity = caller.identity
+        yield caller
+    except EXPECTED as error:
+        status = refuse(method, identity, context.peer(), error)
+    except Exception as error:  # the last resort, and only at the boundary:
+        # a bug must reach the client as INTERNAL with a reference (the
+        # traceback logged), not as grpc's UNKNOWN carrying its text.
+        status = status_for(error, method)
+    else:
+        return
+    abort(context, *status)
 
 
 class JobWorkerService:
     """The servicer; `handler()` is what the grpc server registers."""
 
-    def __init__(self, manager: Any, bridge: Bridge, max_followers: int) -> None:
+    def __init__(self, manager: JobManager, bridge: Bridge, max_followers: int) -> None:
         self._manager = manager
         self._bridge = bridge
         self.max_followers = max_followers
@@ -103,116 +131,98 @@ class JobWorkerService:
             },
         )
 
-    def _unary(
-        self,
-        method: str,
-        context: grpc.ServicerContext,
-        body: Callable[[Caller, CallWaiter], T],
-    ) -> T:
-        def run() -> T:
-            caller = caller_of(context)
-            if method not in WAITING_METHODS:
-                return self._run(caller, context, body)
-            with self.waiting_calls.hold(caller.identity):
-                return self._run(caller, context, body)
+    @contextmanager
+    def on_reactor(
+        self, method: str, context: grpc.ServicerContext
+    ) -> Iterator[tuple[Caller, CallWaiter]]:
+        """A call that waits on the reactor: budgeted, with its waiter."""
+        with (
+            answering(method, context) as caller,
+            self.waiting_calls.hold(caller.identity),
+            self._bridge.waiting(context) as waiter,
+        ):
+            yield caller, waiter
 
-        return errors.call(method, context, run)
+    @contextmanager
+    def on_board(
+        self, method: str, context: grpc.ServicerContext
+    ) -> Iterator[tuple[Caller, StatusBoard]]:
+        """A call that reads the published statuses, right on the grpc thread.
 
-    def _run(
-        self,
-        caller: Caller,
-        context: grpc.ServicerContext,
-        body: Callable[[Caller, CallWaiter], T],
-    ) -> T:
-        waiter = self._bridge.waiter(context)
-        try:
-            return body(caller, waiter)
-        finally:
-            self._bridge.done(waiter)
+        No trip to the reactor, nothing to wait for, so no waiter either;
+        like every call, it is refused once the server is shutting down.
+        """
+        with answering(method, context) as caller:
+            self._bridge.check_open()
+            yield caller, self._manager.board
 
     def _visible(self, caller: Caller, job_id: str) -> JobStatus:
-        """The job's status if the caller may see it (reactor thread)."""
-        status: JobStatus = self._manager.status(job_id)
+        """The job's published status if the caller may see it (any thread)."""
+        status = self._manager.board.get(job_id)
         if not caller.may_see(status):
             raise JobNotFound(job_id)
         return status
 
     def start(self, data: bytes, context: grpc.ServicerContext) -> pb.StartResponse:
-        def body(caller: Caller, waiter: CallWaiter) -> pb.StartResponse:
+        with self.on_reactor("Start", context) as (caller, waiter):
             request = parse(pb.StartRequest, data)
             limits = (
                 limits_from_pb(request.limits) if request.HasField("limits") else None
             )
-            status: JobStatus = waiter.wait(
-                self._manager.start,
-                caller.identity,
-                list(request.command),
-                limits,
-                timeout=START_TIMEOUT,
-                cancel_on_end=False,
-            )
+            try:
+                status = waiter.wait(
+                    self._manager.start,
+                    caller.identity,
+                    list(request.command),
+                    limits,
+                    timeout=START_TIMEOUT,
+                    cancel_on_end=False,
+                )
+            except JobWorkerError as error:
+                raise AlreadyLogged(error) from error
             return pb.StartResponse(job=status_to_pb(status))
 
-        return self._unary("Start", context, body)
-
     def stop(self, data: bytes, context: grpc.ServicerContext) -> pb.StopResponse:
-        def body(caller: Caller, waiter: CallWaiter) -> pb.StopResponse:
+        with self.on_reactor("Stop", context) as (caller, waiter):
             request = parse(pb.StopRequest, data)
             grace = request.grace_seconds if request.HasField("grace_seconds") else None
-
-            def stop() -> Any:
-                self._visible(caller, request.job_id)
-                return self._manager.stop(request.job_id, grace)
-
+            self._visible(caller, request.job_id)
             bound = STOP_DEFAULT_BOUND
             if grace is not None and math.isfinite(grace) and grace >= 0:
                 bound = min(grace, 24 * 3600.0)
-            status: JobStatus = waiter.wait(
-                stop, timeout=bound + STOP_MARGIN, cancel_on_end=False
+            status = waiter.wait(
+                self._manager.stop,
+                request.job_id,
+                grace,
+                timeout=bound + STOP_MARGIN,
+                cancel_on_end=False,
             )
             return pb.StopResponse(job=status_to_pb(status))
 
-        return self._unary("Stop", context, body)
-
-    # Status and List read the statuses the jobs publish (`manager.board`)
-    # right here on the grpc thread: no trip to the reactor, nothing to wait
-    # for, so no waiter either; like every call, they are refused once the
-    # server is shutting down.
-
-    def _board(self) -> StatusBoard:
-        self._bridge.check_open()
-        board: StatusBoard = self._manager.board
-        return board
-
     def status(self, data: bytes, context: grpc.ServicerContext) -> pb.StatusResponse:
-        def run() -> pb.StatusResponse:
-            caller = caller_of(context)
+        with self.on_board("Status", context) as (caller, _):
             request = parse(pb.StatusRequest, data)
-            status: JobStatus = self._board().get(request.job_id)
-            if not caller.may_see(status):
-                raise JobNotFound(request.job_id)
-            return pb.StatusResponse(job=status_to_pb(status))
-
-        return errors.call("Status", context, run)
+            return pb.StatusResponse(
+                job=status_to_pb(self._visible(caller, request.job_id))
+            )
 
     def list(self, data: bytes, context: grpc.ServicerContext) -> pb.ListResponse:
-        def run() -> pb.ListResponse:
-            caller = caller_of(context)
+        with self.on_board("List", context) as (caller, board):
             page = PageRequest.from_pb(parse(pb.ListRequest, data))
-            jobs: list[JobStatus] = self._board().all()
             # Visibility first, then the page: a token cannot widen the view.
-            return page.page([job for job in jobs if caller.may_see(job)])
-
-        return errors.call("List", context, run)
+            return page.page([job for job in board.all() if caller.may_see(job)])
 
     def stream_output(
         self, data: bytes, context: grpc.ServicerContext
     ) -> Iterator[bytes]:
-        return errors.stream("StreamOutput", context, self._follow(data, context))
+        with answering("StreamOutput", context) as caller:
+            request = parse(pb.StreamOutputRequest, data)
+            with self._following(), self._bridge.waiting(context) as waiter:
+                yield from self._chunks(caller, request, waiter)
 
-    def _follow(self, data: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
-        caller = caller_of(context)
-        request = parse(pb.StreamOutputRequest, data)
+    @contextmanager
+    def _following(self) -> Iterator[None]:
+        """Count one follower for the `with`; TooManyJobs past the cap."""
         with self._lock:
             if self._followers >= self.max_followers:
                 raise TooManyJobs(
@@ -221,11 +231,7 @@ class JobWorkerService:
                 )
             self._followers += 1
         try:
-            waiter = self._bridge.waiter(context)
-            try:
-                yield from self._chunks(caller, request, waiter)
-            finally:
-                self._bridge.done(waiter)
+            yield
         finally:
             with self._lock:
                 self._followers -= 1
@@ -234,13 +240,8 @@ class JobWorkerService:
         self, caller: Caller, request: pb.StreamOutputRequest, waiter: CallWaiter
     ) -> Iterator[bytes]:
         job_id, offset = request.job_id, request.offset
-
-        def output_path() -> str:
-            self._visible(caller, job_id)
-            path: str = self._manager.output_path(job_id)
-            return path
-
-        path = waiter.wait(output_path, timeout=QUERY_TIMEOUT)
+        self._visible(caller, job_id)
+        path = waiter.wait(self._manager.output_path, job_id, timeout=QUERY_TIMEOUT)
         with LogReader(path) as log:
             while True:
                 state = waiter.wait(self._manager.wait_output, job_id, offset)
