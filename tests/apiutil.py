@@ -53,10 +53,13 @@ class APITestCase(unittest.TestCase):
 
     max_followers = 8
     stop_grace = 2.0
+    manager_class: type[JobManager] = JobManager
 
     def setUp(self) -> None:
         state_dir = self.mktemp()
-        self.manager = JobManager(state_dir, isolation=None, stop_grace=self.stop_grace)
+        self.manager = self.manager_class(
+            state_dir, isolation=None, stop_grace=self.stop_grace
+        )
         tls = load_server_tls(
             pkiutil.path("server.pem"),
             pkiutil.path("server.key"),

@@ -14,8 +14,9 @@ import uuid
 from typing import Any
 
 import grpc
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 
+from jobworker.job.events import LoggingJobManager
 from jobworker.v1 import jobworker_pb2 as pb
 from tests.apiutil import APITestCase, shell, stream_end
 
@@ -121,3 +122,49 @@ class RefusalLogTests(APITestCase):
         self.assertEqual(refusals[0]["identity"], "bob")
         self.assertEqual(refusals[0]["code"], "NOT_FOUND")
         self.assertIn(missing, refusals[0]["text"])
+
+
+class StartRefusalLogTests(APITestCase):
+    """A refused Start is logged once, where its refusal is known best."""
+
+    manager_class = LoggingJobManager
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.lines: list[tuple[str, str]] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            self.lines.append((event.get("log_namespace", ""), formatEvent(event)))
+
+        globalLogPublisher.addObserver(observe)  # type: ignore[arg-type]
+        self.addCleanup(globalLogPublisher.removeObserver, observe)  # type: ignore[arg-type]
+
+    def refusals(self) -> list[tuple[str, str]]:
+        return [line for line in self.lines if "refused" in line[1]]
+
+    async def test_start_the_manager_refuses_is_logged_once_with_its_command(
+        self,
+    ) -> None:
+        request = pb.StartRequest(command=[b"/nonexistent/program"])
+        error = await self.error("bob", "Start", request)
+        self.assertEqual(error.code(), grpc.StatusCode.FAILED_PRECONDITION)
+        [(namespace, line)] = self.refusals()
+        self.assertEqual(namespace, "jobworker.job.events")
+        self.assertTrue(
+            line.startswith("job start refused for bob: /nonexistent/program:"), line
+        )
+
+    async def test_start_the_api_refuses_is_logged_once_with_the_identity(
+        self,
+    ) -> None:
+        raw = self.channel("bob").unary_unary(
+            "/jobworker.v1.JobWorker/Start",
+            request_serializer=None,
+            response_deserializer=None,
+        )
+        with self.assertRaises(grpc.RpcError):
+            await self.in_thread(raw, b"\xff\xff\xff\xff", timeout=10)
+        [(namespace, line)] = self.refusals()
+        self.assertEqual(namespace, "jobworker.server.api.errors")
+        self.assertTrue(line.startswith("Start by bob ("), line)
+        self.assertIn("refused: INVALID_ARGUMENT: malformed StartRequest", line)

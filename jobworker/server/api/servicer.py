@@ -1,15 +1,15 @@
 """The `jobworker.v1.JobWorker` service: RPCs on grpc threads, jobs on the reactor.
 
 Requests arrive as raw bytes and are decoded here, so a malformed request is
-INVALID_ARGUMENT rather than grpc's own INTERNAL. There are three kinds of
-call, each with one helper that runs it inside `answering` (the caller in,
-the call's status out): Start and Stop wait on the reactor through a
-`CallWaiter` (bounded or cancellable waits) within the Start/Stop budget
-(`on_reactor`); Status and List read the statuses the jobs publish
-(`on_board`); `StreamOutput` waits on the reactor only for "there is more"
-(`wait_output`) and reads the log file itself, in its own thread, with a
-`LogReader`. Whether a caller may see a job is read from the board, for
-every call, by `Caller.may_see`.
+INVALID_ARGUMENT rather than grpc's own INTERNAL. Each RPC is one flat
+method inside `answering` (the caller in, the call's status out), with one
+helper per kind of call: Start and Stop wait on the reactor, within the
+Start/Stop budget, through a `CallWaiter` (bounded or cancellable waits):
+`on_reactor`; Status and List read the statuses the jobs publish on the
+grpc thread: `on_board`; `StreamOutput` holds a follower slot and waits on
+the reactor only for "there is more" (`wait_output`), reading the log file
+itself, in its own thread, with a `LogReader`. Whether the caller may see a
+job is read from the board (`Caller.may_see` on the published status).
 """
 
 from __future__ import annotations
