@@ -11,10 +11,10 @@ import jobworker.server.api  # noqa: F401
 
 # isort: split
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import grpc
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 
 from jobworker.job.events import LoggingJobManager
 from jobworker.v1 import jobworker_pb2 as pb
@@ -133,11 +133,12 @@ class StartRefusalLogTests(APITestCase):
         super().setUp()
         self.lines: list[tuple[str, str]] = []
 
-        def observe(event: dict[str, Any]) -> None:
+        def observe(event: LogEvent) -> None:
             self.lines.append((event.get("log_namespace", ""), formatEvent(event)))
 
-        globalLogPublisher.addObserver(observe)  # type: ignore[arg-type]
-        self.addCleanup(globalLogPublisher.removeObserver, observe)  # type: ignore[arg-type]
+        observer = cast(ILogObserver, observe)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
 
     def refusals(self) -> list[tuple[str, str]]:
         return [line for line in self.lines if "refused" in line[1]]
