@@ -23,6 +23,7 @@ from twisted.python import usage
 from twisted.trial import unittest
 
 from jobworker.model import Limits
+from jobworker.server.reload import CertificateReload
 from jobworker.server.service import JobWorkerServer
 from jobworker.server.statelock import StateDirLock
 from jobworker.server.tap import Options, makeService
@@ -209,7 +210,8 @@ class MakeServiceTests(unittest.TestCase):
         service = makeService(self.config("--no-isolation"))
         self.assertIsInstance(service, MultiService)
         self.assertEqual(
-            [type(child) for child in service], [StateDirLock, JobWorkerServer]
+            [type(child) for child in service],
+            [StateDirLock, JobWorkerServer, CertificateReload],
         )
 
     def test_second_server_on_one_state_dir_is_refused(self) -> None:
@@ -254,5 +256,6 @@ class MakeServiceTests(unittest.TestCase):
         self.addCleanup(remove_parent_cgroups, config["state-dir"])
         service = makeService(config)
         self.assertEqual(
-            [type(child) for child in service], [StateDirLock, JobWorkerServer]
+            [type(child) for child in service],
+            [StateDirLock, JobWorkerServer, CertificateReload],
         )

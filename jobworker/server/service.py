@@ -34,6 +34,7 @@ from jobworker.server.api.bridge import Bridge
 from jobworker.server.api.gate import Gate
 from jobworker.server.api.quota import WAITING_CALLS
 from jobworker.server.api.servicer import SERVICE_NAME, JobWorkerService
+from jobworker.server.reload import ReloadableCredentials
 from jobworker.server.tls import ServerTLS
 
 log = Logger()
@@ -72,7 +73,8 @@ class JobWorkerServer(Service):
             raise ValueError("max_followers must be at least 1")
         self.manager = manager
         self.listen = listen
-        self.tls = tls
+        # Replaced on SIGHUP by a CertificateReload (jobworker.server.reload).
+        self.credentials = ReloadableCredentials(tls)
         self.max_followers = max_followers
         self._reactor = reactor
         self._port: int | None = None
@@ -81,6 +83,11 @@ class JobWorkerServer(Service):
         self._health: health.HealthServicer | None = None
         self.bridge = Bridge(reactor)
         self.service = JobWorkerService(manager, self.bridge, max_followers)
+
+    @property
+    def tls(self) -> ServerTLS:
+        """The TLS material new connections use."""
+        return self.credentials.current
 
     @property
     def port(self) -> int:
@@ -106,13 +113,10 @@ class JobWorkerServer(Service):
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        credentials = grpc.ssl_server_credentials(
-            [(self.tls.private_key, self.tls.cert_chain)],
-            root_certificates=self.tls.client_ca,
-            require_client_auth=True,
-        )
         try:
-            port = server.add_secure_port(self.listen, credentials)
+            port = server.add_secure_port(
+                self.listen, self.credentials.server_credentials()
+            )
         except RuntimeError:
             executor.shutdown(wait=False)
             raise ListenFailed(

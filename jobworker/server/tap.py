@@ -11,6 +11,7 @@ what is wrong, not a traceback.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -24,6 +25,7 @@ from jobworker.errors import InvalidRequest, IsolationUnavailable, JobWorkerErro
 from jobworker.isolation.interfaces import IsolationConfig
 from jobworker.job.events import LoggingJobManager
 from jobworker.model import LimitPolicy, Limits
+from jobworker.server.reload import CertificateReload
 from jobworker.server.service import JobWorkerServer
 from jobworker.server.statelock import StateDirLock
 from jobworker.server.tls import load_server_tls
@@ -247,9 +249,14 @@ def _policy(
 def build_service(config: dict[str, Any], reactor: Any = None) -> MultiService:
     """Check TLS and isolation, then build the manager and the API server."""
     host, _ = parse_address(config["listen"], allow_port_zero=True)
-    tls = load_server_tls(
-        config["tls-cert"], config["tls-key"], config["client-ca"], host
+    load_tls = functools.partial(
+        load_server_tls,
+        config["tls-cert"],
+        config["tls-key"],
+        config["client-ca"],
+        host,
     )
+    tls = load_tls()
     state_dir = os.path.abspath(config["state-dir"])
     os.makedirs(state_dir, mode=0o711, exist_ok=True)
     lock = StateDirLock(state_dir)  # before stale clean-up: it kills jobs
@@ -277,6 +284,8 @@ def build_service(config: dict[str, Any], reactor: Any = None) -> MultiService:
     )
     server.setName(API_SERVICE)  # type: ignore[no-untyped-call]
     server.setServiceParent(top)  # type: ignore[no-untyped-call]
+    reload = CertificateReload(server.credentials, load_tls, reactor=reactor)
+    reload.setServiceParent(top)  # type: ignore[no-untyped-call]
     log.info(
         "starting jobworker on {listen}, state in {state_dir}",
         listen=config["listen"],
