@@ -23,6 +23,7 @@ from twisted.python import usage
 from twisted.trial import unittest
 
 from jobworker.model import Limits
+from jobworker.server.notify import Readiness
 from jobworker.server.reload import CertificateReload
 from jobworker.server.service import JobWorkerServer
 from jobworker.server.statelock import StateDirLock
@@ -211,7 +212,7 @@ class MakeServiceTests(unittest.TestCase):
         self.assertIsInstance(service, MultiService)
         self.assertEqual(
             [type(child) for child in service],
-            [StateDirLock, JobWorkerServer, CertificateReload],
+            [StateDirLock, JobWorkerServer, CertificateReload, Readiness],
         )
 
     def test_second_server_on_one_state_dir_is_refused(self) -> None:
@@ -257,5 +258,5 @@ class MakeServiceTests(unittest.TestCase):
         service = makeService(config)
         self.assertEqual(
             [type(child) for child in service],
-            [StateDirLock, JobWorkerServer, CertificateReload],
+            [StateDirLock, JobWorkerServer, CertificateReload, Readiness],
         )

@@ -113,13 +113,17 @@ class CertificateReload(Service):
     def reload(self) -> bool:
         """Re-read the files now; True when new connections will use them."""
         self._notify("RELOADING=1")
+        try:
+            return self._reload()
+        finally:
+            self._notify("READY=1")
+
+    def _reload(self) -> bool:
         tls: ServerTLS | None = None
         try:
             tls = self._load()
         except TLSConfigError as error:
             reason = str(error)
-        finally:
-            self._notify("READY=1")
         if tls is None:
             log.error(
                 "certificate reload refused, the current material stays in use:"

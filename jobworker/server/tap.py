@@ -4,9 +4,10 @@
 `UsageError` naming the option). `makeService` checks the environment:
 the TLS material, the state directory (locked before stale job cgroups are
 removed) and isolation, refusing to start with the reason when any is
-wrong; then builds the `JobManager` and the `JobWorkerServer` inside a
-`MultiService`. A problem found there ends twistd with one line saying
-what is wrong, not a traceback.
+wrong; then builds the `JobManager`, the `JobWorkerServer`, SIGHUP
+certificate reload and systemd readiness inside a `MultiService`. A
+problem found there ends twistd with one line saying what is wrong, not a
+traceback.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from jobworker.errors import InvalidRequest, IsolationUnavailable, JobWorkerErro
 from jobworker.isolation.interfaces import IsolationConfig
 from jobworker.job.events import LoggingJobManager
 from jobworker.model import LimitPolicy, Limits
+from jobworker.server.notify import Readiness, sd_notify
 from jobworker.server.reload import CertificateReload
 from jobworker.server.service import JobWorkerServer
 from jobworker.server.statelock import StateDirLock
@@ -284,8 +286,15 @@ def build_service(config: dict[str, Any], reactor: Any = None) -> MultiService:
     )
     server.setName(API_SERVICE)  # type: ignore[no-untyped-call]
     server.setServiceParent(top)  # type: ignore[no-untyped-call]
-    reload = CertificateReload(server.credentials, load_tls, reactor=reactor)
+    reload = CertificateReload(
+        server.credentials, load_tls, notify=sd_notify, reactor=reactor
+    )
     reload.setServiceParent(top)  # type: ignore[no-untyped-call]
+    ready = Readiness(
+        lambda: f"serving on {config['listen']} (port {server.port})",
+        reactor=reactor,
+    )
+    ready.setServiceParent(top)  # type: ignore[no-untyped-call]
     log.info(
         "starting jobworker on {listen}, state in {state_dir}",
         listen=config["listen"],
