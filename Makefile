@@ -1,13 +1,15 @@
 # jobworker: `make run` starts a development server, `make test` runs every check.
 #
-# Both create the project virtualenv (.venv) from the hash-locked
-# requirements.lock first; nothing is installed outside .venv except the
-# Debian packages the isolation tests need (see `sysdeps`).
+# Both create the project virtualenv (.venv) from hash-locked sets: `make run`
+# installs only the runtime (requirements.lock: server, CLI, PKI tool), the
+# checks add the development tools (requirements-dev.lock). Nothing is
+# installed outside .venv except the Debian packages the tests need (`sysdeps`).
 
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 CERTS := certs
 STATE_DIR ?= var
 LISTEN ?= 127.0.0.1:7443
@@ -20,7 +22,7 @@ TRIAL_TMP := /tmp/jobworker-trial-$(shell printf '%s' '$(CURDIR)' | sha256sum | 
 # systemd's systemd-analyze checks contrib/systemd/jobworker.service.
 SYSDEPS := qemu-system-x86 linux-image-amd64 busybox-static e2fsprogs iproute2 procps util-linux systemd
 
-.PHONY: all venv run test lint typecheck unit proto lock sysdeps clean certs test-cgroup2 diagram bench
+.PHONY: all venv dev-venv run test lint typecheck unit proto lock sysdeps clean certs test-cgroup2 diagram bench
 
 all: test
 
@@ -31,7 +33,12 @@ $(STAMP): requirements.lock setup.py
 	    --config-settings editable_mode=compat -e .
 	touch $@
 
+$(DEV_STAMP): $(STAMP) requirements-dev.lock
+	$(BIN)/pip install --quiet --require-hashes --no-deps -r requirements-dev.lock
+	touch $@
+
 venv: $(STAMP)
+dev-venv: $(DEV_STAMP)
 
 # The development PKI: created once, never committed (see certs/README.md).
 $(CERTS)/server.pem: | $(STAMP)
@@ -60,14 +67,14 @@ sysdeps:
 	    fi; \
 	else echo "sysdeps: not root or no apt-get; tests that need them will say so"; fi
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck: $(STAMP)
+typecheck: $(DEV_STAMP)
 	$(BIN)/mypy --strict jobworker tests twisted/plugins bench soak
 
-unit: $(STAMP)
+unit: $(DEV_STAMP)
 	$(BIN)/trial --temp-directory=$(TRIAL_TMP) tests
 
 test: sysdeps lint typecheck unit
@@ -76,22 +83,22 @@ test: sysdeps lint typecheck unit
 # run tests.test_isolation and tests.test_cgroups_real in it. `make unit`
 # runs it too (tests/test_cgroup2_guest.py), skipping with the reason when
 # not root or qemu, a kernel or mkfs.ext4 is missing.
-test-cgroup2: $(STAMP) sysdeps
+test-cgroup2: $(DEV_STAMP) sysdeps
 	$(BIN)/trial --temp-directory=$(TRIAL_TMP)-cgroup2 tests.test_cgroup2_guest
 
 # Benchmarks against baselines measured in the same run (bench/): needs root,
 # under 10 minutes, rewrites doc/performance.md. Never part of `make test`.
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(BIN)/python -m bench --out doc/performance.md
 
 # Regenerate the committed gRPC code; tests/test_proto.py fails when stale.
-proto: $(STAMP)
+proto: $(DEV_STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m grpc_tools.protoc -Iproto \
 	    --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. \
 	    proto/jobworker/v1/jobworker.proto
 
 # Redraw doc/img/job-machine.svg from jobworker.job.machine (needs graphviz's dot).
-diagram: $(STAMP)
+diagram: $(DEV_STAMP)
 	command -v dot >/dev/null || apt-get install -y -qq graphviz
 	$(PYTHON) -m venv /tmp/jobworker-viz-venv
 	/tmp/jobworker-viz-venv/bin/pip install --quiet graphviz $$(grep -o '^automat==[0-9.]*' requirements.lock)
@@ -100,13 +107,15 @@ diagram: $(STAMP)
 	    --image-directory /tmp/jobworker-img --image-type svg jobworker.job.machine
 	cp /tmp/jobworker-img/jobworker.job.machine.JobMachine.dot.svg doc/img/job-machine.svg
 
-# Re-resolve requirements.in into requirements.lock (see README, "Dependencies").
+# Re-resolve requirements.in into requirements.lock, then requirements-dev.in
+# (constrained by it) into requirements-dev.lock (see README, "Dependencies").
+PIP_COMPILE := PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= /tmp/jobworker-lock-venv/bin/pip-compile \
+	--quiet --generate-hashes --strip-extras --allow-unsafe
 lock:
 	$(PYTHON) -m venv /tmp/jobworker-lock-venv
 	/tmp/jobworker-lock-venv/bin/pip install --quiet pip-tools
-	PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= /tmp/jobworker-lock-venv/bin/pip-compile \
-	    --quiet --generate-hashes --strip-extras --allow-unsafe \
-	    -o requirements.lock requirements.in
+	$(PIP_COMPILE) -o requirements.lock requirements.in
+	$(PIP_COMPILE) -o requirements-dev.lock requirements-dev.in
 
 clean:
 	rm -rf $(VENV) build *.egg-info _trial_temp* $(TRIAL_TMP)
@@ -114,5 +123,5 @@ clean:
 # The reliability suite: a real server as root on 127.0.0.1, thousands of jobs,
 # disconnects, SIGKILL and SIGTERM (about 10 minutes); rewrites doc/reliability.md.
 .PHONY: soak
-soak: $(STAMP)
+soak: $(DEV_STAMP)
 	$(BIN)/python -m soak --report doc/reliability.md
