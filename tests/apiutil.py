@@ -9,6 +9,7 @@ server is stopped.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -151,6 +152,19 @@ class APITestCase(unittest.TestCase):
                 return
             await deferLater(reactor, 0.01, lambda: None)
         self.fail(f"never happened: {what}")
+
+
+def twistd_argv(state_dir: str) -> list[str]:
+    """`twistd -n jobworker` on 127.0.0.1:0 with this run's PKI, no isolation."""
+    pki = pkiutil.pki_dir()
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    return [
+        twistd, "-n", "--pidfile=", "jobworker", "--no-isolation",
+        "--listen", "127.0.0.1:0", "--state-dir", state_dir,
+        "--tls-cert", os.path.join(pki, "server.pem"),
+        "--tls-key", os.path.join(pki, "server.key"),
+        "--client-ca", os.path.join(pki, "client-ca.pem"),
+    ]  # fmt: skip
 
 
 def stream_end(call: Any) -> tuple[grpc.StatusCode, str]:

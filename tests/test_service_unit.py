@@ -33,8 +33,7 @@ from jobworker.server.service import GRPC_STOP_GRACE
 from jobworker.server.tap import Options
 from jobworker.v1 import jobworker_pb2 as pb
 from jobworker.v1 import jobworker_pb2_grpc as pb_grpc
-from tests import pkiutil
-from tests.apiutil import channel_credentials
+from tests.apiutil import channel_credentials, twistd_argv
 
 reactor: Any = _reactor
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -185,18 +184,10 @@ class NotifyAndReloadTests(unittest.TestCase):
         systemd = FakeNotifySocket()
         port = reactor.listenUNIXDatagram(notify_path, systemd)
         self.addCleanup(port.stopListening)
-        pki = pkiutil.pki_dir()
-        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-        argv = [
-            twistd, "-n", "--pidfile=", "jobworker", "--no-isolation",
-            "--listen", "127.0.0.1:0", "--state-dir", os.path.abspath(self.mktemp()),
-            "--tls-cert", os.path.join(pki, "server.pem"),
-            "--tls-key", os.path.join(pki, "server.key"),
-            "--client-ca", os.path.join(pki, "client-ca.pem"),
-        ]  # fmt: skip
+        argv = twistd_argv(os.path.abspath(self.mktemp()))
         server = ServerProcess()
         env = {"PATH": os.defpath, "NOTIFY_SOCKET": notify_path}
-        transport = reactor.spawnProcess(server, twistd, argv, env=env, path=ROOT)
+        transport = reactor.spawnProcess(server, argv[0], argv, env=env, path=ROOT)
         self.addCleanup(self.reap, transport, server)
 
         ready = await systemd.next()

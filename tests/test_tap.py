@@ -29,6 +29,7 @@ from jobworker.server.service import JobWorkerServer
 from jobworker.server.statelock import StateDirLock
 from jobworker.server.tap import Options, makeService
 from tests import pkiutil
+from tests.apiutil import twistd_argv
 from tests.cliutil import remove_parent_cgroups
 
 REQUIRED = ["--tls-cert", "c.pem", "--tls-key", "c.key", "--client-ca", "ca.pem"]
@@ -141,15 +142,7 @@ def wait_for_handler(pid: int, signum: int, timeout: float = 30.0) -> None:
 
 class PluginTests(unittest.TestCase):
     async def test_sigterm_stops_twistd_gracefully_with_exit_zero(self) -> None:
-        pki = pkiutil.pki_dir()
-        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-        argv = [
-            twistd, "-n", "--pidfile=", "jobworker", "--no-isolation",
-            "--listen", "127.0.0.1:0", "--state-dir", os.path.abspath(self.mktemp()),
-            "--tls-cert", os.path.join(pki, "server.pem"),
-            "--tls-key", os.path.join(pki, "server.key"),
-            "--client-ca", os.path.join(pki, "client-ca.pem"),
-        ]  # fmt: skip
+        argv = twistd_argv(os.path.abspath(self.mktemp()))
 
         def run() -> tuple[int, str]:
             with subprocess.Popen(
