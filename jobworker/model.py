@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import enum
 import math
+import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 
 from jobworker.errors import InvalidRequest
@@ -137,6 +139,14 @@ class JobStatus:
     stop_requested: bool = False
     output_bytes: int = 0
     output_truncated: bool = False
+
+
+def command_text(command: Sequence[bytes]) -> str:
+    """The command as one shell-quoted string, invalid UTF-8 shown as \\xXX.
+
+    The same for people (the CLI) and for the server's log lines.
+    """
+    return shlex.join(arg.decode("utf-8", "backslashreplace") for arg in command)
 
 
 @dataclass(frozen=True)

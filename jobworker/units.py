@@ -1,19 +1,49 @@
-"""Sizes as people type them: "512M", "4G", "1048576" (K/M/G/T, base 1024).
+"""Numbers and sizes as people type them: "0.5", "512M", "4G", "1048576".
 
-Shared by the server's options (`jobworker.server.tap`) and the CLI's limits.
+Sizes take K/M/G/T (base 1024). Shared by the server's options
+(`jobworker.server.tap`), the CLI's and the limits table (`jobworker.limits`).
 """
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", re.IGNORECASE)
 
 
-class InvalidSize(ValueError):
+class InvalidNumber(ValueError):
+    """Text that is not a number of the kind wanted, or not in its range."""
+
+
+class InvalidSize(InvalidNumber):
     """A size that is not a whole number of bytes, with an optional suffix."""
+
+
+def positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    """A parser of finite `kind` numbers more than 0: "0.5", "64"."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise InvalidNumber(f"{text!r} is not a number") from None
+        if not (math.isfinite(value) and value > 0):
+            raise InvalidNumber(f"{text!r} must be more than 0")
+        return value
+
+    return parse
+
+
+def positive_size(text: str) -> int:
+    """`parse_size`, and at least 1 byte."""
+    size = parse_size(text)
+    if size < 1:
+        raise InvalidSize("must be at least 1 byte")
+    return size
 
 
 def parse_size(text: str) -> int:

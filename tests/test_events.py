@@ -9,7 +9,8 @@ from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublish
 from twisted.trial import unittest
 
 from jobworker.errors import ExecutableNotFound
-from jobworker.job.events import LoggingJobManager, limits_text, outcome
+from jobworker.job.events import LoggingJobManager, outcome_for_log
+from jobworker.limits import limits_for_log
 from jobworker.model import JobState, JobStatus, Limits
 
 
@@ -28,22 +29,24 @@ def _status(**fields: object) -> JobStatus:
 
 class FormatTests(unittest.TestCase):
     def test_outcome_says_how_the_job_ended(self) -> None:
-        self.assertEqual(outcome(_status(exit_code=3)), "exited 3")
+        self.assertEqual(outcome_for_log(_status(exit_code=3)), "exited 3")
         self.assertEqual(
-            outcome(_status(state=JobState.KILLED, signal=9, oom_killed=True)),
+            outcome_for_log(_status(state=JobState.KILLED, signal=9, oom_killed=True)),
             "killed by signal 9, OOM killed",
         )
         self.assertEqual(
-            outcome(_status(exit_code=0, stop_requested=True, output_truncated=True)),
+            outcome_for_log(
+                _status(exit_code=0, stop_requested=True, output_truncated=True)
+            ),
             "exited 0, stop requested, output truncated",
         )
 
     def test_limits_are_compact(self) -> None:
         limits = Limits(cpu=0.5, memory_bytes=256 << 20, io_write_bps=1 << 20, pids=64)
         self.assertEqual(
-            limits_text(limits), "cpu=0.5 memory=256M io_write_bps=1M pids=64"
+            limits_for_log(limits), "cpu=0.5 memory=256M io_write_bps=1M pids=64"
         )
-        self.assertEqual(limits_text(Limits()), "none")
+        self.assertEqual(limits_for_log(Limits()), "none")
 
 
 class LoggingJobManagerTests(unittest.TestCase):

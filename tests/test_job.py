@@ -20,9 +20,10 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
+from jobworker.defaults import EXEC_TIMEOUT
 from jobworker.errors import ExecutableNotFound, IsolationFailed, StartFailed
 from jobworker.isolation.interfaces import IsolationConfig, JobCgroup
-from jobworker.job.job import DRAIN_TIMEOUT, KILL_BACKSTOP, START_TIMEOUT
+from jobworker.job.job import DRAIN_TIMEOUT, KILL_BACKSTOP
 from jobworker.job.manager import JobManager
 from jobworker.job.process.launcher import HELPER
 from jobworker.model import JobState, JobStatus, Limits
@@ -309,7 +310,7 @@ class StartTimeoutTests(FakeManagerTestCase):
     def test_start_that_hangs_is_killed_and_fails(self) -> None:
         starting = self.manager.start("bob", [b"prog"])
         protocol = self.reactor.spawned[-1][0]
-        self.reactor.advance(START_TIMEOUT - 0.1)
+        self.reactor.advance(EXEC_TIMEOUT - 0.1)
         self.assertEqual(self.reactor.transport.signals, [])
         self.reactor.advance(0.1)
         self.assertEqual(self.reactor.transport.signals, [signal.SIGKILL])
@@ -326,5 +327,5 @@ class StartTimeoutTests(FakeManagerTestCase):
         starting = self.manager.start("bob", [b"prog"])
         self.reactor.spawned[-1][0].childConnectionLost(3)
         self.successResultOf(starting)
-        self.reactor.advance(START_TIMEOUT * 2)
+        self.reactor.advance(EXEC_TIMEOUT * 2)
         self.assertEqual(self.reactor.transport.signals, [])

@@ -14,12 +14,11 @@ from dataclasses import dataclass
 
 import grpc
 
+from jobworker import defaults
 from jobworker.address import InvalidAddress, parse_address
 from jobworker.v1 import jobworker_pb2 as pb
 from jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 
-DEFAULT_SERVER = "127.0.0.1:7443"
-DEFAULT_CONNECT_TIMEOUT = 10.0
 # Jobs per List call (the server may cap it, and ends pages early by size).
 LIST_PAGE_SIZE = 1000
 _ENV = {
@@ -50,21 +49,21 @@ class ClientConfig:
     ca: str
     cert: str
     key: str
-    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    connect_timeout: float = defaults.CONNECT_TIMEOUT
 
     @classmethod
     def resolve(
         cls,
         flags: Mapping[str, str | None],
         environ: Mapping[str, str],
-        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        connect_timeout: float = defaults.CONNECT_TIMEOUT,
     ) -> ClientConfig:
         """Each setting from its flag, else its environment variable."""
         values = {
             name: flags.get(name) or environ.get(variable) or None
             for name, variable in _ENV.items()
         }
-        server = values["server"] or DEFAULT_SERVER
+        server = values["server"] or defaults.LISTEN
         try:
             parse_address(server)
         except InvalidAddress as error:

@@ -10,14 +10,15 @@ people, invalid bytes are shown as "\\xXX" and arguments are shell-quoted.
 from __future__ import annotations
 
 import json
-import shlex
 import signal
+from dataclasses import asdict
 from datetime import UTC
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from jobworker.units import format_size
+from jobworker.limits import limits_from_pb, limits_text
+from jobworker.model import command_text
 from jobworker.v1 import jobworker_pb2 as pb
 
 _STATES = {
@@ -54,20 +55,6 @@ def _timestamp(job: pb.JobStatus, field: str, timespec: str) -> str | None:
     return moment.isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
-def _limits(limits: pb.Limits) -> dict[str, float | int | None]:
-    return {
-        "cpu": limits.cpu if limits.HasField("cpu") else None,
-        "memory_bytes": limits.memory_bytes
-        if limits.HasField("memory_bytes")
-        else None,
-        "io_read_bps": limits.io_read_bps if limits.HasField("io_read_bps") else None,
-        "io_write_bps": limits.io_write_bps
-        if limits.HasField("io_write_bps")
-        else None,
-        "pids": limits.pids if limits.HasField("pids") else None,
-    }
-
-
 def job_json(job: pb.JobStatus) -> dict[str, Any]:
     """The JSON object of `status --json` (and each element of `list --json`)."""
     return {
@@ -81,7 +68,7 @@ def job_json(job: pb.JobStatus) -> dict[str, Any]:
         "stop_requested": job.stop_requested,
         "started_at": _timestamp(job, "started_at", "milliseconds"),
         "ended_at": _timestamp(job, "ended_at", "milliseconds"),
-        "limits": _limits(job.limits),
+        "limits": asdict(limits_from_pb(job.limits)),
         "output_bytes": job.output_bytes,
         "output_truncated": job.output_truncated,
     }
@@ -92,11 +79,6 @@ def dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=True, indent=2)
 
 
-def command_text(job: pb.JobStatus) -> str:
-    """The command as a shell would take it, invalid UTF-8 shown as \\xXX."""
-    return shlex.join(arg.decode("utf-8", "backslashreplace") for arg in job.command)
-
-
 def _signal_name(number: int) -> str:
     try:
         return signal.Signals(number).name
@@ -104,8 +86,12 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def outcome(job: pb.JobStatus) -> str:
-    """The state, with how the job ended: "exited 3", "killed SIGKILL"."""
+def state_text(job: pb.JobStatus) -> str:
+    """For the STATE column: the state, with how the job ended, and short.
+
+    "exited 3", "killed SIGKILL (stop requested, OOM)"; the server's log says
+    it in words instead (`jobworker.job.events.outcome_for_log`).
+    """
     state = state_name(job)
     if job.HasField("exit_code"):
         state = f"{state} {job.exit_code}"
@@ -122,24 +108,6 @@ def outcome(job: pb.JobStatus) -> str:
     return f"{state} ({', '.join(flags)})" if flags else state
 
 
-def limits_text(limits: pb.Limits) -> str:
-    """ "cpu 1, memory 512M, io-read unlimited, io-write 10M/s, pids 1024"."""
-    values = _limits(limits)
-    parts = [f"cpu {values['cpu']:g}" if values["cpu"] is not None else "cpu unlimited"]
-    for name, label, suffix in (
-        ("memory_bytes", "memory", ""),
-        ("io_read_bps", "io-read", "/s"),
-        ("io_write_bps", "io-write", "/s"),
-    ):
-        value = values[name]
-        shown = f"{format_size(int(value))}{suffix}" if value is not None else None
-        parts.append(f"{label} {shown or 'unlimited'}")
-    parts.append(
-        f"pids {values['pids'] if values['pids'] is not None else 'unlimited'}"
-    )
-    return ", ".join(parts)
-
-
 def summary(job: pb.JobStatus) -> str:
     """Several "name: value" lines about one job, for `status` and `stop`."""
     output = f"{job.output_bytes} bytes"
@@ -148,11 +116,11 @@ def summary(job: pb.JobStatus) -> str:
     rows = [
         ("id", job.id),
         ("owner", job.owner),
-        ("command", command_text(job)),
-        ("state", outcome(job)),
+        ("command", command_text(job.command)),
+        ("state", state_text(job)),
         ("started", _timestamp(job, "started_at", "seconds") or "-"),
         ("ended", _timestamp(job, "ended_at", "seconds") or "-"),
-        ("limits", limits_text(job.limits)),
+        ("limits", limits_text(limits_from_pb(job.limits))),
         ("output", output),
     ]
     return "\n".join(f"{name + ':':<9} {value}" for name, value in rows)
@@ -165,9 +133,9 @@ def table(jobs: list[pb.JobStatus]) -> str:
         (
             job.id,
             job.owner,
-            outcome(job),
+            state_text(job),
             _timestamp(job, "started_at", "seconds") or "-",
-            command_text(job),
+            command_text(job.command),
         )
         for job in jobs
     ]

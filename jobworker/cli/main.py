@@ -20,6 +20,8 @@ os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 from jobworker.cli import formatting as cli_format
 from jobworker.cli.client import Client, ClientConfig, ClientError
 from jobworker.cli.parser import build_parser
+from jobworker.limits import LIMITS, limits_to_pb
+from jobworker.model import Limits
 from jobworker.v1 import jobworker_pb2 as pb
 
 EXIT_FAILED = 1
@@ -32,12 +34,9 @@ def _say(message: str) -> None:
 
 
 def _limits(args: argparse.Namespace) -> pb.Limits:
-    limits = pb.Limits()
-    for name in ("cpu", "memory_bytes", "io_read_bps", "io_write_bps", "pids"):
-        value = getattr(args, name)
-        if value is not None:
-            setattr(limits, name, value)
-    return limits
+    return limits_to_pb(
+        Limits(**{limit.name: getattr(args, limit.name) for limit in LIMITS})
+    )
 
 
 def _command(args: argparse.Namespace) -> list[bytes]:

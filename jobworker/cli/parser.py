@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections.abc import Callable
 from typing import NoReturn
 
-from jobworker.cli.client import DEFAULT_CONNECT_TIMEOUT, DEFAULT_SERVER
-from jobworker.units import InvalidSize, parse_size
+from jobworker import defaults
+from jobworker.limits import LIMITS
+from jobworker.units import InvalidNumber, positive
 
 EPILOG = """\
 The server address and TLS files may also come from the environment:
@@ -31,28 +33,16 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _size(text: str) -> int:
-    try:
-        size = parse_size(text)
-    except InvalidSize as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    if size < 1:
-        raise argparse.ArgumentTypeError("must be at least 1 byte")
-    return size
+def _argument_type(parse: Callable[[str], float | int]) -> argparse._ActionType:
+    """`parse` as an argparse type: its `InvalidNumber` is a usage error."""
 
-
-def _positive(kind: type[int] | type[float]) -> argparse._ActionType:
-    def parse(text: str) -> int | float:
+    def argument(text: str) -> float | int:
         try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not (math.isfinite(value) and value > 0):
-            raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
-        return value
+            return parse(text)
+        except InvalidNumber as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
 
-    parse.__name__ = kind.__name__
-    return parse
+    return argument
 
 
 def _grace(text: str) -> float:
@@ -67,26 +57,18 @@ def _grace(text: str) -> float:
 
 def _limit_options() -> Parser:
     limits = Parser(add_help=False)
-    group = limits.add_argument_group("LIMITS (the server's default when not given)")
-    group.add_argument(
-        "--cpu", type=_positive(float), metavar="CPUS", help="CPUs, e.g. 0.5"
+    group = limits.add_argument_group(
+        "LIMITS (the server's default when not given)",
+        "SIZE is bytes, or a number with K, M, G or T (base 1024).",
     )
-    group.add_argument(
-        "--memory",
-        dest="memory_bytes",
-        type=_size,
-        metavar="SIZE",
-        help="memory, bytes or with K/M/G (base 1024), e.g. 256M",
-    )
-    group.add_argument(
-        "--io-read-bps", type=_size, metavar="SIZE", help="disk reads per second"
-    )
-    group.add_argument(
-        "--io-write-bps", type=_size, metavar="SIZE", help="disk writes per second"
-    )
-    group.add_argument(
-        "--pids", type=_positive(int), metavar="N", help="processes and threads"
-    )
+    for limit in LIMITS:
+        group.add_argument(
+            f"--{limit.flag}",
+            dest=limit.name,
+            type=_argument_type(limit.parse),
+            metavar=limit.unit.metavar,
+            help=f"{limit.help}, e.g. {limit.example}",
+        )
     limits.add_argument(
         "command",
         nargs=argparse.REMAINDER,
@@ -105,17 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--server", metavar="HOST:PORT", help=f"the server [default: {DEFAULT_SERVER}]"
+        "--server",
+        metavar="HOST:PORT",
+        help=f"the server [default: {defaults.LISTEN}]",
     )
     parser.add_argument("--ca", metavar="FILE", help="CA of the server certificate")
     parser.add_argument("--cert", metavar="FILE", help="your client certificate")
     parser.add_argument("--key", metavar="FILE", help="your client certificate's key")
     parser.add_argument(
         "--connect-timeout",
-        type=_positive(float),
-        default=DEFAULT_CONNECT_TIMEOUT,
+        type=_argument_type(positive(float)),
+        default=defaults.CONNECT_TIMEOUT,
         metavar="SECONDS",
-        help=f"give up connecting after [default: {DEFAULT_CONNECT_TIMEOUT:g}]",
+        help=f"give up connecting after [default: {defaults.CONNECT_TIMEOUT:g}]",
     )
     commands = parser.add_subparsers(dest="name", metavar="COMMAND", required=True)
     limits = _limit_options()

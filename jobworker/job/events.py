@@ -10,7 +10,6 @@ once the job has ended.
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Sequence
 
 from twisted.internet.defer import Deferred
@@ -19,32 +18,18 @@ from twisted.python.failure import Failure
 
 from jobworker.errors import JobNotFound
 from jobworker.job.manager import JobManager
-from jobworker.model import JobStatus, Limits, OutputState
-from jobworker.units import format_size
+from jobworker.limits import limits_for_log
+from jobworker.model import JobStatus, Limits, OutputState, command_text
 
 log = Logger()
 
 
-def command_text(command: Sequence[bytes]) -> str:
-    """The command as one shell-quoted string (invalid UTF-8 as \\xXX)."""
-    return shlex.join(arg.decode("utf-8", "backslashreplace") for arg in command)
+def outcome_for_log(status: JobStatus) -> str:
+    """How a job ended, in words for the log: "killed by signal 9, OOM killed".
 
-
-def limits_text(limits: Limits) -> str:
-    """The limits in force, e.g. "cpu=1 memory=512M pids=1024" (unset: none)."""
-    parts = []
-    for name, value in vars(limits).items():
-        if value is None:
-            continue
-        shown = f"{value:g}" if name == "cpu" else str(value)
-        if name in ("memory_bytes", "io_read_bps", "io_write_bps"):
-            shown = format_size(value)
-        parts.append(f"{name.removesuffix('_bytes')}={shown}")
-    return " ".join(parts) or "none"
-
-
-def outcome(status: JobStatus) -> str:
-    """How a job ended: "exited 0", "killed by signal 9", plus its flags."""
+    Also says whether its output was truncated; the CLI's STATE column is
+    shorter (`jobworker.cli.formatting.state_text`).
+    """
     if status.exit_code is not None:
         text = f"exited {status.exit_code}"
     elif status.signal is not None:
@@ -74,7 +59,7 @@ class LoggingJobManager(JobManager):
                 job_id=status.id,
                 owner=owner,
                 command=command_text(status.command),
-                limits=limits_text(status.limits),
+                limits=limits_for_log(status.limits),
             )
             self._watch_end(status.id, 0)
             return status
@@ -119,7 +104,7 @@ class LoggingJobManager(JobManager):
                 "job {job_id} of {owner} ended: {outcome}",
                 job_id=job_id,
                 owner=status.owner,
-                outcome=outcome(status),
+                outcome=outcome_for_log(status),
             )
 
         self.wait_output(job_id, offset).addCallbacks(check, self._lost)

@@ -34,9 +34,6 @@ DRAIN_TIMEOUT = 5.0
 # After SIGUSR2 ("kill everything") the helper has this long to exit before
 # the job's whole cgroup is killed as well.
 KILL_BACKSTOP = 2.0
-# A helper that has not exec'd the command by then is killed and the start
-# fails: set-up can hang (a hung NFS working directory, a stuck cgroup write).
-START_TIMEOUT = 30.0
 _log = Logger()
 T = TypeVar("T")
 

@@ -18,6 +18,7 @@ from typing import Any, cast
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
 
+from jobworker.defaults import EXEC_TIMEOUT, MAX_GRACE, OUTPUT_CAP, STOP_GRACE
 from jobworker.errors import (
     InvalidRequest,
     IsolationFailed,
@@ -28,7 +29,7 @@ from jobworker.isolation.interfaces import IsolationConfig, JobCgroup
 from jobworker.job.board import StatusBoard
 from jobworker.job.dirs import create_job_dirs, remove_tree
 from jobworker.job.environment import job_env
-from jobworker.job.job import START_TIMEOUT, Job, JobRecord
+from jobworker.job.job import Job, JobRecord
 from jobworker.job.outputlog import OutputLog, read_chunks
 from jobworker.job.process.launcher import LaunchSpec, spawn
 from jobworker.job.process.protocol import JobProcessProtocol
@@ -38,7 +39,6 @@ from jobworker.model import JobStatus, LimitPolicy, Limits, OutputChunk, OutputS
 # Linux refuses a single argument of 128 KiB or more (MAX_ARG_STRLEN).
 MAX_ARGUMENT = 128 * 1024 - 1
 MAX_COMMAND = 1024 * 1024
-MAX_GRACE = 24 * 3600.0
 DEFAULT_READ = 64 * 1024
 
 
@@ -52,8 +52,8 @@ class JobManager:
         policy: LimitPolicy = LimitPolicy(),  # noqa: B008 - frozen, shared
         isolation: IsolationConfig | None = None,
         job_user: str | None = None,
-        stop_grace: float = 10.0,
-        output_cap: int = 1 << 30,
+        stop_grace: float = STOP_GRACE,
+        output_cap: int = OUTPUT_CAP,
         reactor: Any = None,
     ) -> None:
         """Jobs live below `state_dir`; `isolation=None` runs them bare.
@@ -127,7 +127,7 @@ class JobManager:
                 self._isolation is not None and self._isolation.namespaces,
             )
             job.transport = spawn(self._reactor, JobProcessProtocol(job), spec)
-            job.start_timeout(START_TIMEOUT)
+            job.start_timeout(EXEC_TIMEOUT)
         except BaseException:
             if output is not None:
                 output.finish()

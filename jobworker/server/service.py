@@ -28,6 +28,7 @@ from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
+from jobworker.defaults import MAX_FOLLOWERS
 from jobworker.errors import JobWorkerError
 from jobworker.job.manager import JobManager
 from jobworker.server.api.bridge import Bridge
@@ -62,7 +63,7 @@ class JobWorkerServer(Service):
         *,
         listen: str,
         tls: ServerTLS,
-        max_followers: int = 64,
+        max_followers: int = MAX_FOLLOWERS,
         reactor: IReactorThreads | None = None,
     ) -> None:
         if reactor is None:

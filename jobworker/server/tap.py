@@ -15,62 +15,42 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from typing import Any, ClassVar
+from dataclasses import asdict
+from typing import Any, ClassVar, TypeVar
 
 from twisted.application.service import MultiService
 from twisted.logger import Logger
 from twisted.python import usage
 
+from jobworker import defaults
 from jobworker.address import InvalidAddress, parse_address
 from jobworker.errors import InvalidRequest, IsolationUnavailable, JobWorkerError
 from jobworker.isolation.interfaces import IsolationConfig
 from jobworker.job.events import LoggingJobManager
+from jobworker.limits import LIMITS, Limit
 from jobworker.model import LimitPolicy, Limits
 from jobworker.server.notify import Readiness, sd_notify
 from jobworker.server.reload import CertificateReload
 from jobworker.server.service import JobWorkerServer
 from jobworker.server.statelock import StateDirLock
 from jobworker.server.tls import load_server_tls
-from jobworker.units import InvalidSize, parse_size
+from jobworker.units import InvalidNumber, InvalidSize, format_size, parse_size
 
 log = Logger()
 # The API server's name in the MultiService: `top.getServiceNamed(API_SERVICE)`.
 API_SERVICE = "api"
-
-DEFAULT_LISTEN = "127.0.0.1:7443"
-DEFAULT_STATE_DIR = "/var/lib/jobworker"
-DEFAULT_OUTPUT_CAP = 1 << 30
 _UNLIMITED = ("unlimited", "none")
+F = TypeVar("F", bound=Callable[..., None])
 
 
-def _cpu_count() -> int:
-    return len(os.sched_getaffinity(0))
+def _help(text: str) -> Callable[[F], F]:
+    """Give an `opt_*` method its help, which names a default from `defaults`."""
 
+    def document(option: F) -> F:
+        option.__doc__ = text
+        return option
 
-# name -> (default, maximum); None is unlimited. IO is unlimited by default:
-# which device to throttle, and how much, depends on the machine.
-DEFAULT_LIMITS: dict[str, tuple[float | int | None, float | int | None]] = {
-    "cpu": (1.0, float(_cpu_count())),
-    "memory_bytes": (512 << 20, 4 << 30),
-    "io_read_bps": (None, None),
-    "io_write_bps": (None, None),
-    "pids": (1024, 32768),
-}
-
-
-def _parse_cpu(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise usage.UsageError(f"invalid number of CPUs {text!r}") from None
-    return value
-
-
-def _parse_pids(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise usage.UsageError(f"invalid number of processes {text!r}") from None
+    return document
 
 
 def _parse_bytes(text: str) -> int:
@@ -80,24 +60,23 @@ def _parse_bytes(text: str) -> int:
         raise usage.UsageError(str(error)) from None
 
 
-_PARSERS: dict[str, Callable[[str], float | int]] = {
-    "cpu": _parse_cpu,
-    "memory_bytes": _parse_bytes,
-    "io_read_bps": _parse_bytes,
-    "io_write_bps": _parse_bytes,
-    "pids": _parse_pids,
-}
+def _limit_default_text(kind: str, limit: Limit) -> str:
+    if kind == "max" and limit.name == "cpu":
+        return defaults.MAX_CPU_TEXT
+    source = defaults.DEFAULT_LIMITS if kind == "default" else defaults.max_limits()
+    value = getattr(source, limit.name)
+    return "unlimited" if value is None else limit.format(value)
 
 
-def _limit_option(
-    kind: str, name: str, what: str, default: str = "unlimited"
-) -> Callable[[Options, str], None]:
-    """An `opt_default_*` or `opt_max_*` method for the limit `name`."""
+def _limit_option(kind: str, limit: Limit) -> Callable[[Options, str], None]:
+    """The `opt_default_*` or `opt_max_*` method of `limit`."""
 
     def option(self: Options, value: str) -> None:
-        self._limit(kind, name, value)
+        self._limit(kind, limit, value)
 
     scope = "when it asks for none" if kind == "default" else "the most it may ask"
+    what = limit.help[0].upper() + limit.help[1:]
+    default = _limit_default_text(kind, limit)
     option.__doc__ = f"{what} per job, {scope} [default: {default}]"
     return option
 
@@ -121,21 +100,21 @@ class Options(usage.Options):
 
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
-        self["listen"] = DEFAULT_LISTEN
+        self["listen"] = defaults.LISTEN
         self["tls-cert"] = self["tls-key"] = self["client-ca"] = None
-        self["state-dir"] = DEFAULT_STATE_DIR
+        self["state-dir"] = defaults.STATE_DIR
         self["job-user"] = None
-        self["stop-grace"] = 10.0
-        self["max-followers"] = 64
-        self["output-cap"] = DEFAULT_OUTPUT_CAP
+        self["stop-grace"] = defaults.STOP_GRACE
+        self["max-followers"] = defaults.MAX_FOLLOWERS
+        self["output-cap"] = defaults.OUTPUT_CAP
         self["io-devices"] = []
-        self["defaults"] = {name: pair[0] for name, pair in DEFAULT_LIMITS.items()}
-        self["maximums"] = {name: pair[1] for name, pair in DEFAULT_LIMITS.items()}
+        self["defaults"] = asdict(defaults.DEFAULT_LIMITS)
+        self["maximums"] = asdict(defaults.max_limits())
         self["explicit-defaults"] = set()
         self["policy"] = None
 
+    @_help(f"HOST:PORT to serve on, [::1]:7443 for IPv6 [default: {defaults.LISTEN}]")
     def opt_listen(self, value: str) -> None:
-        """HOST:PORT to serve on, [::1]:7443 for IPv6 [default: 127.0.0.1:7443]"""
         try:
             parse_address(value, allow_port_zero=True)
         except InvalidAddress as error:
@@ -154,8 +133,10 @@ class Options(usage.Options):
         """The CA (PEM) client certificates must chain to [required]"""
         self["client-ca"] = path
 
+    @_help(
+        f"Where job output and work directories live [default: {defaults.STATE_DIR}]"
+    )
     def opt_state_dir(self, path: str) -> None:
-        """Where job output and work directories live [default: /var/lib/jobworker]"""
         self["state-dir"] = path
 
     def opt_job_user(self, name: str) -> None:
@@ -164,24 +145,33 @@ class Options(usage.Options):
             raise usage.UsageError("--job-user: empty user name")
         self["job-user"] = name
 
+    @_help(
+        "Seconds between SIGTERM and SIGKILL when stopping a job"
+        f" [default: {defaults.STOP_GRACE:g}]"
+    )
     def opt_stop_grace(self, value: str) -> None:
-        """Seconds between SIGTERM and SIGKILL when stopping a job [default: 10]"""
         try:
             grace = float(value)
         except ValueError:
             grace = -1.0
-        if not 0 <= grace <= 86400:
-            raise usage.UsageError(f"--stop-grace: {value!r} is not 0..86400 seconds")
+        if not 0 <= grace <= defaults.MAX_GRACE:
+            raise usage.UsageError(
+                f"--stop-grace: {value!r} is not 0..{defaults.MAX_GRACE:g} seconds"
+            )
         self["stop-grace"] = grace
 
+    @_help(f"Most output streams served at once [default: {defaults.MAX_FOLLOWERS}]")
     def opt_max_followers(self, value: str) -> None:
-        """Most output streams served at once [default: 64]"""
-        if not value.isdigit() or not 1 <= int(value) <= 10000:
-            raise usage.UsageError(f"--max-followers: {value!r} is not 1..10000")
+        ceiling = defaults.MAX_FOLLOWERS_CEILING
+        if not value.isdigit() or not 1 <= int(value) <= ceiling:
+            raise usage.UsageError(f"--max-followers: {value!r} is not 1..{ceiling}")
         self["max-followers"] = int(value)
 
+    @_help(
+        "Output kept per job; the rest is dropped"
+        f" [default: {format_size(defaults.OUTPUT_CAP)}]"
+    )
     def opt_output_cap(self, value: str) -> None:
-        """Output kept per job; the rest is dropped [default: 1G]"""
         cap = _parse_bytes(value)
         if cap < 1:
             raise usage.UsageError("--output-cap must be at least 1 byte")
@@ -194,29 +184,16 @@ class Options(usage.Options):
             raise usage.UsageError(f"--io-device: {value!r} is not MAJ:MIN, e.g. 8:0")
         self["io-devices"].append(f"{int(major)}:{int(minor)}")
 
-    def _limit(self, kind: str, name: str, value: str) -> None:
-        flag = f"--{kind}-{name.replace('_bytes', '').replace('_', '-')}"
-        if value.strip().lower() in _UNLIMITED:
-            parsed = None
-        else:
+    def _limit(self, kind: str, limit: Limit, value: str) -> None:
+        parsed: float | int | None = None
+        if value.strip().lower() not in _UNLIMITED:
             try:
-                parsed = _PARSERS[name](value)
-            except usage.UsageError as error:
-                raise usage.UsageError(f"{flag}: {error}") from None
-        self["defaults" if kind == "default" else "maximums"][name] = parsed
+                parsed = limit.parse(value)
+            except InvalidNumber as error:
+                raise usage.UsageError(f"--{kind}-{limit.flag}: {error}") from None
+        self["defaults" if kind == "default" else "maximums"][limit.name] = parsed
         if kind == "default":
-            self["explicit-defaults"].add(name)
-
-    opt_default_cpu = _limit_option("default", "cpu", "CPUs", "1")
-    opt_max_cpu = _limit_option("max", "cpu", "CPUs", "all CPUs")
-    opt_default_memory = _limit_option("default", "memory_bytes", "Memory", "512M")
-    opt_max_memory = _limit_option("max", "memory_bytes", "Memory", "4G")
-    opt_default_io_read_bps = _limit_option("default", "io_read_bps", "Disk reads/s")
-    opt_max_io_read_bps = _limit_option("max", "io_read_bps", "Disk reads/s")
-    opt_default_io_write_bps = _limit_option("default", "io_write_bps", "Disk writes/s")
-    opt_max_io_write_bps = _limit_option("max", "io_write_bps", "Disk writes/s")
-    opt_default_pids = _limit_option("default", "pids", "Processes and threads", "1024")
-    opt_max_pids = _limit_option("max", "pids", "Processes and threads", "32768")
+            self["explicit-defaults"].add(limit.name)
 
     def postOptions(self) -> None:
         missing = [
@@ -231,19 +208,30 @@ class Options(usage.Options):
         )
 
 
+def _add_limit_options(options: type[Options]) -> None:
+    """Give `options` the `--default-*` and `--max-*` option of every limit."""
+    for limit in LIMITS:
+        for kind in ("default", "max"):
+            method = f"opt_{kind}_{limit.flag.replace('-', '_')}"
+            setattr(options, method, _limit_option(kind, limit))
+
+
+_add_limit_options(Options)
+
+
 def _policy(
-    defaults: dict[str, Any], maximums: dict[str, Any], explicit: set[str]
+    wanted: dict[str, Any], maximums: dict[str, Any], explicit: set[str]
 ) -> LimitPolicy:
     """The limit policy; a default not given explicitly follows a lower maximum."""
-    defaults = dict(defaults)
+    wanted = dict(wanted)
     for name, maximum in maximums.items():
-        default = defaults[name]
+        default = wanted[name]
         if name in explicit or maximum is None:
             continue
         if default is None or default > maximum:
-            defaults[name] = maximum
+            wanted[name] = maximum
     try:
-        return LimitPolicy(defaults=Limits(**defaults), maximums=Limits(**maximums))
+        return LimitPolicy(defaults=Limits(**wanted), maximums=Limits(**maximums))
     except InvalidRequest as error:
         raise usage.UsageError(str(error)) from None
 

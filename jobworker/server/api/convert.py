@@ -8,7 +8,8 @@ from google.protobuf.message import DecodeError, Message
 
 from jobworker.errors import InvalidRequest
 from jobworker.job.outputlog import Run
-from jobworker.model import JobState, JobStatus, Limits
+from jobworker.limits import limits_to_pb
+from jobworker.model import JobState, JobStatus
 from jobworker.v1 import jobworker_pb2 as pb
 
 M = TypeVar("M", bound=Message)
@@ -19,7 +20,6 @@ _STATES = {
     JobState.EXITED: pb.JOB_STATE_EXITED,
     JobState.KILLED: pb.JOB_STATE_KILLED,
 }
-_LIMIT_FIELDS = ("cpu", "memory_bytes", "io_read_bps", "io_write_bps", "pids")
 
 
 def parse(message_type: type[M], data: bytes) -> M:
@@ -31,23 +31,6 @@ def parse(message_type: type[M], data: bytes) -> M:
         raise InvalidRequest(
             f"malformed {message_type.DESCRIPTOR.name}: {error}"
         ) from None
-    return message
-
-
-def limits_from_pb(message: pb.Limits) -> Limits:
-    """The requested limits; unset fields stay `None` (server default)."""
-    values: dict[str, float | int | None] = {}
-    for name in _LIMIT_FIELDS:
-        values[name] = getattr(message, name) if message.HasField(name) else None  # type: ignore[arg-type]
-    return Limits(**values)  # type: ignore[arg-type]
-
-
-def limits_to_pb(limits: Limits) -> pb.Limits:
-    message = pb.Limits()
-    for name in _LIMIT_FIELDS:
-        value = getattr(limits, name)
-        if value is not None:
-            setattr(message, name, value)
     return message
 
 

@@ -23,19 +23,16 @@ from typing import Any
 
 import grpc
 
+from jobworker.defaults import MAX_GRACE, START_CALL_TIMEOUT
 from jobworker.errors import JobNotFound, JobWorkerError, TooManyJobs
 from jobworker.job.board import StatusBoard
 from jobworker.job.manager import JobManager
 from jobworker.job.outputlog import LogReader
+from jobworker.limits import limits_from_pb
 from jobworker.model import JobStatus
 from jobworker.server.api.auth import Caller, caller_of
 from jobworker.server.api.bridge import Bridge, CallWaiter
-from jobworker.server.api.convert import (
-    encode_chunk,
-    limits_from_pb,
-    parse,
-    status_to_pb,
-)
+from jobworker.server.api.convert import encode_chunk, parse, status_to_pb
 from jobworker.server.api.errors import (
     EXPECTED,
     AlreadyLogged,
@@ -59,7 +56,6 @@ FOLLOWER_BUFFER_BYTES = 4 * 1024 * 1024
 # asking for more: the added latency is small, and output written faster
 # than that is sent as large messages (see doc/performance.md).
 COALESCE_PAUSE = 0.002
-START_TIMEOUT = 120.0
 QUERY_TIMEOUT = 30.0
 # Stop waits for the grace period (the server's default when unset) plus this.
 STOP_MARGIN = 60.0
@@ -175,7 +171,7 @@ class JobWorkerService:
                     caller.identity,
                     list(request.command),
                     limits,
-                    timeout=START_TIMEOUT,
+                    timeout=START_CALL_TIMEOUT,
                     cancel_on_end=False,
                 )
             except JobWorkerError as error:
@@ -189,7 +185,7 @@ class JobWorkerService:
             self._visible(caller, request.job_id)
             bound = STOP_DEFAULT_BOUND
             if grace is not None and math.isfinite(grace) and grace >= 0:
-                bound = min(grace, 24 * 3600.0)
+                bound = min(grace, MAX_GRACE)
             status = waiter.wait(
                 self._manager.stop,
                 request.job_id,

@@ -1,0 +1,48 @@
+"""Defaults and bounds of the server and the CLI, in one place.
+
+The server's options (`jobworker.server.tap`) and the CLI's show these in
+their help; the library takes them as its parameters' defaults; the API
+bounds its waits with the timeouts.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+from jobworker.model import Limits
+
+# Where the server listens (`--listen`) and where the CLI looks for it (`--server`).
+LISTEN = "127.0.0.1:7443"
+STATE_DIR = "/var/lib/jobworker"
+# Output kept per job; the rest is dropped (`--output-cap`).
+OUTPUT_CAP = 1 << 30
+# Seconds between SIGTERM and SIGKILL when a stop names none (`--stop-grace`),
+# and the most a stop may name.
+STOP_GRACE = 10.0
+MAX_GRACE = 24 * 3600.0
+# Output streams served at once (`--max-followers`), and the most allowed.
+MAX_FOLLOWERS = 64
+MAX_FOLLOWERS_CEILING = 10_000
+# How long the CLI tries to connect (`--connect-timeout`).
+CONNECT_TIMEOUT = 10.0
+
+# A job's helper that has not exec'd the command this long after its spawn
+# is killed and the start fails: set-up can hang (a hung NFS working
+# directory, a stuck cgroup write).
+EXEC_TIMEOUT = 30.0
+# How long a Start call waits for the job's exec: longer than EXEC_TIMEOUT,
+# so a slow start ends with the library's error, not the call's.
+START_CALL_TIMEOUT = 120.0
+
+# What a job gets when it asks for nothing. IO is unlimited: which device to
+# throttle, and how much, depends on the machine.
+DEFAULT_LIMITS = Limits(cpu=1.0, memory_bytes=512 << 20, pids=1024)
+# The most a job may ask for; the CPU maximum is all CPUs (`max_limits`).
+_MAX_LIMITS = Limits(memory_bytes=4 << 30, pids=32768)
+MAX_CPU_TEXT = "all CPUs"
+
+
+def max_limits() -> Limits:
+    """The most a job may ask for unless the server is told otherwise."""
+    return replace(_MAX_LIMITS, cpu=float(len(os.sched_getaffinity(0))))
