@@ -27,7 +27,11 @@ class Unit:
     parse: Callable[[str], Value]
     """Text as typed to a value; raises `InvalidNumber` saying what is wrong."""
     format: Callable[[Value], str]
-    """A value as `parse` reads it back: "0.5", "512M", "1024"."""
+    """A value for people, as `parse` reads it: "0.5", "512M", "1024".
+
+    Exact, except a size that is no whole number of K, M, G or T and at
+    least 1K, which is rounded ("1.1K").
+    """
     per: str = ""
     """What people see after a value: "/s" for a rate."""
 
@@ -59,7 +63,7 @@ class Limit:
         return self.unit.parse(text)
 
     def format(self, value: Value) -> str:
-        """A value of this limit the way `parse` reads it."""
+        """A value of this limit as people read it (see `Unit.format`)."""
         return self.unit.format(value)
 
 
