@@ -1,8 +1,8 @@
-"""Defaults and bounds of the server and the CLI, in one place.
+"""Defaults, bounds and timeouts of the server and the CLI, in one place.
 
 The server's options (`jobworker.server.tap`) and the CLI's show these in
 their help; the library takes them as its parameters' defaults; the API
-bounds its waits with the timeouts.
+(`jobworker.server.api.servicer`) bounds its waits with the call timeouts.
 """
 
 from __future__ import annotations
@@ -34,12 +34,19 @@ EXEC_TIMEOUT = 30.0
 # How long a Start call waits for the job's exec: longer than EXEC_TIMEOUT,
 # so a slow start ends with the library's error, not the call's.
 START_CALL_TIMEOUT = 120.0
+# How long a StreamOutput call waits for the reactor to name the output log.
+QUERY_TIMEOUT = 30.0
+# A Stop call waits for the grace period it names (at most MAX_GRACE), or
+# STOP_DEFAULT_BOUND when it names none, plus STOP_MARGIN.
+STOP_MARGIN = 60.0
+STOP_DEFAULT_BOUND = 600.0
 
 # What a job gets when it asks for nothing. IO is unlimited: which device to
 # throttle, and how much, depends on the machine.
 DEFAULT_LIMITS = Limits(cpu=1.0, memory_bytes=512 << 20, pids=1024)
 # The most a job may ask for; the CPU maximum is all CPUs (`max_limits`).
 _MAX_LIMITS = Limits(memory_bytes=4 << 30, pids=32768)
+# How the options' help shows that maximum.
 MAX_CPU_TEXT = "all CPUs"
 
 

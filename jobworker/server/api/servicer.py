@@ -23,7 +23,13 @@ from typing import Any
 
 import grpc
 
-from jobworker.defaults import MAX_GRACE, START_CALL_TIMEOUT
+from jobworker.defaults import (
+    MAX_GRACE,
+    QUERY_TIMEOUT,
+    START_CALL_TIMEOUT,
+    STOP_DEFAULT_BOUND,
+    STOP_MARGIN,
+)
 from jobworker.errors import JobNotFound, JobWorkerError, TooManyJobs
 from jobworker.job.board import StatusBoard
 from jobworker.job.manager import JobManager
@@ -56,10 +62,6 @@ FOLLOWER_BUFFER_BYTES = 4 * 1024 * 1024
 # asking for more: the added latency is small, and output written faster
 # than that is sent as large messages (see doc/performance.md).
 COALESCE_PAUSE = 0.002
-QUERY_TIMEOUT = 30.0
-# Stop waits for the grace period (the server's default when unset) plus this.
-STOP_MARGIN = 60.0
-STOP_DEFAULT_BOUND = 600.0
 
 
 @contextmanager
