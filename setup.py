@@ -24,7 +24,7 @@ setup(
     entry_points={
         "console_scripts": [
             "jobworker = jobworker.cli.main:main",
-            "jobworker-pki = jobworker.pki:main",
+            "jobworker-pki = jobworker.pki.cli:main",
         ]
     },
     zip_safe=False,
