@@ -9,7 +9,8 @@ from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublish
 from twisted.trial import unittest
 
 from jobworker.errors import ExecutableNotFound
-from jobworker.job.events import LoggingJobManager, outcome_for_log
+from jobworker.job.events import LoggingJobEvents, outcome_for_log
+from jobworker.job.manager import JobManager
 from jobworker.limits import limits_for_log
 from jobworker.model import JobState, JobStatus, Limits
 
@@ -49,7 +50,9 @@ class FormatTests(unittest.TestCase):
         self.assertEqual(limits_for_log(Limits()), "none")
 
 
-class LoggingJobManagerTests(unittest.TestCase):
+class LoggingJobEventsTests(unittest.TestCase):
+    """The server's manager: a `JobManager` with the logging observer."""
+
     def setUp(self) -> None:
         self.lines: list[str] = []
 
@@ -62,7 +65,7 @@ class LoggingJobManagerTests(unittest.TestCase):
         self.addCleanup(globalLogPublisher.removeObserver, observer)
         state_dir = self.mktemp()
         os.makedirs(state_dir)
-        self.manager = LoggingJobManager(state_dir, job_user="root")
+        self.manager = JobManager(state_dir, job_user="root", events=LoggingJobEvents())
         self.addCleanup(self.manager.shutdown)
 
     async def test_start_stop_and_end_are_one_line_each(self) -> None:

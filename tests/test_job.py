@@ -15,10 +15,13 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.interfaces import IReactorProcess, IReactorThreads
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 from twisted.trial import unittest
+from zope.interface import implementer
 
 from jobworker.defaults import EXEC_TIMEOUT
 from jobworker.errors import ExecutableNotFound, IsolationFailed, StartFailed
@@ -41,16 +44,22 @@ class FakeTransport:
         self.closed.append(fd)
 
 
-class SyncThreadPool:
+class SyncThreadPool(ThreadPool):
+    """A thread pool (never started) that runs each call at once."""
+
     def callInThreadWithCallback(
         self,
-        on_result: Callable[[bool, object], None],
-        f: Callable[..., object],
-        *a: Any,
+        onResult: Callable[[bool, Any], object] | None,
+        func: Callable[..., Any],
+        *args: Any,
+        **kw: Any,
     ) -> None:
-        on_result(True, f(*a))
+        result = func(*args, **kw)
+        if onResult is not None:
+            onResult(True, result)
 
 
+@implementer(IReactorProcess, IReactorThreads)
 class FakeProcessReactor(MemoryReactorClock):
     """A clock that records spawned processes instead of starting them."""
 
@@ -59,18 +68,28 @@ class FakeProcessReactor(MemoryReactorClock):
         self.spawned: list[tuple[ProcessProtocol, list[bytes], dict[str, Any]]] = []
         self.transport = FakeTransport()
 
-    def spawnProcess(
+    def spawnProcess(  # type: ignore[override]  # records the keywords as passed
         self, protocol: ProcessProtocol, executable: bytes, args: list[bytes], **kw: Any
     ) -> FakeTransport:
         self.spawned.append((protocol, args, kw))
         protocol.makeConnection(self.transport)
         return self.transport
 
-    def callFromThread(self, f: Callable[..., object], *a: Any) -> None:
-        f(*a)
+    def callFromThread(
+        self, callable: Callable[..., Any], *args: object, **kwargs: object
+    ) -> None:
+        callable(*args, **kwargs)
+
+    def callInThread(
+        self, callable: Callable[..., Any], *args: object, **kwargs: object
+    ) -> None:
+        callable(*args, **kwargs)
 
     def getThreadPool(self) -> SyncThreadPool:
         return SyncThreadPool()
+
+    def suggestThreadPoolSize(self, size: int) -> None:
+        pass
 
 
 class FakeCgroup:

@@ -15,9 +15,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from typing import Any
 
 from twisted.internet import process
+from twisted.internet.interfaces import IReactorFDSet
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 
 # What one wake-up takes from a pipe at most: a few pipefuls, so that one
@@ -31,7 +31,9 @@ PIPE_BYTES = 256 * 1024
 class LargeReadProcessReader(process.ProcessReader):
     """A `ProcessReader` that empties its pipe in large reads."""
 
-    def __init__(self, reactor: Any, proc: Any, name: int, fileno: int) -> None:
+    def __init__(
+        self, reactor: IReactorFDSet, proc: process.Process, name: int, fileno: int
+    ) -> None:
         # Not a pipe, or over the per-user pipe limit: keep the default size.
         with contextlib.suppress(OSError):
             fcntl.fcntl(fileno, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
