@@ -108,7 +108,7 @@ def spawn(
         argv = spec.helper_argv()
         child_fds: dict[int, int | str] = {0: devnull, 1: "r", 2: "r", STATUS_FD: "r"}
         if isinstance(reactor, PosixReactorBase):
-            return JobProcess(  # type: ignore[no-untyped-call]
+            return JobProcess(  # type: ignore[no-untyped-call]  # Twisted: unannotated
                 reactor, argv[0], argv, spec.env, None, protocol, None, None, child_fds
             )
         return reactor.spawnProcess(

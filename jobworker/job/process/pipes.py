@@ -37,7 +37,7 @@ class LargeReadProcessReader(process.ProcessReader):
         # Not a pipe, or over the per-user pipe limit: keep the default size.
         with contextlib.suppress(OSError):
             fcntl.fcntl(fileno, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-        super().__init__(reactor, proc, name, fileno)  # type: ignore[no-untyped-call]
+        super().__init__(reactor, proc, name, fileno)  # type: ignore[no-untyped-call]  # Twisted: unannotated
 
     def doRead(self) -> object:
         """Read until the pipe is empty or `READ_BYTES` were read."""
@@ -62,7 +62,7 @@ class LargeReadProcessReader(process.ProcessReader):
             taken += len(piece)
         if pieces:
             data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-            self.dataReceived(data)  # type: ignore[no-untyped-call]
+            self.dataReceived(data)  # type: ignore[no-untyped-call]  # Twisted: unannotated
         return result
 
 
