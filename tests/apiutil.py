@@ -25,6 +25,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from twisted.trial import unittest
 
+from jobworker.job.events import JobEvents
 from jobworker.job.manager import JobManager
 from jobworker.server.service import JobWorkerServer
 from jobworker.server.tls import load_server_tls
@@ -54,12 +55,16 @@ class APITestCase(unittest.TestCase):
 
     max_followers = 8
     stop_grace = 2.0
-    manager_class: type[JobManager] = JobManager
+    events_class: type[JobEvents] = JobEvents
+    """What the manager tells job events to (the server's: LoggingJobEvents)."""
 
     def setUp(self) -> None:
         state_dir = self.mktemp()
-        self.manager = self.manager_class(
-            state_dir, isolation=None, stop_grace=self.stop_grace
+        self.manager = JobManager(
+            state_dir,
+            isolation=None,
+            stop_grace=self.stop_grace,
+            events=self.events_class(),
         )
         tls = load_server_tls(
             pkiutil.path("server.pem"),

@@ -16,7 +16,7 @@ from typing import Any, cast
 import grpc
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 
-from jobworker.job.events import LoggingJobManager
+from jobworker.job.events import LoggingJobEvents
 from jobworker.v1 import jobworker_pb2 as pb
 from tests.apiutil import APITestCase, shell, stream_end
 
@@ -127,7 +127,7 @@ class RefusalLogTests(APITestCase):
 class StartRefusalLogTests(APITestCase):
     """A refused Start is logged once, where its refusal is known best."""
 
-    manager_class = LoggingJobManager
+    events_class = LoggingJobEvents
 
     def setUp(self) -> None:
         super().setUp()

@@ -1,17 +1,24 @@
-"""Tests for jobworker.job.events: one log line per job event, with the owner."""
+"""Tests for jobworker.job.events: the hook the manager calls, and its log lines."""
 
 from __future__ import annotations
 
 import os
+import signal
+from collections.abc import Sequence
 from typing import cast
 
+from twisted.internet.defer import CancelledError
+from twisted.internet.error import ProcessTerminated
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from jobworker.errors import ExecutableNotFound
-from jobworker.job.events import LoggingJobManager, outcome_for_log
+from jobworker.errors import ExecutableNotFound, InvalidRequest
+from jobworker.job.events import JobEvents, LoggingJobEvents, outcome_for_log
+from jobworker.job.manager import JobManager
 from jobworker.limits import limits_for_log
 from jobworker.model import JobState, JobStatus, Limits
+from tests.jobfakes import FakeManagerTestCase
 
 
 def _status(**fields: object) -> JobStatus:
@@ -49,7 +56,9 @@ class FormatTests(unittest.TestCase):
         self.assertEqual(limits_for_log(Limits()), "none")
 
 
-class LoggingJobManagerTests(unittest.TestCase):
+class LoggingJobEventsTests(unittest.TestCase):
+    """The server's manager: a `JobManager` with the logging observer."""
+
     def setUp(self) -> None:
         self.lines: list[str] = []
 
@@ -62,7 +71,7 @@ class LoggingJobManagerTests(unittest.TestCase):
         self.addCleanup(globalLogPublisher.removeObserver, observer)
         state_dir = self.mktemp()
         os.makedirs(state_dir)
-        self.manager = LoggingJobManager(state_dir, job_user="root")
+        self.manager = JobManager(state_dir, job_user="root", events=LoggingJobEvents())
         self.addCleanup(self.manager.shutdown)
 
     async def test_start_stop_and_end_are_one_line_each(self) -> None:
@@ -98,3 +107,99 @@ class LoggingJobManagerTests(unittest.TestCase):
             ),
             self.lines,
         )
+
+
+class RecordedEvents(JobEvents):
+    """A `JobEvents` that keeps what it is told, in order."""
+
+    def __init__(self) -> None:
+        self.told: list[tuple[object, ...]] = []
+
+    def started(self, status: JobStatus) -> None:
+        self.told.append(("started", status.id, status.state))
+
+    def start_refused(
+        self, owner: str, command: Sequence[bytes], error: BaseException
+    ) -> None:
+        self.told.append(("start refused", owner, tuple(command), type(error)))
+
+    def stop_requested(self, status: JobStatus, grace: float | None) -> None:
+        self.told.append(("stop requested", status.id, grace))
+
+    def ended(self, status: JobStatus) -> None:
+        self.told.append(("ended", status.id, status.state, status.signal))
+
+    def shutdown_requested(self, running: int) -> None:
+        self.told.append(("shutdown requested", running))
+
+
+class JobEventsTests(FakeManagerTestCase):
+    """The manager tells its `JobEvents` what happens, before its callers."""
+
+    def setUp(self) -> None:
+        self.events = self.recorded = RecordedEvents()
+        super().setUp()
+
+    def test_start_stop_and_end_are_told_in_order(self) -> None:
+        starting = self.manager.start("bob", [b"prog"])
+        self.assertEqual(self.recorded.told, [])  # not exec'd yet
+        self.protocol.childConnectionLost(3)
+        job = self.successResultOf(starting)
+        stopped = self.manager.stop(job.id, grace=10)
+        self.protocol.processExited(Failure(ProcessTerminated(signal=signal.SIGTERM)))
+        for fd in (1, 2):
+            self.protocol.childConnectionLost(fd)
+        self.assertNoResult(stopped)
+        self.assertEqual(len(self.recorded.told), 2)  # ends once clean-up is done
+        self.driver.cgroups[0].removing.callback(None)
+        self.successResultOf(stopped)
+        self.assertEqual(
+            self.recorded.told,
+            [
+                ("started", job.id, JobState.RUNNING),
+                ("stop requested", job.id, 10),
+                ("ended", job.id, JobState.KILLED, signal.SIGTERM),
+            ],
+        )
+
+    def test_failed_start_is_refused_once(self) -> None:
+        starting = self.manager.start("bob", [b"prog"])
+        self.protocol.childDataReceived(3, b"enoent No such file or directory\n")
+        self.protocol.childConnectionLost(3)
+        self.protocol.processExited(Failure(ProcessTerminated(exitCode=127)))
+        for fd in (1, 2):
+            self.protocol.childConnectionLost(fd)
+        self.driver.cgroups[0].removing.callback(None)
+        self.failureResultOf(starting, ExecutableNotFound)
+        self.assertEqual(
+            self.recorded.told,
+            [("start refused", "bob", (b"prog",), ExecutableNotFound)],
+        )
+
+    def test_invalid_start_is_refused(self) -> None:
+        self.failureResultOf(self.manager.start("bob", [b""]), InvalidRequest)
+        self.assertEqual(
+            self.recorded.told, [("start refused", "bob", (b"",), InvalidRequest)]
+        )
+
+    def test_cancelled_start_is_not_refused_and_its_job_is_told(self) -> None:
+        # The caller stopped waiting; the job still starts, is listed and ends.
+        starting = self.manager.start("bob", [b"prog"])
+        starting.cancel()
+        self.failureResultOf(starting, CancelledError)
+        self.protocol.childConnectionLost(3)
+        [job] = self.manager.list()
+        self.assertEqual(self.recorded.told, [("started", job.id, JobState.RUNNING)])
+
+    def test_refused_stop_is_not_told(self) -> None:
+        starting = self.manager.start("bob", [b"prog"])
+        self.protocol.childConnectionLost(3)
+        job = self.successResultOf(starting)
+        self.failureResultOf(self.manager.stop(job.id, grace=-1), InvalidRequest)
+        self.assertEqual(self.recorded.told, [("started", job.id, JobState.RUNNING)])
+
+    def test_shutdown_is_told_with_the_running_jobs(self) -> None:
+        self.manager.start("bob", [b"prog"])
+        self.protocol.childConnectionLost(3)
+        self.manager.shutdown()
+        self.assertEqual(self.recorded.told[-1], ("shutdown requested", 1))

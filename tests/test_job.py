@@ -1,8 +1,8 @@
 """Tests for jobworker.job.job through JobManager, on a fake process reactor.
 
 Like Twisted's test_procmon: `spawnProcess` is faked on a
-`MemoryReactorClock`, so "TERM, wait, KILL", the drain timeout and the
-clean-up order are checked without any real time or process.
+`MemoryReactorClock` (tests.jobfakes), so "TERM, wait, KILL", the drain
+timeout and the clean-up order are checked without any real time or process.
 """
 
 from __future__ import annotations
@@ -10,150 +10,19 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Callable
-from typing import Any
 
-from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.internet.protocol import ProcessProtocol
-from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
-from twisted.trial import unittest
 
 from jobworker.defaults import EXEC_TIMEOUT
 from jobworker.errors import ExecutableNotFound, IsolationFailed, StartFailed
-from jobworker.isolation.interfaces import IsolationConfig, JobCgroup
 from jobworker.job.job import DRAIN_TIMEOUT, KILL_BACKSTOP
-from jobworker.job.manager import JobManager
 from jobworker.job.process.launcher import HELPER
-from jobworker.model import JobState, JobStatus, Limits
-
-
-class FakeTransport:
-    def __init__(self) -> None:
-        self.signals: list[int | str] = []
-        self.closed: list[int] = []
-
-    def signalProcess(self, sig: int | str) -> None:
-        self.signals.append(sig)
-
-    def closeChildFD(self, fd: int) -> None:
-        self.closed.append(fd)
-
-
-class SyncThreadPool:
-    def callInThreadWithCallback(
-        self,
-        on_result: Callable[[bool, object], None],
-        f: Callable[..., object],
-        *a: Any,
-    ) -> None:
-        on_result(True, f(*a))
-
-
-class FakeProcessReactor(MemoryReactorClock):
-    """A clock that records spawned processes instead of starting them."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.spawned: list[tuple[ProcessProtocol, list[bytes], dict[str, Any]]] = []
-        self.transport = FakeTransport()
-
-    def spawnProcess(
-        self, protocol: ProcessProtocol, executable: bytes, args: list[bytes], **kw: Any
-    ) -> FakeTransport:
-        self.spawned.append((protocol, args, kw))
-        protocol.makeConnection(self.transport)
-        return self.transport
-
-    def callFromThread(self, f: Callable[..., object], *a: Any) -> None:
-        f(*a)
-
-    def getThreadPool(self) -> SyncThreadPool:
-        return SyncThreadPool()
-
-
-class FakeCgroup:
-    def __init__(self) -> None:
-        self.killed = 0
-        self.removing: Deferred[None] = Deferred()
-        self.removed = False
-        self.oom = False
-
-    @property
-    def procs_files(self) -> tuple[str, ...]:
-        return ("/sys/fs/cgroup/fake/cgroup.procs",)
-
-    def kill_all(self) -> None:
-        self.killed += 1
-
-    def oom_killed(self) -> bool:
-        return self.oom
-
-    def cpu_usage_ns(self) -> int:
-        return 0
-
-    def remove(self) -> Deferred[None]:
-        self.removed = True
-        return self.removing
-
-
-class FakeDriver:
-    version = 2
-
-    def __init__(self) -> None:
-        self.cgroups: list[FakeCgroup] = []
-        self.broken = False
-
-    def create(self, job_id: str, limits: Limits, workdir: str) -> JobCgroup:
-        if self.broken:
-            raise PermissionError(13, "Permission denied")
-        self.cgroups.append(FakeCgroup())
-        return self.cgroups[-1]
-
-    def cleanup_stale(self) -> int:
-        return 0
-
-
-class PublishCheckingManager(JobManager):
-    """A JobManager whose `status` also checks the published status.
-
-    Every status a test looks at is compared with the board's, so each
-    step of every lifecycle test checks that the job published its change.
-    """
-
-    def status(self, job_id: str) -> JobStatus:
-        status = super().status(job_id)
-        published = self.board.get(job_id)
-        if published != status:
-            raise AssertionError(f"published {published} but the job is {status}")
-        return status
-
-
-class FakeManagerTestCase(unittest.TestCase):
-    """A JobManager on a fake process reactor with a fake cgroup driver."""
-
-    def setUp(self) -> None:
-        self.reactor = FakeProcessReactor()
-        self.driver = FakeDriver()
-        self.addCleanup(self.assert_every_status_published)
-        self.manager = PublishCheckingManager(
-            os.path.abspath(self.mktemp()),
-            isolation=IsolationConfig(self.driver, namespaces=True),
-            reactor=self.reactor,
-        )
-
-    def assert_every_status_published(self) -> None:
-        for status in self.manager.list():
-            self.assertEqual(self.manager.board.get(status.id), status)
-        self.assertEqual(self.manager.board.all(), self.manager.list())
+from jobworker.model import JobState, JobStatus
+from tests.jobfakes import FakeManagerTestCase
 
 
 class JobLifecycleTests(FakeManagerTestCase):
-    @property
-    def protocol(self) -> ProcessProtocol:
-        return self.reactor.spawned[-1][0]
-
     def started_job(self) -> JobStatus:
         starting = self.manager.start("bob", [b"prog", b"arg"])
         self.assertNoResult(starting)

@@ -12,7 +12,12 @@ from typing import Protocol
 
 from twisted.internet.defer import Deferred
 
+from jobworker.errors import JobWorkerError
 from jobworker.model import Limits
+
+
+class CgroupBusy(JobWorkerError):
+    """A job's cgroup could not be removed: the kernel kept it busy."""
 
 
 class JobCgroup(Protocol):
@@ -36,7 +41,10 @@ class JobCgroup(Protocol):
         ...
 
     def remove(self) -> Deferred[None]:
-        """Kill what is left and remove the cgroup, retrying while it is busy."""
+        """Kill what is left and remove the cgroup, retrying while it is busy.
+
+        Fails with `CgroupBusy` when it stays busy, or `OSError`.
+        """
         ...
 
 

@@ -1,25 +1,20 @@
-"""One log line per job event: started, start failed, stop requested, ended.
+"""Job events: the hook the job manager calls, and its logging observer.
 
-And one when the server shuts down, saying how many jobs it stops.
-
-`LoggingJobManager` is the `JobManager` the server runs (`jobworker.server.tap`);
-it adds logging through `twisted.logger` and changes nothing else. A job's
-end is noticed through the manager's public `wait_output`: output is complete
-once the job has ended.
+`JobManager` (jobworker.job.manager) calls a `JobEvents` when a job starts
+or is refused, when a stop is asked for, when a job ends and when it is
+asked to shut down. `JobEvents` itself does nothing; `LoggingJobEvents`,
+which the server passes (`jobworker.server.tap`), logs one line for each
+through `twisted.logger`, with the job's owner.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
-from jobworker.errors import JobNotFound
-from jobworker.job.manager import JobManager
 from jobworker.limits import limits_for_log
-from jobworker.model import JobStatus, Limits, OutputState, command_text
+from jobworker.model import JobStatus, command_text
 
 log = Logger()
 
@@ -45,70 +40,68 @@ def outcome_for_log(status: JobStatus) -> str:
     return text
 
 
-class LoggingJobManager(JobManager):
-    """A `JobManager` that logs every job event with the job's owner."""
+class JobEvents:
+    """What the manager tells about its jobs; each hook here does nothing.
 
-    def start(
-        self, owner: str, command: Sequence[bytes], limits: Limits | None = None
-    ) -> Deferred[JobStatus]:
-        started = super().start(owner, command, limits)
+    Called on the reactor thread, in the step the event happens in, before
+    the caller that caused it hears of it. A hook must not raise.
+    """
 
-        def logged(status: JobStatus) -> JobStatus:
-            log.info(
-                "job {job_id} started by {owner}: {command} ({limits})",
-                job_id=status.id,
-                owner=owner,
-                command=command_text(status.command),
-                limits=limits_for_log(status.limits),
-            )
-            self._watch_end(status.id, 0)
-            return status
+    def started(self, status: JobStatus) -> None:
+        """The job's command was exec'd: the job is listed, with `status`."""
 
-        def failed(failure: Failure) -> Failure:
-            log.info(
-                "job start refused for {owner}: {command}: {error}",
-                owner=owner,
-                command=command_text(command),
-                error=failure.getErrorMessage(),
-            )
-            return failure
+    def start_refused(
+        self, owner: str, command: Sequence[bytes], error: BaseException
+    ) -> None:
+        """Starting `command` for `owner` failed with `error`; no job is left."""
 
-        return started.addCallbacks(logged, failed)
+    def stop_requested(self, status: JobStatus, grace: float | None) -> None:
+        """A stop was asked for (`grace` seconds; None: the default grace)."""
 
-    def stop(self, job_id: str, grace: float | None = None) -> Deferred[JobStatus]:
-        try:
-            status = self.status(job_id)
-        except JobNotFound:
-            pass
-        else:
-            log.info(
-                "job {job_id} of {owner}: stop requested (grace {grace})",
-                job_id=job_id,
-                owner=status.owner,
-                grace="default" if grace is None else f"{grace:g}s",
-            )
-        return super().stop(job_id, grace)
+    def ended(self, status: JobStatus) -> None:
+        """The job has ended with its final `status`."""
 
-    def shutdown(self) -> Deferred[None]:
-        running = [status.id for status in self.list() if not status.state.ended]
-        log.info("shutting down: stopping {count} running job(s)", count=len(running))
-        return super().shutdown()
+    def shutdown_requested(self, running: int) -> None:
+        """The manager was asked to shut down with `running` jobs not ended."""
 
-    def _watch_end(self, job_id: str, offset: int) -> None:
-        def check(state: OutputState) -> None:
-            if not state.complete:
-                self._watch_end(job_id, state.size)
-                return
-            status = self.status(job_id)
-            log.info(
-                "job {job_id} of {owner} ended: {outcome}",
-                job_id=job_id,
-                owner=status.owner,
-                outcome=outcome_for_log(status),
-            )
 
-        self.wait_output(job_id, offset).addCallbacks(check, self._lost)
+class LoggingJobEvents(JobEvents):
+    """Logs every job event, with the job's owner: the server's observer."""
 
-    @staticmethod
-    def _lost(failure: Failure) -> None:
-        log.failure("lost track of a job's end", failure)
+    def started(self, status: JobStatus) -> None:
+        log.info(
+            "job {job_id} started by {owner}: {command} ({limits})",
+            job_id=status.id,
+            owner=status.owner,
+            command=command_text(status.command),
+            limits=limits_for_log(status.limits),
+        )
+
+    def start_refused(
+        self, owner: str, command: Sequence[bytes], error: BaseException
+    ) -> None:
+        log.info(
+            "job start refused for {owner}: {command}: {error}",
+            owner=owner,
+            command=command_text(command),
+            error=str(error),
+        )
+
+    def stop_requested(self, status: JobStatus, grace: float | None) -> None:
+        log.info(
+            "job {job_id} of {owner}: stop requested (grace {grace})",
+            job_id=status.id,
+            owner=status.owner,
+            grace="default" if grace is None else f"{grace:g}s",
+        )
+
+    def ended(self, status: JobStatus) -> None:
+        log.info(
+            "job {job_id} of {owner} ended: {outcome}",
+            job_id=status.id,
+            owner=status.owner,
+            outcome=outcome_for_log(status),
+        )
+
+    def shutdown_requested(self, running: int) -> None:
+        log.info("shutting down: stopping {count} running job(s)", count=running)

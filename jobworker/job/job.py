@@ -1,6 +1,8 @@
 """One job: its record, its state machine, its output log and its clean-up.
 
-A `Job` receives its helper's events (it is the `ProcessEvents` of
+Making a `Job` spawns its helper and starts the timer that kills a helper
+which has not exec'd the command within `defaults.EXEC_TIMEOUT`. The job
+receives its helper's events (it is the `ProcessEvents` of
 `jobworker.job.process.protocol`). `when_started()` fires once the command
 was exec'd, or fails with the precise `StartFailed` once the helper is gone
 and everything made for the job (cgroup, directories) is removed. After a
@@ -15,19 +17,34 @@ from __future__ import annotations
 
 import signal as signals
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IReactorProcess,
+    IReactorThreads,
+    IReactorTime,
+)
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from jobworker.defaults import EXEC_TIMEOUT
 from jobworker.errors import StartFailed
-from jobworker.isolation.interfaces import JobCgroup
+from jobworker.isolation.interfaces import CgroupBusy, JobCgroup
 from jobworker.job.dirs import JobDirs, remove_tree
 from jobworker.job.machine import JobCore, JobInputs, JobMachine
 from jobworker.job.outputlog import OutputLog
-from jobworker.job.process.launcher import MAX_REPORT, start_error
+from jobworker.job.process.launcher import (
+    MAX_REPORT,
+    LaunchSpec,
+    spawn,
+    start_error,
+)
+from jobworker.job.process.protocol import JobProcessProtocol
 from jobworker.model import JobStatus, Limits, Stream
 
 DRAIN_TIMEOUT = 5.0
@@ -87,41 +104,54 @@ class _Exit:
     signal: int | None
 
 
-@dataclass
 class Job:
     """A started (or starting) job; touched on the reactor thread only."""
 
-    record: JobRecord
-    dirs: JobDirs
-    output: OutputLog
-    cgroup: JobCgroup | None
-    reactor: Any
-    started_at: float = 0.0
-    transport: Any = None
-    on_change: Callable[[JobStatus], None] | None = None
-    """Called with the new status each time the job's status changes."""
-    ended_at: float | None = None
-    oom_killed: bool = False
-    _start_waiters: Waiters[None] = field(default_factory=Waiters[None])
-    _report: bytes = b""
-    _status_open: bool = True
-    _start_timer: Any = None
-    _backstop: Any = None
-    _exit: _Exit | None = None
-    _open_streams: set[Stream] = field(
-        default_factory=lambda: {Stream.STDOUT, Stream.STDERR}
-    )
-    _drained: Deferred[None] = field(default_factory=Deferred)
-    _end_waiters: Waiters[JobStatus] = field(default_factory=Waiters[JobStatus])
-    machine: JobInputs = field(init=False)
-    core: JobCore = field(init=False)
+    def __init__(
+        self,
+        record: JobRecord,
+        dirs: JobDirs,
+        output: OutputLog,
+        cgroup: JobCgroup | None,
+        *,
+        spec: LaunchSpec,
+        reactor: IReactorProcess,
+        on_change: Callable[[JobStatus], None],
+    ) -> None:
+        """Spawn the helper for `spec`, and time its exec (`EXEC_TIMEOUT`).
 
-    def __post_init__(self) -> None:
-        self.core = JobCore(self.reactor, self._terminate, self._kill)
-        self.machine = JobMachine(self.core)
+        Once the command was exec'd, `on_change` gets the new status each
+        time it changes. Raises `StartFailed` if the helper cannot be
+        spawned; everything made for the job is then the caller's to remove.
+        """
+        self.record = record
+        self.dirs = dirs
+        self.output = output
+        self.cgroup = cgroup
+        self._clock = IReactorTime(reactor)
+        self._threads = IReactorThreads(reactor)
+        self._on_change = on_change
+        self.started_at = self._clock.seconds()
+        self.ended_at: float | None = None
+        self.oom_killed = False
+        self._started = False
+        self._start_waiters: Waiters[None] = Waiters()
+        self._report = b""
+        self._status_open = True
+        self._backstop: IDelayedCall | None = None
+        self._exit: _Exit | None = None
+        self._open_streams = {Stream.STDOUT, Stream.STDERR}
+        self._drained: Deferred[None] = Deferred()
+        self._end_waiters: Waiters[JobStatus] = Waiters()
+        self.core = JobCore(self._clock, self._terminate, self._kill)
+        self.machine: JobInputs = JobMachine(self.core)
         # New output and the end are published before any follower is woken:
         # a client that has read output must not get an older status.
         self.output.before_wake = self.publish
+        self.transport = spawn(reactor, JobProcessProtocol(self), spec)
+        self._start_timer = self._clock.callLater(
+            EXEC_TIMEOUT, self._start_timed_out, EXEC_TIMEOUT
+        )
 
     def status(self) -> JobStatus:
         """An immutable snapshot of this job."""
@@ -142,9 +172,13 @@ class Job:
         )
 
     def publish(self) -> None:
-        """Hand the current status to `on_change` (after every change)."""
-        if self.on_change is not None:
-            self.on_change(self.status())
+        """Hand the current status to `on_change` (after every change).
+
+        Nothing is published before the command was exec'd: until then the
+        job is not listed, and a failed start leaves no trace.
+        """
+        if self._started:
+            self._on_change(self.status())
 
     def stop(self, grace: float) -> Deferred[JobStatus]:
         """TERM, then KILL after `grace`; fires with the final status."""
@@ -160,12 +194,6 @@ class Job:
         """Fires once the command was exec'd; fails with `StartFailed`."""
         return self._start_waiters.wait()
 
-    def start_timeout(self, seconds: float) -> None:
-        """Kill the helper if it has not exec'd the command within `seconds`."""
-        self._start_timer = self.reactor.callLater(
-            seconds, self._start_timed_out, seconds
-        )
-
     def _start_timed_out(self, seconds: float) -> None:
         _log.warn("job {id}: not exec'd after {s} s", id=self.record.id, s=seconds)
         if not self._report:
@@ -177,7 +205,7 @@ class Job:
     def _signal(self, sig: int) -> None:
         try:
             self.transport.signalProcess(sig)
-        except Exception:  # the helper may be gone already
+        except ProcessExitedAlready:
             _log.debug("job {id}: signal {sig} not sent", id=self.record.id, sig=sig)
 
     def _terminate(self) -> None:
@@ -190,7 +218,7 @@ class Job:
         # not exited shortly after (and, in any case, when it is removed).
         self._signal(signals.SIGUSR2)
         if self.cgroup is not None:
-            self._backstop = self.reactor.callLater(KILL_BACKSTOP, self.cgroup.kill_all)
+            self._backstop = self._clock.callLater(KILL_BACKSTOP, self.cgroup.kill_all)
 
     # ProcessEvents
 
@@ -207,9 +235,11 @@ class Job:
 
     def status_closed(self) -> None:
         self._status_open = False
-        if self._start_timer is not None and self._start_timer.active():
+        if self._start_timer.active():
             self._start_timer.cancel()
         if not self._report:
+            self._started = True
+            self.publish()
             self._start_waiters.fire(None)
         self._after_exit()
 
@@ -224,10 +254,15 @@ class Job:
         if self._exit is None or self._status_open:
             return
         if self._report:
-            Deferred.fromCoroutine(self._fail_start())
+            ending = Deferred.fromCoroutine(self._fail_start())
         else:
             self.machine.process_exited()
-            Deferred.fromCoroutine(self._end(self._exit))
+            ending = Deferred.fromCoroutine(self._end(self._exit))
+        # What can fail is handled where it does; this only logs a bug.
+        ending.addErrback(self._clean_up_failed)
+
+    def _clean_up_failed(self, failure: Failure) -> None:
+        _log.failure("job {id}: clean-up failed", failure, id=self.record.id)
 
     async def _fail_start(self) -> None:
         error: StartFailed = start_error(self._report, self.record.command)
@@ -235,32 +270,30 @@ class Job:
             await self._drain()
             await self._release()
             self.output.finish()
-            await self._in_thread(remove_tree, self.dirs.job_dir)
-        except Exception:
-            _log.failure("job {id}: clean-up failed", id=self.record.id)
-        self._start_waiters.fail(error)
+            await self._remove(self.dirs.job_dir)
+        finally:
+            # Whatever went wrong above, the start has failed: say so.
+            self._start_waiters.fail(error)
 
     async def _end(self, how: _Exit) -> None:
         try:
             await self._drain()
-            if self.cgroup is not None:
-                self.oom_killed = self.cgroup.oom_killed()
+            self._read_oom_flag()
             await self._release()
-            await self._in_thread(remove_tree, self.dirs.work_dir)
-        except Exception:
-            _log.failure("job {id}: clean-up failed", id=self.record.id)
-        # Whatever went wrong above, the job has ended: record it.
-        self.ended_at = self.reactor.seconds()
-        if how.signal is not None:
-            self.machine.killed(how.signal)
-        else:
-            self.machine.exited(how.exit_code or 0)
-        self.output.finish()  # publishes the final status (before_wake)
-        self._end_waiters.fire(self.status())
+            await self._remove(self.dirs.work_dir)
+        finally:
+            # Whatever went wrong above, the job has ended: record it.
+            self.ended_at = self._clock.seconds()
+            if how.signal is not None:
+                self.machine.killed(how.signal)
+            else:
+                self.machine.exited(how.exit_code or 0)
+            self.output.finish()  # publishes the final status (before_wake)
+            self._end_waiters.fire(self.status())
 
     async def _drain(self) -> None:
         """Wait for the output pipes to close, but not for ever."""
-        timer = self.reactor.callLater(DRAIN_TIMEOUT, self._stop_draining)
+        timer = self._clock.callLater(DRAIN_TIMEOUT, self._stop_draining)
         await self._drained
         if timer.active():
             timer.cancel()
@@ -272,13 +305,22 @@ class Job:
         if not self._drained.called:
             self._drained.callback(None)
 
+    def _read_oom_flag(self) -> None:
+        if self.cgroup is None:
+            return
+        try:
+            self.oom_killed = self.cgroup.oom_killed()
+        except (OSError, ValueError):
+            _log.failure("job {id}: cannot read its OOM flag", id=self.record.id)
+
     async def _release(self) -> None:
         if self.cgroup is not None:
             try:
                 await self.cgroup.remove()
-            except Exception:
+            except (CgroupBusy, OSError):
                 _log.failure("job {id}: cannot remove its cgroup", id=self.record.id)
 
-    async def _in_thread(self, function: Any, *args: Any) -> None:
-        pool = self.reactor.getThreadPool()
-        await deferToThreadPool(self.reactor, pool, function, *args)
+    def _remove(self, path: str) -> Deferred[None]:
+        """Remove a directory tree in the reactor's thread pool (it may be big)."""
+        pool = self._threads.getThreadPool()
+        return deferToThreadPool(self._threads, pool, remove_tree, path)

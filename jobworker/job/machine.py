@@ -21,31 +21,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from automat import TypeMachineBuilder, pep614
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from jobworker.model import JobState
-
-
-class DelayedCall(Protocol):
-    """The part of `IDelayedCall` the machine uses."""
-
-    def cancel(self) -> None: ...
-
-    def getTime(self) -> float: ...
-
-    def reset(self, secondsFromNow: float) -> None: ...
-
-
-class Scheduler(Protocol):
-    """The part of `IReactorTime` the machine uses (a reactor or a Clock)."""
-
-    def callLater(
-        self, delay: float, callable: Callable[..., Any], /, *args: Any, **kw: Any
-    ) -> Any: ...
-
-    def seconds(self) -> float: ...
 
 
 class JobInputs(Protocol):
@@ -80,7 +61,8 @@ class JobInputs(Protocol):
 class JobCore:
     """What the machine works with: a clock and the job's signalling."""
 
-    clock: Scheduler
+    clock: IReactorTime
+    """A reactor or a `Clock`."""
     terminate: Callable[[], None]
     """Ask the job to end (SIGTERM to its process group)."""
     kill: Callable[[], None]
@@ -89,7 +71,7 @@ class JobCore:
     stop_requested: bool = False
     exit_code: int | None = None
     signal: int | None = None
-    escalation: DelayedCall | None = None
+    escalation: IDelayedCall | None = None
 
 
 def _build() -> Callable[[JobCore], JobInputs]:

@@ -14,11 +14,12 @@ import builtins
 import math
 import uuid
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import cast
 
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
+from twisted.internet.interfaces import IReactorProcess
 
-from jobworker.defaults import EXEC_TIMEOUT, MAX_GRACE, OUTPUT_CAP, STOP_GRACE
+from jobworker.defaults import MAX_GRACE, OUTPUT_CAP, STOP_GRACE
 from jobworker.errors import (
     InvalidRequest,
     IsolationFailed,
@@ -29,12 +30,13 @@ from jobworker.isolation.interfaces import IsolationConfig, JobCgroup
 from jobworker.job.board import StatusBoard
 from jobworker.job.dirs import create_job_dirs, remove_tree
 from jobworker.job.environment import job_env
+from jobworker.job.events import JobEvents
 from jobworker.job.job import Job, JobRecord
 from jobworker.job.outputlog import OutputLog, read_chunks
-from jobworker.job.process.launcher import LaunchSpec, spawn
-from jobworker.job.process.protocol import JobProcessProtocol
+from jobworker.job.process.launcher import LaunchSpec
 from jobworker.job.users import resolve_user
 from jobworker.model import JobStatus, LimitPolicy, Limits, OutputChunk, OutputState
+from jobworker.reactors import or_global
 
 # Linux refuses a single argument of 128 KiB or more (MAX_ARG_STRLEN).
 MAX_ARGUMENT = 128 * 1024 - 1
@@ -54,19 +56,18 @@ class JobManager:
         job_user: str | None = None,
         stop_grace: float = STOP_GRACE,
         output_cap: int = OUTPUT_CAP,
-        reactor: Any = None,
+        events: JobEvents | None = None,
+        reactor: IReactorProcess | None = None,
     ) -> None:
         """Jobs live below `state_dir`; `isolation=None` runs them bare.
 
         `job_user` is the account jobs run as (default: "nobody" when the
         server is root, else the server's own user); `stop_grace` is the
         default and shutdown TERM-to-KILL grace; `output_cap` the bytes of
-        output kept per job.
+        output kept per job; `events` hears of every job event (the
+        server's logs them). The reactor also provides `IReactorTime` and
+        `IReactorThreads`.
         """
-        if reactor is None:
-            from twisted.internet import reactor as global_reactor  # noqa: PLC0415
-
-            reactor = global_reactor
         self._state_dir = state_dir
         self._policy = policy
         self._isolation = isolation
@@ -75,7 +76,8 @@ class JobManager:
         if output_cap < 0:
             raise InvalidRequest(f"output cap must not be negative: {output_cap}")
         self._output_cap = output_cap
-        self._reactor = reactor
+        self._events = events if events is not None else JobEvents()
+        self._reactor = IReactorProcess(or_global(reactor))
         self._jobs: dict[str, Job] = {}
         self.board = StatusBoard()
         """Every started job's latest status, for readers on any thread."""
@@ -98,6 +100,25 @@ class JobManager:
     async def _start(
         self, owner: str, command: Sequence[bytes], limits: Limits | None
     ) -> JobStatus:
+        try:
+            job = await self._launch(owner, command, limits)
+        except Exception as error:
+            self._events.start_refused(owner, command, error)
+            raise
+        job_id = job.record.id
+        # Registered when exec'd even if our caller stopped waiting (cancel).
+        self._starting[job_id] = job
+        job.when_started().addCallbacks(
+            lambda _: self._register(job),
+            lambda failure: self._events.start_refused(owner, command, failure.value),
+        ).addBoth(lambda _: self._starting.pop(job_id))
+        await job.when_started()
+        return job.status()
+
+    async def _launch(
+        self, owner: str, command: Sequence[bytes], limits: Limits | None
+    ) -> Job:
+        """Make the job's directories, log and cgroup, and spawn its helper."""
         if self._closing:
             raise ShuttingDown("the job manager is shutting down")
         argv = _check_command(command)
@@ -116,8 +137,6 @@ class JobManager:
                     )
                 except OSError as e:
                     raise IsolationFailed(f"cannot create the job's cgroup: {e}") from e
-            job = Job(record, dirs, output, cgroup, self._reactor)
-            job.started_at = self._reactor.seconds()
             spec = LaunchSpec(
                 argv,
                 dirs.work_dir,
@@ -126,8 +145,15 @@ class JobManager:
                 cgroup.procs_files if cgroup is not None else (),
                 self._isolation is not None and self._isolation.namespaces,
             )
-            job.transport = spawn(self._reactor, JobProcessProtocol(job), spec)
-            job.start_timeout(EXEC_TIMEOUT)
+            return Job(
+                record,
+                dirs,
+                output,
+                cgroup,
+                spec=spec,
+                reactor=self._reactor,
+                on_change=self.board.publish,
+            )
         except BaseException:
             if output is not None:
                 output.finish()
@@ -135,19 +161,12 @@ class JobManager:
                 await cgroup.remove()
             remove_tree(dirs.job_dir)
             raise
-        # Registered when exec'd even if our caller stopped waiting (cancel).
-        self._starting[record.id] = job
-        job.when_started().addCallbacks(
-            lambda _: self._register(job), lambda _: None
-        ).addBoth(lambda _: self._starting.pop(record.id))
-        await job.when_started()
-        return job.status()
 
     def _register(self, job: Job) -> None:
-        """The job was exec'd: it is listed, and publishes its status."""
+        """The job was exec'd (and published its status): it is listed."""
         self._jobs[job.record.id] = job
-        job.on_change = self.board.publish
-        job.publish()
+        self._events.started(job.status())
+        job.ended().addCallback(self._events.ended)
 
     def stop(self, job_id: str, grace: float | None = None) -> Deferred[JobStatus]:
         """Stop a job: TERM, then after `grace` seconds KILL everything of it.
@@ -158,7 +177,8 @@ class JobManager:
             job = self._job(job_id)
             seconds = self._stop_grace if grace is None else _check_grace(grace)
         except (JobNotFound, InvalidRequest) as e:
-            return _failed(e)
+            return fail(e)
+        self._events.stop_requested(job.status(), grace)
         return job.stop(seconds)
 
     def status(self, job_id: str) -> JobStatus:
@@ -180,7 +200,7 @@ class JobManager:
         try:
             return self._job(job_id).output.wait(offset)
         except (JobNotFound, InvalidRequest) as e:
-            return _failed(e)
+            return fail(e)
 
     def output_path(self, job_id: str) -> str:
         """The job's output log, for a `LogReader` or `read_chunks` on any thread."""
@@ -204,6 +224,8 @@ class JobManager:
 
     def shutdown(self) -> Deferred[None]:
         """Refuse new jobs, stop every job, fire when all have ended."""
+        running = [status for status in self.list() if not status.state.ended]
+        self._events.shutdown_requested(len(running))
         if self._closed:
             return succeed(None)
         waiter: Deferred[None] = Deferred()
@@ -231,12 +253,6 @@ class JobManager:
         if job is None:
             raise JobNotFound(str(job_id))
         return job
-
-
-def _failed(error: Exception) -> Deferred[Any]:
-    result: Deferred[Any] = Deferred()
-    result.errback(error)
-    return result
 
 
 def _check_grace(grace: float) -> float:

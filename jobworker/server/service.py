@@ -31,6 +31,7 @@ from twisted.logger import Logger
 from jobworker.defaults import MAX_FOLLOWERS
 from jobworker.errors import JobWorkerError
 from jobworker.job.manager import JobManager
+from jobworker.reactors import or_global
 from jobworker.server.api.bridge import Bridge
 from jobworker.server.api.gate import Gate
 from jobworker.server.api.quota import WAITING_CALLS
@@ -66,10 +67,6 @@ class JobWorkerServer(Service):
         max_followers: int = MAX_FOLLOWERS,
         reactor: IReactorThreads | None = None,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor as global_reactor  # noqa: PLC0415
-
-            reactor = global_reactor
         if max_followers < 1:
             raise ValueError("max_followers must be at least 1")
         self.manager = manager
@@ -77,12 +74,12 @@ class JobWorkerServer(Service):
         # Replaced on SIGHUP by a CertificateReload (jobworker.server.reload).
         self.credentials = ReloadableCredentials(tls)
         self.max_followers = max_followers
-        self._reactor = reactor
+        self._reactor = IReactorThreads(or_global(reactor))
         self._port: int | None = None
         self._grpc: grpc.Server | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._health: health.HealthServicer | None = None
-        self.bridge = Bridge(reactor)
+        self.bridge = Bridge(self._reactor)
         self.service = JobWorkerService(manager, self.bridge, max_followers)
 
     @property
@@ -158,7 +155,7 @@ class JobWorkerServer(Service):
                 # threads are gone.
                 await deferToThreadPool(
                     self._reactor,
-                    self._reactor.getThreadPool(),  # type: ignore[misc] # zope method, no self
+                    self._reactor.getThreadPool(),
                     _stop_grpc,
                     server,
                     executor,

@@ -26,7 +26,8 @@ from jobworker import defaults
 from jobworker.address import InvalidAddress, parse_address
 from jobworker.errors import InvalidRequest, IsolationUnavailable, JobWorkerError
 from jobworker.isolation.interfaces import IsolationConfig
-from jobworker.job.events import LoggingJobManager
+from jobworker.job.events import LoggingJobEvents
+from jobworker.job.manager import JobManager
 from jobworker.limits import LIMITS, Limit
 from jobworker.model import LimitPolicy, Limits
 from jobworker.server.notify import Readiness, sd_notify
@@ -251,13 +252,14 @@ def build_service(config: dict[str, Any], reactor: Any = None) -> MultiService:
     os.makedirs(state_dir, mode=0o711, exist_ok=True)
     lock = StateDirLock(state_dir)  # before stale clean-up: it kills jobs
     try:
-        manager = LoggingJobManager(
+        manager = JobManager(
             state_dir,
             policy=config["policy"],
             isolation=_isolation(config, state_dir, reactor),
             job_user=config["job-user"],
             stop_grace=config["stop-grace"],
             output_cap=config["output-cap"],
+            events=LoggingJobEvents(),
             reactor=reactor,
         )
     except BaseException:

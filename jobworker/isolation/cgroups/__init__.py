@@ -13,15 +13,16 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
 
 from jobworker.errors import IsolationUnavailable
 from jobworker.isolation.blockdev import check_io_devices
 from jobworker.isolation.cgroups import v1, v2
-from jobworker.isolation.cgroups.base import PARENT_PREFIX, CgroupBusy, Kernel
+from jobworker.isolation.cgroups.base import PARENT_PREFIX, Kernel
 from jobworker.isolation.cgroups.v1 import V1Driver, V1JobCgroup
 from jobworker.isolation.cgroups.v2 import V2Driver, V2JobCgroup
-from jobworker.isolation.interfaces import CgroupDriver
+from jobworker.isolation.interfaces import CgroupBusy, CgroupDriver
 from jobworker.isolation.mountinfo import (
     Mount,
     cgroup_directory,
@@ -49,7 +50,10 @@ def parent_name(state_dir: str) -> str:
 
 
 def detect(
-    state_dir: str, *, io_devices: Sequence[str] | None = None, reactor: Any = None
+    state_dir: str,
+    *,
+    io_devices: Sequence[str] | None = None,
+    reactor: IReactorTime | None = None,
 ) -> CgroupDriver:
     """The driver for this kernel's cgroups; raise `IsolationUnavailable`."""
     with open("/proc/self/mountinfo") as mountinfo, open("/proc/self/cgroup") as own:
@@ -91,7 +95,7 @@ def detect_in(
     state_dir: str,
     *,
     io_devices: Sequence[str] | None = None,
-    reactor: Any = None,
+    reactor: IReactorTime | None = None,
     kernel: Kernel | None = None,
     sys_root: str = "/sys",
 ) -> CgroupDriver:

@@ -11,23 +11,21 @@ import signal
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import suppress
-from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 
-from jobworker.errors import IsolationFailed, JobWorkerError
+from jobworker.errors import IsolationFailed
 from jobworker.isolation.blockdev import job_disks
+from jobworker.isolation.interfaces import CgroupBusy
+from jobworker.reactors import or_global
 
 PARENT_PREFIX = "jobworker-"
 REMOVE_TIMEOUT = 10.0  # seconds remove() keeps retrying a busy cgroup
 _FIRST_DELAY = 0.01
 _MAX_DELAY = 0.5
 _KILL_ROUNDS = 20
-
-
-class CgroupBusy(JobWorkerError):
-    """A job's cgroup could not be removed: the kernel kept it busy."""
 
 
 class Kernel:
@@ -159,12 +157,12 @@ async def remove_busy(
     kernel: Kernel,
     directories: Sequence[str],
     kill: Callable[[], None],
-    reactor: Any,
+    clock: IReactorTime,
     timeout: float = REMOVE_TIMEOUT,
 ) -> None:
-    """Kill and rmdir `directories`, retrying on the reactor's clock."""
-    for delay in _removal(kernel, directories, kill, reactor.seconds, timeout):
-        await deferLater(reactor, delay, lambda: None)
+    """Kill and rmdir `directories`, retrying on `clock`."""
+    for delay in _removal(kernel, directories, kill, clock.seconds, timeout):
+        await deferLater(clock, delay, lambda: None)
 
 
 def remove_now(
@@ -182,10 +180,12 @@ def remove_now(
 class JobCgroupBase:
     """A job's cgroup directories: killing what is in them and removing them."""
 
-    def __init__(self, directories: Sequence[str], kernel: Kernel, reactor: Any):
+    def __init__(
+        self, directories: Sequence[str], kernel: Kernel, clock: IReactorTime
+    ) -> None:
         self.directories = tuple(dict.fromkeys(directories))
         self._kernel = kernel
-        self._reactor = reactor
+        self._clock = clock
 
     @property
     def procs_files(self) -> tuple[str, ...]:
@@ -196,7 +196,7 @@ class JobCgroupBase:
 
     def remove(self) -> Deferred[None]:
         return Deferred.fromCoroutine(
-            remove_busy(self._kernel, self.directories, self.kill_all, self._reactor)
+            remove_busy(self._kernel, self.directories, self.kill_all, self._clock)
         )
 
     def discard(self) -> None:
@@ -224,17 +224,13 @@ class DriverBase:
         self,
         *,
         io_devices: Sequence[str] | None,
-        reactor: Any,
+        reactor: IReactorTime | None,
         kernel: Kernel | None,
         mountinfo_path: str,
         sys_root: str,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor as default  # noqa: PLC0415
-
-            reactor = default
         self._io_devices = list(io_devices) if io_devices is not None else None
-        self._reactor = reactor
+        self._clock = IReactorTime(or_global(reactor))
         self._kernel = kernel or Kernel()
         self._mountinfo_path = mountinfo_path
         self._sys_root = sys_root

@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
 
 from jobworker.errors import IsolationFailed, IsolationUnavailable
 from jobworker.isolation.cgroups.base import (
@@ -37,8 +38,8 @@ STALE_TIMEOUT = 5.0
 class V1JobCgroup(JobCgroupBase):
     """One job's directories in the cpu, cpuacct, memory, blkio and pids trees."""
 
-    def __init__(self, dirs: Mapping[str, str], kernel: Kernel, reactor: Any):
-        super().__init__(list(dirs.values()), kernel, reactor)
+    def __init__(self, dirs: Mapping[str, str], kernel: Kernel, clock: IReactorTime):
+        super().__init__(list(dirs.values()), kernel, clock)
         self.dirs = dict(dirs)
 
     def file(self, controller: str, name: str) -> str:
@@ -65,7 +66,7 @@ class V1Driver(DriverBase):
         parents: Mapping[str, str],
         *,
         io_devices: Sequence[str] | None = None,
-        reactor: Any = None,
+        reactor: IReactorTime | None = None,
         kernel: Kernel | None = None,
         mountinfo_path: str = "/proc/self/mountinfo",
         sys_root: str = "/sys",
@@ -100,7 +101,7 @@ class V1Driver(DriverBase):
     def create(self, job_id: str, limits: Limits, workdir: str) -> V1JobCgroup:
         check_job_id(job_id)
         dirs = {c: os.path.join(p, job_id) for c, p in self.parents.items()}
-        cgroup = V1JobCgroup(dirs, self._kernel, self._reactor)
+        cgroup = V1JobCgroup(dirs, self._kernel, self._clock)
         try:
             self._make_parents()
             for directory in cgroup.directories:

@@ -17,7 +17,8 @@ import os
 from collections.abc import Sequence
 from contextlib import suppress
 from functools import partial
-from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
 
 from jobworker.errors import IsolationFailed, IsolationUnavailable
 from jobworker.isolation.cgroups.base import (
@@ -87,8 +88,8 @@ def _move_to_leaf(kernel: Kernel, own: str, control: str) -> None:
 class V2JobCgroup(JobCgroupBase):
     """One job's directory in the unified hierarchy."""
 
-    def __init__(self, directory: str, kernel: Kernel, reactor: Any):
-        super().__init__([directory], kernel, reactor)
+    def __init__(self, directory: str, kernel: Kernel, clock: IReactorTime):
+        super().__init__([directory], kernel, clock)
         self.directory = directory
 
     def file(self, name: str) -> str:
@@ -112,7 +113,7 @@ class V2Driver(DriverBase):
         parent: str,
         *,
         io_devices: Sequence[str] | None = None,
-        reactor: Any = None,
+        reactor: IReactorTime | None = None,
         kernel: Kernel | None = None,
         mountinfo_path: str = "/proc/self/mountinfo",
         sys_root: str = "/sys",
@@ -148,7 +149,7 @@ class V2Driver(DriverBase):
     def create(self, job_id: str, limits: Limits, workdir: str) -> V2JobCgroup:
         check_job_id(job_id)
         cgroup = V2JobCgroup(
-            os.path.join(self.parent, job_id), self._kernel, self._reactor
+            os.path.join(self.parent, job_id), self._kernel, self._clock
         )
         try:
             if not os.path.isdir(self.parent):

@@ -15,8 +15,8 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
+from twisted.internet.interfaces import IProcessTransport, IReactorProcess
 from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import ProcessProtocol
 
@@ -64,7 +64,7 @@ class LaunchSpec:
         interpreter (`sys.executable`), and `marshal` is built in, where
         `json` would cost every start its import (about 8 ms here).
         """
-        config: dict[str, Any] = {
+        config: dict[str, object] = {
             "parent": os.getpid(),
             "workdir": self.work_dir,
             "env": self.env,
@@ -93,7 +93,9 @@ class LaunchSpec:
         ]
 
 
-def spawn(reactor: Any, protocol: ProcessProtocol, spec: LaunchSpec) -> Any:
+def spawn(
+    reactor: IReactorProcess, protocol: ProcessProtocol, spec: LaunchSpec
+) -> IProcessTransport:
     """Start the helper for `spec`; return the process transport.
 
     On Twisted's POSIX reactors this is a `JobProcess` (exactly what
@@ -106,7 +108,7 @@ def spawn(reactor: Any, protocol: ProcessProtocol, spec: LaunchSpec) -> Any:
         argv = spec.helper_argv()
         child_fds: dict[int, int | str] = {0: devnull, 1: "r", 2: "r", STATUS_FD: "r"}
         if isinstance(reactor, PosixReactorBase):
-            return JobProcess(  # type: ignore[no-untyped-call]
+            return JobProcess(  # type: ignore[no-untyped-call]  # Twisted: unannotated
                 reactor, argv[0], argv, spec.env, None, protocol, None, None, child_fds
             )
         return reactor.spawnProcess(

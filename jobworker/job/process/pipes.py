@@ -15,9 +15,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from typing import Any
 
 from twisted.internet import process
+from twisted.internet.interfaces import IReactorFDSet
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 
 # What one wake-up takes from a pipe at most: a few pipefuls, so that one
@@ -31,11 +31,13 @@ PIPE_BYTES = 256 * 1024
 class LargeReadProcessReader(process.ProcessReader):
     """A `ProcessReader` that empties its pipe in large reads."""
 
-    def __init__(self, reactor: Any, proc: Any, name: int, fileno: int) -> None:
+    def __init__(
+        self, reactor: IReactorFDSet, proc: process.Process, name: int, fileno: int
+    ) -> None:
         # Not a pipe, or over the per-user pipe limit: keep the default size.
         with contextlib.suppress(OSError):
             fcntl.fcntl(fileno, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-        super().__init__(reactor, proc, name, fileno)  # type: ignore[no-untyped-call]
+        super().__init__(reactor, proc, name, fileno)  # type: ignore[no-untyped-call]  # Twisted: unannotated
 
     def doRead(self) -> object:
         """Read until the pipe is empty or `READ_BYTES` were read."""
@@ -60,7 +62,7 @@ class LargeReadProcessReader(process.ProcessReader):
             taken += len(piece)
         if pieces:
             data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-            self.dataReceived(data)  # type: ignore[no-untyped-call]
+            self.dataReceived(data)  # type: ignore[no-untyped-call]  # Twisted: unannotated
         return result
 
 
