@@ -13,10 +13,12 @@ import os
 import socket
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
+
+from jobworker.reactors import or_global
 
 log = Logger()
 
@@ -66,15 +68,11 @@ class Readiness(Service):
         status: Callable[[], str],
         *,
         notify: Callable[..., object] = sd_notify,
-        reactor: Any = None,
+        reactor: IReactorCore | None = None,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor as global_reactor  # noqa: PLC0415
-
-            reactor = global_reactor
         self._status = status
         self._notify = notify
-        self._reactor = reactor
+        self._reactor = IReactorCore(or_global(reactor))
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]

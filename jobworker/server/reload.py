@@ -22,8 +22,10 @@ import jobworker.server.api  # noqa: F401 - configures grpc-core before grpc is 
 # isort: split
 import grpc
 from twisted.application.service import Service
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
 
+from jobworker.reactors import or_global
 from jobworker.server.tls import ServerTLS, TLSConfigError
 
 log = Logger()
@@ -85,16 +87,12 @@ class CertificateReload(Service):
         load: Callable[[], ServerTLS],
         *,
         notify: Callable[..., object] | None = None,
-        reactor: Any = None,
+        reactor: IReactorFromThreads | None = None,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor as global_reactor  # noqa: PLC0415
-
-            reactor = global_reactor
         self.credentials = credentials
         self._load = load
         self._notify = notify if notify is not None else _ignore
-        self._reactor = reactor
+        self._reactor = IReactorFromThreads(or_global(reactor))
         self._previous: _Handler = None
 
     def startService(self) -> None:

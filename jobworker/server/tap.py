@@ -19,6 +19,13 @@ from dataclasses import asdict
 from typing import Any, ClassVar, TypeVar
 
 from twisted.application.service import MultiService
+from twisted.internet.interfaces import (
+    IReactorCore,
+    IReactorFromThreads,
+    IReactorProcess,
+    IReactorThreads,
+    IReactorTime,
+)
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -30,6 +37,7 @@ from jobworker.job.events import LoggingJobEvents
 from jobworker.job.manager import JobManager
 from jobworker.limits import LIMITS, Limit
 from jobworker.model import LimitPolicy, Limits
+from jobworker.reactors import or_global
 from jobworker.server.notify import Readiness, sd_notify
 from jobworker.server.reload import CertificateReload
 from jobworker.server.service import JobWorkerServer
@@ -237,8 +245,15 @@ def _policy(
         raise usage.UsageError(str(error)) from None
 
 
-def build_service(config: dict[str, Any], reactor: Any = None) -> MultiService:
-    """Check TLS and isolation, then build the manager and the API server."""
+def build_service(
+    config: dict[str, Any], reactor: object | None = None
+) -> MultiService:
+    """Check TLS and isolation, then build the manager and the API server.
+
+    `reactor` (the installed one when None) is adapted to the interface each
+    service uses.
+    """
+    reactor = or_global(reactor)
     host, _ = parse_address(config["listen"], allow_port_zero=True)
     load_tls = functools.partial(
         load_server_tls,
@@ -255,12 +270,12 @@ def build_service(config: dict[str, Any], reactor: Any = None) -> MultiService:
         manager = JobManager(
             state_dir,
             policy=config["policy"],
-            isolation=_isolation(config, state_dir, reactor),
+            isolation=_isolation(config, state_dir, IReactorTime(reactor)),
             job_user=config["job-user"],
             stop_grace=config["stop-grace"],
             output_cap=config["output-cap"],
             events=LoggingJobEvents(),
-            reactor=reactor,
+            reactor=IReactorProcess(reactor),
         )
     except BaseException:
         lock.release()
@@ -272,17 +287,20 @@ def build_service(config: dict[str, Any], reactor: Any = None) -> MultiService:
         listen=config["listen"],
         tls=tls,
         max_followers=config["max-followers"],
-        reactor=reactor,
+        reactor=IReactorThreads(reactor),
     )
     server.setName(API_SERVICE)  # type: ignore[no-untyped-call]
     server.setServiceParent(top)  # type: ignore[no-untyped-call]
     reload = CertificateReload(
-        server.credentials, load_tls, notify=sd_notify, reactor=reactor
+        server.credentials,
+        load_tls,
+        notify=sd_notify,
+        reactor=IReactorFromThreads(reactor),
     )
     reload.setServiceParent(top)  # type: ignore[no-untyped-call]
     ready = Readiness(
         lambda: f"serving on {config['listen']} (port {server.port})",
-        reactor=reactor,
+        reactor=IReactorCore(reactor),
     )
     ready.setServiceParent(top)  # type: ignore[no-untyped-call]
     log.info(
@@ -297,7 +315,7 @@ _NAMESPACES = ("pid", "mnt", "net")
 
 
 def _isolation(
-    config: dict[str, Any], state_dir: str, reactor: Any
+    config: dict[str, Any], state_dir: str, reactor: IReactorTime
 ) -> IsolationConfig | None:
     """Detect cgroups and namespaces, or refuse to start without them."""
     if config["no-isolation"]:
@@ -348,12 +366,11 @@ def _exit_zero_after_shutdown() -> None:
     failure. The reactor records the signal in `_exitSignal`, which twistd
     reads after `run()` returns: forget it once shutdown has completed.
     """
-    from twisted.internet import reactor as installed  # noqa: PLC0415 - twistd's
-
-    reactor: Any = installed
+    reactor = IReactorCore(or_global(None))
 
     def forget_signal() -> None:
+        # A private attribute of Twisted's posix reactor, read by twistd.
         if getattr(reactor, "_exitSignal", None) is not None:
-            reactor._exitSignal = None
+            setattr(reactor, "_exitSignal", None)  # noqa: B010
 
     reactor.addSystemEventTrigger("after", "shutdown", forget_signal)
