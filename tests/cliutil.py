@@ -70,10 +70,11 @@ class Harness:
         *args: str | bytes,
         user: str = "alice",
         env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
     ) -> Deferred[Result]:
         """Run `jobworker ARGS...` as `user`; fires with its output and code."""
         d: Deferred[tuple[bytes, bytes, int]] = getProcessOutputAndValue(
-            JOBWORKER, list(args), env=dict(env or self.env(user))
+            JOBWORKER, list(args), env=dict(env or self.env(user)), path=cwd
         )
         return d.addCallback(lambda result: Result(*result))
 

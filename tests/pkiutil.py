@@ -26,6 +26,8 @@ ODD_CLIENTS: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "twoous": ("twoous", ("admin", "user")),
     "badrole": ("badrole", ("root",)),
     "nocn": (None, ("admin",)),
+    # A CN a terminal would obey if printed raw: escape sequence, newline.
+    "escaper": ("evil\x1b[2J\nrow", ("user",)),
 }
 
 

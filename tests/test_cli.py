@@ -218,3 +218,54 @@ class CommandTests(CLITestCase):
         result = await self.harness.cli("status", "no-such-job")
         self.assertEqual(result.err, b"jobworker: job no-such-job not found\n")
         self.assertEqual(result.code, 1)
+
+
+class SeveralJobsTests(CLITestCase):
+    async def test_status_json_of_several_jobs_is_an_array(self) -> None:
+        first = await started_job(self.harness, "true")
+        second = await started_job(self.harness, "true")
+        result = await self.harness.cli("status", "--json", first, second)
+        self.assertEqual(result.code, 0, result.err)
+        self.assertEqual([job["id"] for job in json.loads(result.out)], [first, second])
+
+    async def test_status_of_a_missing_job_among_several_says_so_and_fails(
+        self,
+    ) -> None:
+        job_id = await started_job(self.harness, "true")
+        result = await self.harness.cli("status", job_id, "no-such-job")
+        self.assertEqual(result.code, 1)
+        self.assertIn(f"id:       {job_id}".encode(), result.out)
+        self.assertEqual(result.err, b"jobworker: job no-such-job not found\n")
+
+    async def test_stop_stops_several_jobs(self) -> None:
+        jobs = [await started_job(self.harness, "sleep", "600") for _ in range(2)]
+        result = await self.harness.cli("stop", "--grace", "0", *jobs)
+        self.assertEqual(result.code, 0, result.err)
+        self.assertEqual(result.out.count(b"(stop requested)"), 2, result.out)
+        for job_id in jobs:
+            self.assertEqual((await self.status(job_id))["state"], "killed")
+
+
+class TerminalEscapingTests(CLITestCase):
+    CN = "evil\x1b[2J\nrow"
+
+    async def test_owner_and_command_are_escaped_for_people(self) -> None:
+        job_id = await started_job(
+            self.harness, "echo", "\x1b]0;title\x07", user="escaper"
+        )
+        for args in (["list"], ["status", job_id]):
+            result = await self.harness.cli(*args)
+            self.assertEqual(result.code, 0, result.err)
+            self.assertNotIn(b"\x1b", result.out, args)
+            self.assertNotIn(b"\x07", result.out, args)
+            self.assertIn(b"evil\\x1b[2J\\x0arow", result.out, args)
+            self.assertIn(b"\\x1b]0;title\\x07", result.out, args)
+        result = await self.harness.cli("list")
+        rows = [row for row in result.out.splitlines() if job_id.encode() in row]
+        self.assertEqual(len(rows), 1, result.out)
+
+    async def test_json_keeps_the_strings_unchanged(self) -> None:
+        job_id = await started_job(self.harness, "echo", "\x1b[1m", user="escaper")
+        status = await self.status(job_id)
+        self.assertEqual(status["owner"], self.CN)
+        self.assertEqual(status["command"], ["echo", "\x1b[1m"])

@@ -116,3 +116,71 @@ class ConnectionTests(CLITestCase):
         result = await self.harness.cli("list", env=env)
         self.assertEqual(result.code, 1)
         self.assertIn(b"is it the key of this certificate?", result.err)
+
+
+class CommandLineTests(CLITestCase):
+    async def test_global_flags_work_after_the_command(self) -> None:
+        env = self.harness.env(JOBWORKER_SERVER="127.0.0.1:1")
+        address = self.harness.address
+        result = await self.harness.cli("list", "--server", address, env=env)
+        self.assertEqual(result.code, 0, result.err)
+        result = await self.harness.cli(
+            "run", "--server", address, "--connect-timeout", "5", "--", "echo", "hi"
+        )
+        self.assertEqual((result.out, result.code), (b"hi\n", 0), result.err)
+
+    async def test_flags_after_the_double_dash_belong_to_the_job(self) -> None:
+        result = await self.harness.cli("run", "--", "echo", "--server", "x")
+        self.assertEqual((result.out, result.code), (b"--server x\n", 0))
+
+    async def test_version_prints_the_version(self) -> None:
+        result = await self.harness.cli("--version")
+        self.assertEqual(result.code, 0, result.err)
+        self.assertRegex(result.out.decode(), r"^jobworker \d+\.\d+\.\d+\n$")
+
+    async def test_usage_errors_name_the_command_and_its_help(self) -> None:
+        for args, said in (
+            (["start", "--json"], b"unrecognized arguments: --json"),
+            (["run"], b"no command given: jobworker run [LIMITS] -- PROG"),
+            (["run", "--"], b"no command given: jobworker run"),
+            (["status"], b"the following arguments are required: JOB_ID"),
+            (["list", "extra"], b"unrecognized arguments: extra"),
+        ):
+            result = await self.harness.cli(*args)
+            self.assertEqual(result.code, 2, args)
+            self.assertTrue(_one_line(result.err), (args, result.err))
+            self.assertIn(said, result.err)
+            hint = f"(see 'jobworker {args[0]} --help')\n".encode()
+            self.assertTrue(result.err.endswith(hint), (args, result.err))
+
+    async def test_unreadable_file_from_the_environment_names_the_variable(
+        self,
+    ) -> None:
+        env = self.harness.env(JOBWORKER_CA="certs/server-ca.pem")
+        elsewhere = os.path.abspath(self.mktemp())
+        os.mkdir(elsewhere)
+        result = await self.harness.cli("list", env=env, cwd=elsewhere)
+        self.assertEqual(result.code, 2)
+        self.assertEqual(
+            result.err,
+            b"jobworker: cannot read JOBWORKER_CA=certs/server-ca.pem (relative to "
+            + elsewhere.encode()
+            + b"): No such file or directory\n",
+        )
+
+    async def test_unreadable_file_from_a_flag_names_the_flag(self) -> None:
+        result = await self.harness.cli("list", "--key", "/nonexistent/k.key")
+        self.assertEqual(
+            result.err,
+            b"jobworker: cannot read --key file /nonexistent/k.key:"
+            b" No such file or directory\n",
+        )
+
+    async def test_bad_server_from_the_environment_names_the_variable(self) -> None:
+        env = self.harness.env(JOBWORKER_SERVER="nohostport")
+        result = await self.harness.cli("list", env=env)
+        self.assertEqual(result.code, 2)
+        self.assertTrue(
+            result.err.startswith(b"jobworker: JOBWORKER_SERVER=nohostport: "),
+            result.err,
+        )

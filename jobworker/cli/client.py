@@ -8,9 +8,10 @@ certificate, name mismatch, client certificate refused, job not found...
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -41,6 +42,10 @@ class ConfigError(ClientError):
     exit_code = 2
 
 
+class JobNotFoundError(ClientError):
+    """The server knows no such job (or none the caller may see)."""
+
+
 @dataclass(frozen=True)
 class ClientConfig:
     """Where the server is and the TLS files to reach it with."""
@@ -50,6 +55,12 @@ class ClientConfig:
     cert: str
     key: str
     connect_timeout: float = defaults.CONNECT_TIMEOUT
+    sources: Mapping[str, str] = field(default_factory=dict)
+    """Where each setting came from: its flag ("--ca") or variable."""
+
+    def source(self, name: str) -> str:
+        """The flag or environment variable that gave setting `name`."""
+        return self.sources.get(name, f"--{name}")
 
     @classmethod
     def resolve(
@@ -59,15 +70,20 @@ class ClientConfig:
         connect_timeout: float = defaults.CONNECT_TIMEOUT,
     ) -> ClientConfig:
         """Each setting from its flag, else its environment variable."""
-        values = {
-            name: flags.get(name) or environ.get(variable) or None
-            for name, variable in _ENV.items()
-        }
+        values: dict[str, str | None] = {}
+        sources: dict[str, str] = {}
+        for name, variable in _ENV.items():
+            values[name] = flags.get(name) or environ.get(variable) or None
+            from_flag = bool(flags.get(name)) or not environ.get(variable)
+            sources[name] = f"--{name}" if from_flag else variable
         server = values["server"] or defaults.LISTEN
         try:
             parse_address(server)
         except InvalidAddress as error:
-            raise ConfigError(f"--server: {error}") from None
+            shown = sources["server"]
+            if shown != "--server":
+                shown = f"{shown}={server}"
+            raise ConfigError(f"{shown}: {error}") from None
         for name in ("ca", "cert", "key"):
             if values[name] is None:
                 raise ConfigError(
@@ -80,23 +96,32 @@ class ClientConfig:
             cert=str(values["cert"]),
             key=str(values["key"]),
             connect_timeout=connect_timeout,
+            sources=sources,
         )
 
 
-def _read(flag: str, path: str) -> bytes:
+def _read(config: ClientConfig, name: str) -> bytes:
+    """A TLS file's bytes; the error names where its path came from."""
+    path: str = getattr(config, name)
+    source = config.source(name)
     try:
         with open(path, "rb") as file:
             return file.read()
     except OSError as error:
-        raise ConfigError(f"cannot read {flag} file {path}: {error.strerror}") from None
+        where = (
+            f"{source} file {path}" if source.startswith("--") else f"{source}={path}"
+        )
+        if not os.path.isabs(path):
+            where += f" (relative to {os.getcwd()})"
+        raise ConfigError(f"cannot read {where}: {error.strerror}") from None
 
 
 def open_channel(config: ClientConfig) -> grpc.Channel:
     """A secure channel whose connection attempts give up after the timeout."""
     credentials = grpc.ssl_channel_credentials(
-        root_certificates=_read("--ca", config.ca),
-        private_key=_read("--key", config.key),
-        certificate_chain=_read("--cert", config.cert),
+        root_certificates=_read(config, "ca"),
+        private_key=_read(config, "key"),
+        certificate_chain=_read(config, "cert"),
     )
     timeout_ms = max(1, int(config.connect_timeout * 1000))
     # grpc-core uses the minimum reconnect backoff as its connect deadline
@@ -156,6 +181,27 @@ class Client:
         except grpc.RpcError as error:
             raise self.error(error, began, job_id) from None
 
+    def stop_all(
+        self, job_ids: Sequence[str], grace: float | None
+    ) -> list[pb.JobStatus | ClientError]:
+        """Stop every job at once; each one's final status or error, in order."""
+        began = time.monotonic()
+        calls = [
+            self._stub.Stop.future(pb.StopRequest(job_id=job_id, grace_seconds=grace))
+            for job_id in job_ids
+        ]
+        results: list[pb.JobStatus | ClientError] = []
+        try:
+            for job_id, call in zip(job_ids, calls, strict=True):
+                try:
+                    results.append(call.result().job)
+                except grpc.RpcError as error:
+                    results.append(self.error(error, began, job_id))
+        finally:
+            for call in calls:
+                call.cancel()  # type: ignore[no-untyped-call]
+        return results
+
     def status(self, job_id: str) -> pb.JobStatus:
         began = time.monotonic()
         try:
@@ -189,7 +235,11 @@ class Client:
     ) -> ClientError:
         """The one-line `ClientError` for a failed call."""
         timed_out = time.monotonic() - began >= self._config.connect_timeout * 0.9
-        return ClientError(describe(error, self._config, job_id, timed_out=timed_out))
+        message = describe(error, self._config, job_id, timed_out=timed_out)
+        code_of = getattr(error, "code", None)
+        if job_id and callable(code_of) and code_of() == grpc.StatusCode.NOT_FOUND:
+            return JobNotFoundError(message)
+        return ClientError(message)
 
 
 _TEMPLATES = {

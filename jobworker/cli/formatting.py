@@ -4,7 +4,10 @@ Commands are bytes. In JSON each argument is decoded as UTF-8; a byte that is
 not part of valid UTF-8 becomes the lone surrogate U+DC80+byte (Python's
 "surrogateescape"), written as the JSON escape "\\udcXX", so
 `os.fsencode(json.loads(text)["command"][i])` gives back the exact bytes. For
-people, invalid bytes are shown as "\\xXX" and arguments are shell-quoted.
+people, invalid bytes are shown as "\\xXX" and arguments are shell-quoted,
+and every string that came from a certificate or a job (owner, command, the
+server's messages) goes through `printable`: a terminal never gets a control
+character it would obey ("\\x1b[2J", a newline that fakes a row).
 """
 
 from __future__ import annotations
@@ -20,6 +23,30 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from jobworker.limits import limits_from_pb, limits_text
 from jobworker.model import command_text
 from jobworker.v1 import jobworker_pb2 as pb
+
+
+def printable(text: str) -> str:
+    """`text` with every non-printable character escaped: ESC as "\\x1b".
+
+    Control characters (C0, DEL, C1) become "\\xXX", other non-printable
+    ones (line and paragraph separators, bidirectional overrides, unassigned
+    code points) "\\uXXXX"; everything else, spaces included, is kept.
+    """
+    if text.isprintable():
+        return text
+    return "".join(_escaped(char) for char in text)
+
+
+def _escaped(char: str) -> str:
+    if char.isprintable():
+        return char
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
 
 _STATES = {
     pb.JOB_STATE_RUNNING: "running",
@@ -115,8 +142,8 @@ def summary(job: pb.JobStatus) -> str:
         output += " (truncated at the server's cap)"
     rows = [
         ("id", job.id),
-        ("owner", job.owner),
-        ("command", command_text(job.command)),
+        ("owner", printable(job.owner)),
+        ("command", printable(command_text(job.command))),
         ("state", state_text(job)),
         ("started", _timestamp(job, "started_at", "seconds") or "-"),
         ("ended", _timestamp(job, "ended_at", "seconds") or "-"),
@@ -132,10 +159,10 @@ def table(jobs: list[pb.JobStatus]) -> str:
     rows = [
         (
             job.id,
-            job.owner,
+            printable(job.owner),
             state_text(job),
             _timestamp(job, "started_at", "seconds") or "-",
-            command_text(job.command),
+            printable(command_text(job.command)),
         )
         for job in jobs
     ]

@@ -18,8 +18,8 @@ from typing import NoReturn
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 from jobworker.cli import formatting as cli_format
-from jobworker.cli.client import Client, ClientConfig, ClientError
-from jobworker.cli.parser import build_parser
+from jobworker.cli.client import Client, ClientConfig, ClientError, JobNotFoundError
+from jobworker.cli.parser import help_hint, parse_command_line
 from jobworker.limits import LIMITS, limits_to_pb
 from jobworker.model import Limits
 from jobworker.v1 import jobworker_pb2 as pb
@@ -30,7 +30,8 @@ EXIT_INTERRUPTED = 130
 
 
 def _say(message: str) -> None:
-    print(f"jobworker: {message}", file=sys.stderr, flush=True)
+    """One line on stderr; what the server or a job said is made printable."""
+    print(f"jobworker: {cli_format.printable(message)}", file=sys.stderr, flush=True)
 
 
 def _limits(args: argparse.Namespace) -> pb.Limits:
@@ -44,7 +45,10 @@ def _command(args: argparse.Namespace) -> list[bytes]:
     if command and command[0] == "--":
         command = command[1:]
     if not command:
-        raise UsageError("no command given: jobworker start [LIMITS] -- PROG [ARG...]")
+        name = f"jobworker {args.name}"
+        raise UsageError(
+            f"no command given: {name} [LIMITS] -- PROG [ARG...] ({help_hint(name)})"
+        )
     return [os.fsencode(arg) for arg in command]
 
 
@@ -106,26 +110,62 @@ def cmd_run(client: Client, args: argparse.Namespace) -> int:
     return code
 
 
-def cmd_status(client: Client, args: argparse.Namespace) -> int:
-    job = client.status(args.job_id)
-    if args.json:
-        print(cli_format.dumps(cli_format.job_json(job)))
+def _found(results: Sequence[pb.JobStatus | ClientError]) -> list[pb.JobStatus]:
+    """The statuses among `results`; each "not found" said, any other raised."""
+    jobs = []
+    for result in results:
+        if isinstance(result, JobNotFoundError):
+            _say(str(result))
+        elif isinstance(result, ClientError):
+            raise result
+        else:
+            jobs.append(result)
+    return jobs
+
+
+def _show(jobs: list[pb.JobStatus], *, as_json: bool, several: bool) -> None:
+    if as_json:
+        values = [cli_format.job_json(job) for job in jobs]
+        print(cli_format.dumps(values if several else values[0]))
     else:
-        print(cli_format.summary(job))
-    return 0
+        print("\n\n".join(cli_format.summary(job) for job in jobs))
+
+
+def _statuses(
+    client: Client, job_ids: Sequence[str]
+) -> list[pb.JobStatus | ClientError]:
+    results: list[pb.JobStatus | ClientError] = []
+    for job_id in job_ids:
+        try:
+            results.append(client.status(job_id))
+        except JobNotFoundError as error:
+            results.append(error)
+    return results
+
+
+def cmd_status(client: Client, args: argparse.Namespace) -> int:
+    job_ids: list[str] = args.job_ids
+    jobs = _found(_statuses(client, job_ids))
+    if jobs:
+        _show(jobs, as_json=args.json, several=len(job_ids) > 1)
+    return 0 if len(jobs) == len(job_ids) else EXIT_FAILED
 
 
 def cmd_stop(client: Client, args: argparse.Namespace) -> int:
+    job_ids: list[str] = args.job_ids
     try:
-        job = client.stop(args.job_id, args.grace)
+        jobs = _found(client.stop_all(job_ids, args.grace))
     except KeyboardInterrupt:
+        named = " ".join(job_ids)
+        jobs_are = "job {} is" if len(job_ids) == 1 else "jobs {} are"
         _say(
-            f"stopped waiting; job {args.job_id} is still being stopped"
-            f" (see: jobworker status {args.job_id})"
+            f"stopped waiting; {jobs_are.format(named)} still being stopped"
+            f" (see: jobworker status {named})"
         )
         return EXIT_INTERRUPTED
-    print(cli_format.summary(job))
-    return 0
+    if jobs:
+        _show(jobs, as_json=False, several=len(job_ids) > 1)
+    return 0 if len(jobs) == len(job_ids) else EXIT_FAILED
 
 
 def cmd_logs(client: Client, args: argparse.Namespace) -> int:
@@ -169,7 +209,7 @@ def _quiet_broken_pipe() -> NoReturn:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one `jobworker` command; returns the process exit code."""
-    args = build_parser().parse_args(argv)
+    args = parse_command_line(argv)
     flags = {name: getattr(args, name) for name in ("server", "ca", "cert", "key")}
     try:
         config = ClientConfig.resolve(flags, os.environ, args.connect_timeout)

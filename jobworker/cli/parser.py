@@ -1,7 +1,9 @@
 """The `jobworker` command line: global options, commands and job limits.
 
-A usage error prints one line, `jobworker: <what is wrong> (...)`, and exits
-with status 2, like every other error of the CLI.
+A usage error prints one line, `jobworker: <what is wrong> (see 'jobworker
+COMMAND --help')`, naming the command whose line it is, and exits with
+status 2, like every other error of the CLI. The global options (`--server`,
+the TLS files, `--connect-timeout`) are accepted before or after the command.
 """
 
 from __future__ import annotations
@@ -9,8 +11,9 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Callable
-from typing import NoReturn
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from typing import Any, NoReturn
 
 from jobworker import defaults
 from jobworker.limits import LIMITS
@@ -27,10 +30,25 @@ error; `run` exits with the job's code, or 128+N if signal N killed it.
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one `jobworker: ...` line, status 2."""
 
+    commands: dict[str, Parser]
+    """Each command's parser, by name (set by `build_parser`)."""
+
     def error(self, message: str) -> NoReturn:
-        hint = f"see '{self.prog} --help'"
-        print(f"jobworker: {message} ({hint})", file=sys.stderr)
+        print(f"jobworker: {message} ({help_hint(self.prog)})", file=sys.stderr)
         raise SystemExit(2)
+
+
+def help_hint(prog: str) -> str:
+    """Where to read about `prog`: "see 'jobworker run --help'"."""
+    return f"see '{prog} --help'"
+
+
+def version() -> str:
+    """The installed jobworker's version."""
+    try:
+        return metadata.version("jobworker")
+    except metadata.PackageNotFoundError:  # pragma: no cover - run from a checkout
+        return "unknown"
 
 
 def _argument_type(parse: Callable[[str], float | int]) -> argparse._ActionType:
@@ -78,58 +96,111 @@ def _limit_options() -> Parser:
     return limits
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole `jobworker` command line."""
+def _global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """The connection options; after the command they leave unset ones alone."""
+    group = parser.add_argument_group("connection (before or after the command)")
+
+    def default(value: object) -> object:
+        # A command's copy must not overwrite what was given before it.
+        return value if top else argparse.SUPPRESS
+
+    group.add_argument(
+        "--server",
+        metavar="HOST:PORT",
+        default=default(None),
+        help=f"the server [default: {defaults.LISTEN}]",
+    )
+    for name, what in (
+        ("ca", "CA of the server certificate"),
+        ("cert", "your client certificate"),
+        ("key", "your client certificate's key"),
+    ):
+        group.add_argument(
+            f"--{name}", metavar="FILE", default=default(None), help=what
+        )
+    group.add_argument(
+        "--connect-timeout",
+        type=_argument_type(positive(float)),
+        default=default(defaults.CONNECT_TIMEOUT),
+        metavar="SECONDS",
+        help=f"give up connecting after [default: {defaults.CONNECT_TIMEOUT:g}]",
+    )
+
+
+def parse_command_line(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse `argv`; a usage error exits 2, named after the command it is in."""
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        words = " ".join(extras)
+        command = parser.commands.get(getattr(args, "name", None) or "", parser)
+        command.error(f"unrecognized arguments: {words}")
+    return args
+
+
+def build_parser() -> Parser:
+    """The whole `jobworker` command line; `.commands` holds each command's."""
     parser = Parser(
         prog="jobworker",
         description="Run and follow jobs on a jobworker server.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--server",
-        metavar="HOST:PORT",
-        help=f"the server [default: {defaults.LISTEN}]",
+    parser.add_argument("--version", action="version", version=f"jobworker {version()}")
+    _global_options(parser, top=True)
+    connection = Parser(add_help=False)
+    _global_options(connection, top=False)
+    commands = parser.add_subparsers(
+        dest="name", metavar="COMMAND", required=True, parser_class=Parser
     )
-    parser.add_argument("--ca", metavar="FILE", help="CA of the server certificate")
-    parser.add_argument("--cert", metavar="FILE", help="your client certificate")
-    parser.add_argument("--key", metavar="FILE", help="your client certificate's key")
-    parser.add_argument(
-        "--connect-timeout",
-        type=_argument_type(positive(float)),
-        default=defaults.CONNECT_TIMEOUT,
-        metavar="SECONDS",
-        help=f"give up connecting after [default: {defaults.CONNECT_TIMEOUT:g}]",
-    )
-    commands = parser.add_subparsers(dest="name", metavar="COMMAND", required=True)
+    parser.commands = {}
+
+    def command(name: str, what: str, **kw: Any) -> Parser:
+        sub: Parser = commands.add_parser(
+            name,
+            parents=[connection, *kw.pop("parents", [])],
+            help=what,
+            description=f"{what[0].upper()}{what[1:]}.",
+            **kw,
+        )
+        parser.commands[name] = sub
+        return sub
+
     limits = _limit_options()
     for name, what in (
         ("start", "start a job, print its id"),
         ("run", "start a job, stream its output, exit with its code"),
     ):
-        commands.add_parser(
+        command(
             name,
+            what,
             parents=[limits],
-            help=what,
-            description=f"{what[0].upper()}{what[1:]}.",
             usage=f"jobworker {name} [LIMITS] -- PROG [ARG...]",
         )
-    status = commands.add_parser("status", help="show a job")
-    status.add_argument("--json", action="store_true", help="print a JSON object")
-    status.add_argument("job_id", metavar="JOB_ID")
-    stop = commands.add_parser("stop", help="stop a job, wait for it to end")
+    status = command("status", "show jobs")
+    status.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON object (an array of them for several jobs)",
+    )
+    _job_ids(status)
+    stop = command("stop", "stop jobs, wait for them to end")
     stop.add_argument(
         "--grace",
         type=_grace,
         metavar="SECONDS",
         help="between SIGTERM and SIGKILL [default: the server's]",
     )
-    stop.add_argument("job_id", metavar="JOB_ID")
-    logs = commands.add_parser("logs", help="print a job's output from the start")
+    _job_ids(stop)
+    logs = command("logs", "print a job's output from the start")
     logs.add_argument(
         "-f", "--follow", action="store_true", help="keep following until the job ends"
     )
     logs.add_argument("job_id", metavar="JOB_ID")
-    listing = commands.add_parser("list", help="list the jobs you may see")
+    listing = command("list", "list the jobs you may see")
     listing.add_argument("--json", action="store_true", help="print a JSON array")
     return parser
+
+
+def _job_ids(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job_ids", nargs="+", metavar="JOB_ID")
