@@ -269,3 +269,68 @@ class TerminalEscapingTests(CLITestCase):
         status = await self.status(job_id)
         self.assertEqual(status["owner"], self.CN)
         self.assertEqual(status["command"], ["echo", "\x1b[1m"])
+
+
+class WaitTests(CLITestCase):
+    async def test_wait_exits_with_the_jobs_code(self) -> None:
+        job_id = await started_job(self.harness, "sh", "-c", "exit 3")
+        result = await self.harness.cli("wait", job_id)
+        self.assertEqual((result.out, result.err, result.code), (b"", b"", 3))
+
+    async def test_wait_returns_once_someone_stops_the_job_and_says_so(
+        self,
+    ) -> None:
+        job_id = await started_job(self.harness, "sleep", "600")
+        waiting = self.harness.cli("wait", job_id)
+        stopped = await self.harness.cli("stop", "--grace", "5", job_id)
+        self.assertEqual(stopped.code, 0, stopped.err)
+        result = await waiting
+        self.assertEqual(result.code, 128 + signal.SIGTERM)
+        self.assertEqual(
+            result.err,
+            f"jobworker: job {job_id} was stopped by a stop request"
+            " (killed by SIGTERM)\n".encode(),
+        )
+
+    async def test_wait_for_several_jobs_exits_with_the_last_ones_code(
+        self,
+    ) -> None:
+        first = await started_job(self.harness, "sh", "-c", "exit 4")
+        second = await started_job(self.harness, "sh", "-c", "exit 5")
+        result = await self.harness.cli("wait", first, second)
+        self.assertEqual(result.code, 5, result.err)
+        result = await self.harness.cli("wait", second, first)
+        self.assertEqual(result.code, 4, result.err)
+
+    async def test_wait_for_a_missing_job_fails(self) -> None:
+        job_id = await started_job(self.harness, "true")
+        result = await self.harness.cli("wait", job_id, "no-such-job")
+        self.assertEqual(result.err, b"jobworker: job no-such-job not found\n")
+        self.assertEqual(result.code, 1)
+
+    async def test_wait_for_another_users_job_is_not_found(self) -> None:
+        job_id = await started_job(self.harness, "true", user="bob")
+        result = await self.harness.cli("wait", job_id, user="carol")
+        self.assertEqual(result.err, f"jobworker: job {job_id} not found\n".encode())
+
+    async def test_run_says_when_a_signal_killed_the_job(self) -> None:
+        result = await self.harness.cli("run", "--", "sh", "-c", "kill -9 $$")
+        self.assertEqual(result.code, 128 + signal.SIGKILL)
+        self.assertRegex(
+            result.err.decode(),
+            r"^jobworker: job [0-9a-f-]{36} was killed by SIGKILL\n$",
+        )
+
+    async def test_run_says_when_someone_else_stopped_the_job(self) -> None:
+        running = self.harness.cli("run", "--", "sh", "-c", "echo up; exec sleep 600")
+        job_id = None
+        for _ in range(200):
+            jobs = json.loads((await self.harness.cli("list", "--json")).out)
+            if jobs and jobs[-1]["output_bytes"]:
+                job_id = jobs[-1]["id"]
+                break
+        assert job_id is not None
+        await self.harness.cli("stop", "--grace", "5", job_id)
+        result = await running
+        self.assertEqual((result.out, result.code), (b"up\n", 128 + signal.SIGTERM))
+        self.assertIn(b"was stopped by a stop request (killed by SIGTERM)", result.err)

@@ -39,6 +39,13 @@ class IsolatedCLITests(CLITestCase):
         job = json.loads((await self.harness.cli("list", "--json")).out)[-1]
         self.assertIs(job["oom_killed"], True)
         self.assertEqual(job["limits"]["memory_bytes"], 64 << 20)
+        said = (
+            f"jobworker: job {job['id']} ran out of memory: killed by the OOM"
+            " killer (killed by SIGKILL, memory limit 64M)\n"
+        )
+        self.assertEqual(result.err, said.encode())
+        waited = await self.harness.cli("wait", job["id"])
+        self.assertEqual((waited.err, waited.code), (said.encode(), result.code))
 
     async def test_stop_kills_the_whole_job(self) -> None:
         job_id = await started_job(

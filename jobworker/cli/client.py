@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
@@ -185,21 +186,33 @@ class Client:
         self, job_ids: Sequence[str], grace: float | None
     ) -> list[pb.JobStatus | ClientError]:
         """Stop every job at once; each one's final status or error, in order."""
+        requests = [pb.StopRequest(job_id=i, grace_seconds=grace) for i in job_ids]
+        return self._at_once(self._stub.Stop, requests)
+
+    def wait_all(self, job_ids: Sequence[str]) -> list[pb.JobStatus | ClientError]:
+        """Wait for every job to end; each one's final status or error, in order."""
+        requests = [pb.WaitRequest(job_id=job_id) for job_id in job_ids]
+        return self._at_once(self._stub.Wait, requests)
+
+    def _at_once(
+        self, method: Any, requests: Sequence[Any]
+    ) -> list[pb.JobStatus | ClientError]:
+        """Make one call per request at once; each reply's `job`, or its error.
+
+        Every call still open when this returns (Ctrl-C) is cancelled.
+        """
         began = time.monotonic()
-        calls = [
-            self._stub.Stop.future(pb.StopRequest(job_id=job_id, grace_seconds=grace))
-            for job_id in job_ids
-        ]
+        calls = [method.future(request) for request in requests]
         results: list[pb.JobStatus | ClientError] = []
         try:
-            for job_id, call in zip(job_ids, calls, strict=True):
+            for request, call in zip(requests, calls, strict=True):
                 try:
                     results.append(call.result().job)
                 except grpc.RpcError as error:
-                    results.append(self.error(error, began, job_id))
+                    results.append(self.error(error, began, request.job_id))
         finally:
             for call in calls:
-                call.cancel()  # type: ignore[no-untyped-call]
+                call.cancel()
         return results
 
     def status(self, job_id: str) -> pb.JobStatus:

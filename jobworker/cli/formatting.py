@@ -22,6 +22,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from jobworker.limits import limits_from_pb, limits_text
 from jobworker.model import command_text
+from jobworker.units import format_size
 from jobworker.v1 import jobworker_pb2 as pb
 
 
@@ -133,6 +134,32 @@ def state_text(job: pb.JobStatus) -> str:
         if on
     ]
     return f"{state} ({', '.join(flags)})" if flags else state
+
+
+def ending_note(job: pb.JobStatus) -> str | None:
+    """For `run` and `wait`: one line when the job did not just exit.
+
+    "job ID was killed by the OOM killer (memory limit 64M)", "job ID was
+    stopped by a stop request (killed by SIGTERM)", "job ID was killed by
+    SIGKILL"; None for an exit on its own.
+    """
+    if job.HasField("signal"):
+        how = f"killed by {_signal_name(job.signal)}"
+    elif job.HasField("exit_code"):
+        how = f"exit code {job.exit_code}"
+    else:
+        return None
+    if job.oom_killed:
+        memory = limits_from_pb(job.limits).memory_bytes
+        limit = "" if memory is None else f", memory limit {format_size(memory)}"
+        what = f"ran out of memory: killed by the OOM killer ({how}{limit})"
+    elif job.stop_requested:
+        what = f"was stopped by a stop request ({how})"
+    elif job.HasField("signal"):
+        what = f"was {how}"
+    else:
+        return None
+    return f"job {job.id} {what}"
 
 
 def summary(job: pb.JobStatus) -> str:

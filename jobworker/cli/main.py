@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 1 the server refused or failed the request, or could
 not be reached (one line `jobworker: ...` on stderr); 2 usage errors. `run`
-exits with the job's own code, or 128+N when a signal N killed it.
+and `wait` exit with the job's own code, or 128+N when a signal N killed
+it, and say on stderr when it was OOM-killed, stopped or killed by a signal.
 """
 
 from __future__ import annotations
@@ -102,12 +103,33 @@ def cmd_run(client: Client, args: argparse.Namespace) -> int:
             f" (stop it with: jobworker stop {job.id})"
         )
         return EXIT_INTERRUPTED
-    final = client.status(job.id)
-    code = cli_format.exit_status(final)
+    return _ended(client.status(job.id))
+
+
+def _ended(job: pb.JobStatus) -> int:
+    """The exit status `run` and `wait` give for a job, its note said."""
+    code = cli_format.exit_status(job)
     if code is None:
-        _say(f"job {job.id} is {cli_format.state_name(final)} but its output ended")
+        _say(f"job {job.id} is {cli_format.state_name(job)} but its output ended")
         return EXIT_FAILED
+    note = cli_format.ending_note(job)
+    if note is not None:
+        _say(note)
     return code
+
+
+def cmd_wait(client: Client, args: argparse.Namespace) -> int:
+    job_ids: list[str] = args.job_ids
+    try:
+        jobs = _found(client.wait_all(job_ids))
+    except KeyboardInterrupt:
+        named = " ".join(job_ids)
+        _say(f"stopped waiting for {named}; nothing was stopped")
+        return EXIT_INTERRUPTED
+    codes = [_ended(job) for job in jobs]
+    if len(jobs) < len(job_ids):
+        return EXIT_FAILED
+    return codes[-1]
 
 
 def _found(results: Sequence[pb.JobStatus | ClientError]) -> list[pb.JobStatus]:
@@ -195,6 +217,7 @@ COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
     "run": cmd_run,
     "status": cmd_status,
     "stop": cmd_stop,
+    "wait": cmd_wait,
     "logs": cmd_logs,
     "list": cmd_list,
 }

@@ -23,7 +23,8 @@ EPILOG = """\
 The server address and TLS files may also come from the environment:
 JOBWORKER_SERVER, JOBWORKER_CA, JOBWORKER_CERT, JOBWORKER_KEY (flags win).
 Exit status: 0 success, 1 the request failed (one line on stderr), 2 usage
-error; `run` exits with the job's code, or 128+N if signal N killed it.
+error; `run` and `wait` exit with the job's code, or 128+N if signal N
+killed it (`wait` with several jobs: the last one's; 1 if one is not found).
 """
 
 
@@ -192,6 +193,11 @@ def build_parser() -> Parser:
         help="between SIGTERM and SIGKILL [default: the server's]",
     )
     _job_ids(stop)
+    wait = command(
+        "wait",
+        "wait for jobs to end, exit with the last one's code",
+    )
+    _job_ids(wait)
     logs = command("logs", "print a job's output from the start")
     logs.add_argument(
         "-f", "--follow", action="store_true", help="keep following until the job ends"

@@ -185,6 +185,16 @@ class JobManager:
         """The job's current status; raises `JobNotFound`."""
         return self._job(job_id).status()
 
+    def wait_ended(self, job_id: str) -> Deferred[JobStatus]:
+        """Fire with the job's final status once it has ended.
+
+        Cancelling the Deferred forgets it at once.
+        """
+        try:
+            return self._job(job_id).ended()
+        except JobNotFound as e:
+            return fail(e)
+
     def list(self) -> builtins.list[JobStatus]:
         """Every job's status, oldest first."""
         return sorted(

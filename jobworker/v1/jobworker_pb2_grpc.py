@@ -49,6 +49,11 @@ class JobWorkerStub:
                 request_serializer=jobworker_dot_v1_dot_jobworker__pb2.StatusRequest.SerializeToString,
                 response_deserializer=jobworker_dot_v1_dot_jobworker__pb2.StatusResponse.FromString,
                 _registered_method=True)
+        self.Wait = channel.unary_unary(
+                '/jobworker.v1.JobWorker/Wait',
+                request_serializer=jobworker_dot_v1_dot_jobworker__pb2.WaitRequest.SerializeToString,
+                response_deserializer=jobworker_dot_v1_dot_jobworker__pb2.WaitResponse.FromString,
+                _registered_method=True)
         self.List = channel.unary_unary(
                 '/jobworker.v1.JobWorker/List',
                 request_serializer=jobworker_dot_v1_dot_jobworker__pb2.ListRequest.SerializeToString,
@@ -81,6 +86,14 @@ class JobWorkerServicer:
 
     def Status(self, request, context):
         """The status of one job.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Wait(self, request, context):
+        """Wait for a job to end; returns its final status (at once if it has
+        ended). Held open like an output stream, and counted as one.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -120,6 +133,11 @@ def add_JobWorkerServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=jobworker_dot_v1_dot_jobworker__pb2.StatusRequest.FromString,
                     response_serializer=jobworker_dot_v1_dot_jobworker__pb2.StatusResponse.SerializeToString,
+            ),
+            'Wait': grpc.unary_unary_rpc_method_handler(
+                    servicer.Wait,
+                    request_deserializer=jobworker_dot_v1_dot_jobworker__pb2.WaitRequest.FromString,
+                    response_serializer=jobworker_dot_v1_dot_jobworker__pb2.WaitResponse.SerializeToString,
             ),
             'List': grpc.unary_unary_rpc_method_handler(
                     servicer.List,
@@ -213,6 +231,33 @@ class JobWorker:
             '/jobworker.v1.JobWorker/Status',
             jobworker_dot_v1_dot_jobworker__pb2.StatusRequest.SerializeToString,
             jobworker_dot_v1_dot_jobworker__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Wait(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobworker.v1.JobWorker/Wait',
+            jobworker_dot_v1_dot_jobworker__pb2.WaitRequest.SerializeToString,
+            jobworker_dot_v1_dot_jobworker__pb2.WaitResponse.FromString,
             options,
             channel_credentials,
             insecure,

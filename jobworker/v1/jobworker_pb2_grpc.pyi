@@ -46,6 +46,10 @@ class JobWorkerStub:
     """
     Status: _grpc.UnaryUnaryMultiCallable[_jobworker_pb2.StatusRequest, _jobworker_pb2.StatusResponse]
     """The status of one job."""
+    Wait: _grpc.UnaryUnaryMultiCallable[_jobworker_pb2.WaitRequest, _jobworker_pb2.WaitResponse]
+    """Wait for a job to end; returns its final status (at once if it has
+    ended). Held open like an output stream, and counted as one.
+    """
     List: _grpc.UnaryUnaryMultiCallable[_jobworker_pb2.ListRequest, _jobworker_pb2.ListResponse]
     """The jobs the caller may see, oldest first, one page at a time
     (AIP-158): pass each reply's `next_page_token` back until it is empty.
@@ -67,6 +71,10 @@ class JobWorkerAsyncStub(JobWorkerStub):
     """
     Status: _aio.UnaryUnaryMultiCallable[_jobworker_pb2.StatusRequest, _jobworker_pb2.StatusResponse]  # type: ignore[assignment]
     """The status of one job."""
+    Wait: _aio.UnaryUnaryMultiCallable[_jobworker_pb2.WaitRequest, _jobworker_pb2.WaitResponse]  # type: ignore[assignment]
+    """Wait for a job to end; returns its final status (at once if it has
+    ended). Held open like an output stream, and counted as one.
+    """
     List: _aio.UnaryUnaryMultiCallable[_jobworker_pb2.ListRequest, _jobworker_pb2.ListResponse]  # type: ignore[assignment]
     """The jobs the caller may see, oldest first, one page at a time
     (AIP-158): pass each reply's `next_page_token` back until it is empty.
@@ -103,6 +111,16 @@ class JobWorkerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_jobworker_pb2.StatusResponse, _abc.Awaitable[_jobworker_pb2.StatusResponse]]:
         """The status of one job."""
+
+    @_abc_1.abstractmethod
+    def Wait(
+        self,
+        request: _jobworker_pb2.WaitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobworker_pb2.WaitResponse, _abc.Awaitable[_jobworker_pb2.WaitResponse]]:
+        """Wait for a job to end; returns its final status (at once if it has
+        ended). Held open like an output stream, and counted as one.
+        """
 
     @_abc_1.abstractmethod
     def List(

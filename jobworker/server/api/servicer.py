@@ -121,6 +121,7 @@ class JobWorkerService:
                 "Start": unary(self.start, pb.StartResponse),
                 "Stop": unary(self.stop, pb.StopResponse),
                 "Status": unary(self.status, pb.StatusResponse),
+                "Wait": unary(self.wait, pb.WaitResponse),
                 "List": unary(self.list, pb.ListResponse),
                 # Chunks are encoded by `encode_chunk`, sent as they are.
                 "StreamOutput": grpc.unary_stream_rpc_method_handler(
@@ -204,6 +205,16 @@ class JobWorkerService:
                 job=status_to_pb(self._visible(caller, request.job_id))
             )
 
+    def wait(self, data: bytes, context: grpc.ServicerContext) -> pb.WaitResponse:
+        with answering("Wait", context) as caller:
+            request = parse(pb.WaitRequest, data)
+            self._visible(caller, request.job_id)
+            # As long as a follower, so it takes a follower's slot and thread;
+            # it ends with the job, the client going away or the server.
+            with self._following("waits"), self._bridge.waiting(context) as waiter:
+                status = waiter.wait(self._manager.wait_ended, request.job_id)
+            return pb.WaitResponse(job=status_to_pb(status))
+
     def list(self, data: bytes, context: grpc.ServicerContext) -> pb.ListResponse:
         with self.on_board("List", context) as (caller, board):
             page = PageRequest.from_pb(parse(pb.ListRequest, data))
@@ -219,13 +230,14 @@ class JobWorkerService:
                 yield from self._chunks(caller, request, waiter)
 
     @contextmanager
-    def _following(self) -> Iterator[None]:
+    def _following(self, what: str = "output streams") -> Iterator[None]:
         """Count one follower for the `with`; TooManyJobs past the cap."""
         with self._lock:
             if self._followers >= self.max_followers:
                 raise TooManyJobs(
-                    f"too many output streams open (the server allows"
-                    f" {self.max_followers}); try again later"
+                    f"too many {what} open (the server allows"
+                    f" {self.max_followers} output streams and waits); try again"
+                    " later"
                 )
             self._followers += 1
         try:
