@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import socket
+import uuid
 
 from twisted.trial import unittest
 
@@ -165,7 +166,7 @@ class CommandTests(CLITestCase):
     async def test_list_shows_only_what_the_caller_may_see(self) -> None:
         bobs = await started_job(self.harness, "true", user="bob")
         carols = await started_job(self.harness, "true", user="carol")
-        result = await self.harness.cli("list", user="bob")
+        result = await self.harness.cli("list", "--no-trunc", user="bob")
         self.assertEqual(result.code, 0, result.err)
         self.assertTrue(result.out.startswith(b"ID "), result.out)
         self.assertIn(bobs.encode(), result.out)
@@ -178,7 +179,7 @@ class CommandTests(CLITestCase):
     async def test_list_shows_every_page(self) -> None:
         self.patch(paging, "MAX_PAGE_SIZE", 2)
         started = [await started_job(self.harness, "true") for _ in range(5)]
-        result = await self.harness.cli("list")
+        result = await self.harness.cli("list", "--no-trunc")
         self.assertEqual(result.code, 0, result.err)
         rows = result.out.decode().splitlines()[1:]
         self.assertEqual([row.split()[0] for row in rows], started)
@@ -261,7 +262,8 @@ class TerminalEscapingTests(CLITestCase):
             self.assertIn(b"evil\\x1b[2J\\x0arow", result.out, args)
             self.assertIn(b"\\x1b]0;title\\x07", result.out, args)
         result = await self.harness.cli("list")
-        rows = [row for row in result.out.splitlines() if job_id.encode() in row]
+        short = job_id[:12].encode()
+        rows = [row for row in result.out.splitlines() if short in row]
         self.assertEqual(len(rows), 1, result.out)
 
     async def test_json_keeps_the_strings_unchanged(self) -> None:
@@ -334,3 +336,112 @@ class WaitTests(CLITestCase):
         result = await running
         self.assertEqual((result.out, result.code), (b"up\n", 128 + signal.SIGTERM))
         self.assertIn(b"was stopped by a stop request (killed by SIGTERM)", result.err)
+
+
+class ListTests(CLITestCase):
+    async def test_empty_list_has_a_header(self) -> None:
+        result = await self.harness.cli("list")
+        self.assertEqual(result.code, 0, result.err)
+        self.assertEqual(
+            result.out.split(),
+            [b"ID", b"OWNER", b"STATE", b"STARTED", b"DURATION", b"COMMAND"],
+        )
+
+    async def test_list_shows_short_ids_ages_and_durations(self) -> None:
+        job_id = await started_job(self.harness, "sh", "-c", "exit 0")
+        await self.harness.cli("wait", job_id)
+        result = await self.harness.cli("list")
+        header, row = result.out.decode().splitlines()
+        self.assertRegex(
+            row,
+            rf"^{job_id[:12]}  alice  exited 0  \d+ s ago  \d+ s +sh -c 'exit 0'$",
+        )
+        self.assertNotIn(job_id, row)
+        self.assertEqual(header.index("COMMAND"), row.index("sh -c"))
+
+    async def test_list_cuts_the_command_to_the_terminal_width(self) -> None:
+        await started_job(self.harness, "echo", "x" * 200)
+        env = self.harness.env(COLUMNS="80")
+        result = await self.harness.cli("list", env=env)
+        row = result.out.decode().splitlines()[1]
+        self.assertEqual(len(row), 80, row)
+        self.assertTrue(row.endswith("x\u2026"), row)
+        result = await self.harness.cli("list", "--no-trunc", env=env)
+        self.assertTrue(result.out.decode().splitlines()[1].endswith("x" * 200))
+
+    async def test_list_quiet_prints_whole_ids_only(self) -> None:
+        jobs = [await started_job(self.harness, "true") for _ in range(2)]
+        result = await self.harness.cli("list", "-q")
+        self.assertEqual(result.out.decode().split(), jobs)
+
+    async def test_list_filters_by_state_and_owner(self) -> None:
+        ended = await started_job(self.harness, "true", user="bob")
+        await self.harness.cli("wait", ended)
+        running = await started_job(self.harness, "sleep", "600", user="bob")
+        carols = await started_job(self.harness, "sleep", "600", user="carol")
+        result = await self.harness.cli("list", "-q", "--state", "running")
+        self.assertEqual(result.out.decode().split(), [running, carols])
+        result = await self.harness.cli(
+            "list", "-q", "--state", "exited", "--state", "killed"
+        )
+        self.assertEqual(result.out.decode().split(), [ended])
+        result = await self.harness.cli("list", "-q", "--owner", "bob")
+        self.assertEqual(result.out.decode().split(), [ended, running])
+        # A user sees only its own jobs, whatever owner it names.
+        result = await self.harness.cli("list", "-q", "--owner", "carol", user="bob")
+        self.assertEqual((result.out, result.code), (b"", 0))
+        result = await self.harness.cli("stop", "--grace", "0", running, carols)
+        self.assertEqual(result.code, 0, result.err)
+
+
+class ShortIdTests(CLITestCase):
+    async def test_a_unique_prefix_names_the_job(self) -> None:
+        job_id = await started_job(self.harness, "sh", "-c", "echo hi; exit 6")
+        for prefix in (job_id[:4], job_id[:12]):
+            result = await self.harness.cli("wait", prefix)
+            self.assertEqual((result.err, result.code), (b"", 6))
+            result = await self.harness.cli("logs", prefix)
+            self.assertEqual(result.out, b"hi\n")
+            status = await self.status(prefix)
+            self.assertEqual(status["id"], job_id)
+
+    async def test_stop_takes_a_prefix(self) -> None:
+        job_id = await started_job(self.harness, "sleep", "600")
+        result = await self.harness.cli("stop", "--grace", "0", job_id[:8])
+        self.assertEqual(result.code, 0, result.err)
+        self.assertEqual((await self.status(job_id))["state"], "killed")
+
+    async def test_a_prefix_of_fewer_than_4_characters_is_not_found(self) -> None:
+        job_id = await started_job(self.harness, "true")
+        result = await self.harness.cli("status", job_id[:3])
+        self.assertEqual(
+            result.err, f"jobworker: job {job_id[:3]} not found\n".encode()
+        )
+
+    async def test_an_ambiguous_prefix_lists_the_matches(self) -> None:
+        ids = iter(
+            uuid.UUID(f"abcd{n:04x}-0000-4000-8000-000000000000") for n in range(3)
+        )
+        real = uuid.uuid4
+        # The server runs in this process: its job ids come from here.
+        self.patch(uuid, "uuid4", lambda: next(ids, None) or real())
+        jobs = [await started_job(self.harness, "true") for _ in range(2)]
+        bobs = await started_job(self.harness, "true", user="bob")
+        # alice is an admin: every job counts for her.
+        result = await self.harness.cli("status", "abcd")
+        self.assertEqual(result.code, 1)
+        self.assertEqual(
+            result.err,
+            f"jobworker: job id prefix 'abcd' matches 3 jobs: {jobs[0]}, {jobs[1]},"
+            f" {bobs}; give more of the id\n".encode(),
+        )
+        result = await self.harness.cli("status", "--json", "abcd0001", "abcd0002")
+        self.assertEqual([job["id"] for job in json.loads(result.out)], [jobs[1], bobs])
+        # Bob's prefix is resolved among his jobs only: unique for him, and
+        # alice's jobs (he may not see) are never named.
+        result = await self.harness.cli("status", "--json", "abcd", user="bob")
+        self.assertEqual(json.loads(result.out)["id"], bobs, result.err)
+        result = await self.harness.cli("status", "abcd0000", user="bob")
+        self.assertEqual(result.err, b"jobworker: job abcd0000 not found\n")
+        result = await self.harness.cli("status", "abcd", user="carol")
+        self.assertEqual(result.err, b"jobworker: job abcd not found\n")

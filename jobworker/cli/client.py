@@ -136,16 +136,23 @@ def open_channel(config: ClientConfig) -> grpc.Channel:
 
 
 def list_all(
-    stub: pb_grpc.JobWorkerStub, timeout: float | None = None
+    stub: pb_grpc.JobWorkerStub,
+    timeout: float | None = None,
+    *,
+    states: Sequence[pb.JobState.ValueType] = (),
+    owner: str = "",
 ) -> list[pb.JobStatus]:
     """Every job the caller may see, oldest first: List, page after page.
 
-    `timeout` bounds each call; a failed call raises its `grpc.RpcError`.
+    Only those in `states` and of `owner` when given. `timeout` bounds each
+    call; a failed call raises its `grpc.RpcError`.
     """
     jobs: list[pb.JobStatus] = []
     token = ""
     while True:
-        request = pb.ListRequest(page_size=LIST_PAGE_SIZE, page_token=token)
+        request = pb.ListRequest(
+            page_size=LIST_PAGE_SIZE, page_token=token, states=states, owner=owner
+        )
         response = stub.List(request, timeout=timeout)
         jobs.extend(response.jobs)
         if not response.next_page_token:
@@ -222,11 +229,13 @@ class Client:
         except grpc.RpcError as error:
             raise self.error(error, began, job_id) from None
 
-    def list(self) -> list[pb.JobStatus]:
+    def list(
+        self, states: Sequence[pb.JobState.ValueType] = (), owner: str = ""
+    ) -> list[pb.JobStatus]:
         """Every job the caller may see, oldest first: all pages of List."""
         began = time.monotonic()
         try:
-            return list_all(self._stub)
+            return list_all(self._stub, states=states, owner=owner)
         except grpc.RpcError as error:
             raise self.error(error, began) from None
 

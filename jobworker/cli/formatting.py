@@ -55,6 +55,11 @@ _STATES = {
     pb.JOB_STATE_EXITED: "exited",
     pb.JOB_STATE_KILLED: "killed",
 }
+STATE_NAMES = {name: state for state, name in _STATES.items()}
+"""The states by the names `list --state` takes."""
+SHORT_ID = 12
+"""How many characters of an id `list` shows, as docker does."""
+_MIN_COMMAND = 10
 
 
 def state_name(job: pb.JobStatus) -> str:
@@ -180,25 +185,56 @@ def summary(job: pb.JobStatus) -> str:
     return "\n".join(f"{name + ':':<9} {value}" for name, value in rows)
 
 
-def table(jobs: list[pb.JobStatus]) -> str:
-    """One line per job, in columns, for `list`."""
-    header = ("ID", "OWNER", "STATE", "STARTED", "COMMAND")
-    rows = [
-        (
-            job.id,
-            printable(job.owner),
-            state_text(job),
-            _timestamp(job, "started_at", "seconds") or "-",
-            printable(command_text(job.command)),
+def span(seconds: float) -> str:
+    """A length of time for people, in one unit: "5 s", "2 min", "3 h", "4 d"."""
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)} {unit}"
+    return f"{int(seconds)} s"
+
+
+def _seconds(stamp: Timestamp) -> float:
+    return stamp.ToNanoseconds() / 1e9
+
+
+def _cut(text: str, room: int) -> str:
+    if len(text) <= room:
+        return text
+    return text[: max(room, _MIN_COMMAND) - 1] + "\u2026"
+
+
+def table(
+    jobs: list[pb.JobStatus], *, now: float, width: int | None, full: bool
+) -> str:
+    """A header and one line per job, in columns, for `list`.
+
+    Short ids and the command cut to `width` unless `full`; ages and
+    durations against `now` (a running job's duration is so far).
+    """
+    header = ("ID", "OWNER", "STATE", "STARTED", "DURATION", "COMMAND")
+    rows = []
+    for job in jobs:
+        started = _seconds(job.started_at)
+        ended = _seconds(job.ended_at) if job.HasField("ended_at") else now
+        rows.append(
+            (
+                job.id if full else job.id[:SHORT_ID],
+                printable(job.owner),
+                state_text(job),
+                f"{span(now - started)} ago",
+                span(ended - started),
+                printable(command_text(job.command)),
+            )
         )
-        for job in jobs
-    ]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
-    return "\n".join(
-        "  ".join(
-            cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(5)]
+    lines = []
+    for row in [header, *rows]:
+        head = "  ".join(
+            cell.ljust(size) for cell, size in zip(row[:5], widths, strict=True)
         )
-        + "  "
-        + row[4]
-        for row in [header, *rows]
-    )
+        command = row[5]
+        if width is not None and not full:
+            command = _cut(command, width - len(head) - 2)
+        lines.append(f"{head}  {command}")
+    return "\n".join(lines)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
@@ -203,12 +205,24 @@ def cmd_logs(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _terminal_width() -> int | None:
+    """The width to cut `list` rows to: the terminal's, or $COLUMNS; else none."""
+    if os.environ.get("COLUMNS") or sys.stdout.isatty():
+        return shutil.get_terminal_size().columns
+    return None
+
+
 def cmd_list(client: Client, args: argparse.Namespace) -> int:
-    jobs = client.list()
-    if args.json:
+    states = [cli_format.STATE_NAMES[name] for name in args.state or ()]
+    jobs = client.list(states, args.owner or "")
+    if args.quiet:
+        for job in jobs:
+            print(job.id)
+    elif args.json:
         print(cli_format.dumps([cli_format.job_json(job) for job in jobs]))
-    elif jobs:
-        print(cli_format.table(jobs))
+    else:
+        width = _terminal_width()
+        print(cli_format.table(jobs, now=time.time(), width=width, full=args.no_trunc))
     return 0
 
 

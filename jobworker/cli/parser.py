@@ -16,6 +16,7 @@ from importlib import metadata
 from typing import Any, NoReturn
 
 from jobworker import defaults
+from jobworker.cli.formatting import STATE_NAMES
 from jobworker.limits import LIMITS
 from jobworker.units import InvalidNumber, positive
 
@@ -203,8 +204,26 @@ def build_parser() -> Parser:
         "-f", "--follow", action="store_true", help="keep following until the job ends"
     )
     logs.add_argument("job_id", metavar="JOB_ID")
-    listing = command("list", "list the jobs you may see")
-    listing.add_argument("--json", action="store_true", help="print a JSON array")
+    listing = command("list", "list the jobs you may see, oldest first")
+    shown = listing.add_mutually_exclusive_group()
+    shown.add_argument("--json", action="store_true", help="print a JSON array")
+    shown.add_argument(
+        "-q", "--quiet", action="store_true", help="print only the ids, in full"
+    )
+    listing.add_argument(
+        "--no-trunc",
+        action="store_true",
+        help="whole ids and commands (otherwise cut to the terminal's width)",
+    )
+    listing.add_argument(
+        "--state",
+        action="append",
+        choices=list(STATE_NAMES),
+        help="only jobs in this state (repeatable)",
+    )
+    listing.add_argument(
+        "--owner", metavar="NAME", help="only this owner's jobs (admins)"
+    )
     return parser
 
 

@@ -216,6 +216,12 @@ Global___StopResponse: _TypeAlias = StopResponse  # noqa: Y015
 
 @_typing.final
 class StatusRequest(_message.Message):
+    """Every `job_id` of a request is a job's id or, of at least 4 characters,
+    a prefix of the id of exactly one job the caller may see (its own jobs;
+    every job for an admin). A prefix of several is INVALID_ARGUMENT, naming
+    them; one of no job the caller may see is NOT_FOUND.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
@@ -298,6 +304,8 @@ class ListRequest(_message.Message):
 
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    STATES_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """At most this many jobs in the reply: 0 means the server's default
     (100); more than the server's maximum (1000) is taken as the maximum;
@@ -309,15 +317,27 @@ class ListRequest(_message.Message):
     """Empty for the first page, else the `next_page_token` of the previous
     reply. Opaque; a malformed token is INVALID_ARGUMENT.
     """
+    owner: _builtins.str
+    """Only the jobs of this owner (empty: every owner the caller may see; a
+    user sees only its own jobs whatever this says).
+    """
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[Global___JobState.ValueType]:
+        """Only jobs in one of these states (empty: any state). Pass the same
+        filters with every page.
+        """
+
     def __init__(
         self,
         *,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        states: _abc.Iterable[Global___JobState.ValueType] | None = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "page_size", b"page_size", "page_token", b"page_token", "states", b"states"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

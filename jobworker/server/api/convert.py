@@ -20,6 +20,7 @@ _STATES = {
     JobState.EXITED: pb.JOB_STATE_EXITED,
     JobState.KILLED: pb.JOB_STATE_KILLED,
 }
+STATES_FROM_PB = {value: state for state, value in _STATES.items()}
 
 
 def parse(message_type: type[M], data: bytes) -> M:

@@ -7,6 +7,9 @@ page goes on after that key whatever was added. The token only says where
 to resume; visibility is applied to the jobs before paging, so a token
 never shows a caller a job it may not see.
 
+`list_filter` applies the request's `states` and `owner` filters, like
+visibility, before paging.
+
 A page ends after `size` jobs, or before the job that would take its
 encoded size past `PAGE_BYTES` (a page always holds at least one job), so a
 reply stays far below grpc's default 4 MiB receive limit even when every
@@ -19,12 +22,12 @@ import base64
 import binascii
 import math
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from jobworker.errors import InvalidRequest
 from jobworker.model import JobStatus
-from jobworker.server.api.convert import status_to_pb
+from jobworker.server.api.convert import STATES_FROM_PB, status_to_pb
 from jobworker.v1 import jobworker_pb2 as pb
 
 DEFAULT_PAGE_SIZE = 100
@@ -70,6 +73,21 @@ def decode_token(token: str) -> Key:
     if encode_token(key) != token:  # one spelling per key: no padding, "-_"
         raise malformed
     return key
+
+
+def list_filter(request: pb.ListRequest) -> Callable[[JobStatus], bool]:
+    """Whether a job passes the request's `states` and `owner` filters."""
+    states = set()
+    for value in request.states:
+        if value not in STATES_FROM_PB:
+            raise InvalidRequest(f"states: unknown job state {value}")
+        states.add(STATES_FROM_PB[value])
+    owner = request.owner
+
+    def wanted(job: JobStatus) -> bool:
+        return (not states or job.state in states) and (not owner or job.owner == owner)
+
+    return wanted
 
 
 def _entry_size(message: pb.JobStatus) -> int:

@@ -30,7 +30,7 @@ from jobworker.defaults import (
     STOP_DEFAULT_BOUND,
     STOP_MARGIN,
 )
-from jobworker.errors import JobNotFound, JobWorkerError, TooManyJobs
+from jobworker.errors import JobWorkerError, TooManyJobs
 from jobworker.job.board import StatusBoard
 from jobworker.job.manager import JobManager
 from jobworker.job.outputlog import LogReader
@@ -46,7 +46,8 @@ from jobworker.server.api.errors import (
     refuse,
     status_for,
 )
-from jobworker.server.api.paging import PageRequest
+from jobworker.server.api.ids import resolve
+from jobworker.server.api.paging import PageRequest, list_filter
 from jobworker.server.api.quota import WaitingCalls
 from jobworker.v1 import jobworker_pb2 as pb
 
@@ -156,11 +157,11 @@ class JobWorkerService:
             yield caller, self._manager.board
 
     def _visible(self, caller: Caller, job_id: str) -> JobStatus:
-        """The job's published status if the caller may see it (any thread)."""
-        status = self._manager.board.get(job_id)
-        if not caller.may_see(status):
-            raise JobNotFound(job_id)
-        return status
+        """The published status of the job `job_id` (or a prefix) names.
+
+        Only jobs the caller may see count (`ids.resolve`); any thread.
+        """
+        return resolve(self._manager.board, caller, job_id)
 
     def start(self, data: bytes, context: grpc.ServicerContext) -> pb.StartResponse:
         with self.on_reactor("Start", context) as (caller, waiter):
@@ -185,13 +186,13 @@ class JobWorkerService:
         with self.on_reactor("Stop", context) as (caller, waiter):
             request = parse(pb.StopRequest, data)
             grace = request.grace_seconds if request.HasField("grace_seconds") else None
-            self._visible(caller, request.job_id)
+            job_id = self._visible(caller, request.job_id).id
             bound = STOP_DEFAULT_BOUND
             if grace is not None and math.isfinite(grace) and grace >= 0:
                 bound = min(grace, MAX_GRACE)
             status = waiter.wait(
                 self._manager.stop,
-                request.job_id,
+                job_id,
                 grace,
                 timeout=bound + STOP_MARGIN,
                 cancel_on_end=False,
@@ -208,18 +209,22 @@ class JobWorkerService:
     def wait(self, data: bytes, context: grpc.ServicerContext) -> pb.WaitResponse:
         with answering("Wait", context) as caller:
             request = parse(pb.WaitRequest, data)
-            self._visible(caller, request.job_id)
+            job_id = self._visible(caller, request.job_id).id
             # As long as a follower, so it takes a follower's slot and thread;
             # it ends with the job, the client going away or the server.
             with self._following("waits"), self._bridge.waiting(context) as waiter:
-                status = waiter.wait(self._manager.wait_ended, request.job_id)
+                status = waiter.wait(self._manager.wait_ended, job_id)
             return pb.WaitResponse(job=status_to_pb(status))
 
     def list(self, data: bytes, context: grpc.ServicerContext) -> pb.ListResponse:
         with self.on_board("List", context) as (caller, board):
-            page = PageRequest.from_pb(parse(pb.ListRequest, data))
+            request = parse(pb.ListRequest, data)
+            page = PageRequest.from_pb(request)
+            wanted = list_filter(request)
             # Visibility first, then the page: a token cannot widen the view.
-            return page.page([job for job in board.all() if caller.may_see(job)])
+            return page.page(
+                [job for job in board.all() if caller.may_see(job) and wanted(job)]
+            )
 
     def stream_output(
         self, data: bytes, context: grpc.ServicerContext
@@ -249,8 +254,8 @@ class JobWorkerService:
     def _chunks(
         self, caller: Caller, request: pb.StreamOutputRequest, waiter: CallWaiter
     ) -> Iterator[bytes]:
-        job_id, offset = request.job_id, request.offset
-        self._visible(caller, job_id)
+        job_id = self._visible(caller, request.job_id).id
+        offset = request.offset
         path = waiter.wait(self._manager.output_path, job_id, timeout=QUERY_TIMEOUT)
         with LogReader(path) as log:
             while True:
