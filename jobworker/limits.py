@@ -4,14 +4,20 @@
 the protobuf `Limits` message has the same field names. The CLI's limit
 options, the server's `--default-*`/`--max-*` options, the protobuf
 conversion and the two texts that show limits are all generated from it, so
-a new limit is a field, a row and its cgroup files.
+a new limit is a field, a row and its cgroup files. Each row also holds
+the values any job may have at all (`check`), whatever a server allows
+(`LimitPolicy`), and every message about a value shows it as people type
+it: "memory 1 is below the minimum, 1M".
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
+from jobworker.errors import InvalidRequest
 from jobworker.model import Limits
 from jobworker.units import format_size, positive, positive_size
 from jobworker.v1 import jobworker_pb2 as pb
@@ -57,6 +63,10 @@ class Limit:
     example: str
     """A value to show in the CLI's help."""
     unit: Unit
+    minimum: Value
+    """The least value any job may have: below 1M of memory nothing execs."""
+    ceiling: Value
+    """The most any job may have, whatever the server's maximum says."""
 
     def parse(self, text: str) -> Value:
         """A value of this limit as typed; raises `InvalidNumber`."""
@@ -66,18 +76,112 @@ class Limit:
         """A value of this limit as people read it (see `Unit.format`)."""
         return self.unit.format(value)
 
+    def shown(self, value: Value | None) -> str:
+        """A value with what it is per: "512M", "10M/s", "unlimited"."""
+        if value is None:
+            return "unlimited"
+        return self.format(value) + self.unit.per
 
-# By `Limits` field: flag, label, help, example, unit.
+    def out_of_range(self, value: Value) -> str | None:
+        """Why no job may have `value` ("is below the minimum, 1M"), or None."""
+        if not math.isfinite(value):
+            return "is not a number"
+        if value < self.minimum:
+            return f"is below the minimum, {self.shown(self.minimum)}"
+        if value > self.ceiling:
+            return f"is above the most jobworker allows, {self.shown(self.ceiling)}"
+        return None
+
+
+_MAX_BYTES = 1 << 62
+# By `Limits` field: flag, label, help, example, unit, minimum, ceiling. The
+# CPU minimum is the cgroup quota's granularity (1 ms per 1 s period).
 _ROWS = {
-    "cpu": ("cpu", "cpu", "CPUs", "0.5", CPUS),
-    "memory_bytes": ("memory", "memory", "memory", "256M", BYTES),
-    "io_read_bps": ("io-read-bps", "io-read", "disk reads/s", "10M", BYTE_RATE),
-    "io_write_bps": ("io-write-bps", "io-write", "disk writes/s", "10M", BYTE_RATE),
-    "pids": ("pids", "pids", "processes and threads", "64", COUNT),
+    "cpu": ("cpu", "cpu", "CPUs", "0.5", CPUS, 0.001, 4096.0),
+    "memory_bytes": ("memory", "memory", "memory", "256M", BYTES, 1 << 20, _MAX_BYTES),
+    "io_read_bps": (
+        "io-read-bps",
+        "io-read",
+        "disk reads/s",
+        "10M",
+        BYTE_RATE,
+        1,
+        _MAX_BYTES,
+    ),
+    "io_write_bps": (
+        "io-write-bps",
+        "io-write",
+        "disk writes/s",
+        "10M",
+        BYTE_RATE,
+        1,
+        _MAX_BYTES,
+    ),
+    "pids": ("pids", "pids", "processes and threads", "64", COUNT, 1, 1 << 22),
 }
 LIMITS: tuple[Limit, ...] = tuple(
     Limit(field.name, *_ROWS[field.name]) for field in fields(Limits)
 )
+
+
+_MINIMUMS: dict[str, Any] = {limit.name: limit.minimum for limit in LIMITS}
+MINIMUMS = Limits(**_MINIMUMS)
+"""The least value of each limit any job may have."""
+
+
+def check(limits: Limits) -> None:
+    """Raise `InvalidRequest` for a value no job may have, in people's units.
+
+    "memory 1 is below the minimum, 1M".
+    """
+    for limit in LIMITS:
+        value = getattr(limits, limit.name)
+        if value is not None and (why := limit.out_of_range(value)) is not None:
+            raise InvalidRequest(f"{limit.label} {limit.shown(value)} {why}")
+
+
+@dataclass(frozen=True)
+class LimitPolicy:
+    """Server-side defaults and maximums for job limits.
+
+    A requested limit must not exceed the maximum; an unrequested one takes
+    the default (which itself may be `None`: unlimited, allowed only when
+    there is no maximum).
+    """
+
+    defaults: Limits = field(default_factory=Limits)
+    maximums: Limits = field(default_factory=Limits)
+
+    def __post_init__(self) -> None:
+        check(self.defaults)
+        check(self.maximums)
+        for limit in LIMITS:
+            default = getattr(self.defaults, limit.name)
+            maximum = getattr(self.maximums, limit.name)
+            if maximum is not None and (default is None or default > maximum):
+                raise InvalidRequest(
+                    f"the default {limit.label} must be set and at most the"
+                    f" maximum, {limit.shown(maximum)}"
+                )
+
+    def resolve(self, requested: Limits | None) -> Limits:
+        """The limits a job gets: the request checked, defaults filled in."""
+        requested = requested or Limits()
+        check(requested)
+        resolved = requested
+        for limit in LIMITS:
+            value = getattr(requested, limit.name)
+            maximum = getattr(self.maximums, limit.name)
+            if value is None:
+                resolved = replace(
+                    resolved, **{limit.name: getattr(self.defaults, limit.name)}
+                )
+            elif maximum is not None and value > maximum:
+                raise InvalidRequest(
+                    f"{limit.label} {limit.shown(value)} is above this server's"
+                    f" maximum, {limit.shown(maximum)}"
+                )
+        return resolved
 
 
 def limits_text(limits: Limits) -> str:
@@ -85,11 +189,9 @@ def limits_text(limits: Limits) -> str:
 
     "cpu 1, memory 512M, io-read unlimited, io-write 10M/s, pids 1024".
     """
-    parts = []
-    for limit in LIMITS:
-        value = getattr(limits, limit.name)
-        shown = "unlimited" if value is None else limit.format(value) + limit.unit.per
-        parts.append(f"{limit.label} {shown}")
+    parts = [
+        f"{limit.label} {limit.shown(getattr(limits, limit.name))}" for limit in LIMITS
+    ]
     return ", ".join(parts)
 
 

@@ -445,3 +445,58 @@ class ShortIdTests(CLITestCase):
         self.assertEqual(result.err, b"jobworker: job abcd0000 not found\n")
         result = await self.harness.cli("status", "abcd", user="carol")
         self.assertEqual(result.err, b"jobworker: job abcd not found\n")
+
+
+class LimitsTests(CLITestCase):
+    async def test_a_limit_below_the_minimum_is_said_as_typed(self) -> None:
+        result = await self.harness.cli("run", "--memory", "1", "--", "true")
+        self.assertEqual(result.code, 2)
+        self.assertEqual(
+            result.err,
+            b"jobworker: --memory 1 is below the minimum, 1M"
+            b" (see 'jobworker run --help')\n",
+        )
+        result = await self.harness.cli("start", "--cpu", "0.0001", "--", "true")
+        self.assertIn(b": --cpu 0.0001 is below the minimum, 0.001 (", result.err)
+
+    async def test_a_limit_above_the_servers_maximum_is_in_units(self) -> None:
+        result = await self.harness.cli("start", "--memory", "1T", "--", "true")
+        self.assertEqual(result.code, 1)
+        self.assertEqual(
+            result.err,
+            b"jobworker: memory 1T is above this server's maximum, 4G\n",
+        )
+
+    async def test_limits_shows_the_servers_defaults_and_maximums(self) -> None:
+        cpus = len(os.sched_getaffinity(0))
+        result = await self.harness.cli("limits")
+        self.assertEqual(result.code, 0, result.err)
+        self.assertEqual(
+            [line.split() for line in result.out.decode().splitlines()],
+            [
+                ["OPTION", "DEFAULT", "MAXIMUM", "MINIMUM"],
+                ["--cpu", "1", str(cpus), "0.001"],
+                ["--memory", "512M", "4G", "1M"],
+                ["--io-read-bps", "unlimited", "unlimited", "1/s"],
+                ["--io-write-bps", "unlimited", "unlimited", "1/s"],
+                ["--pids", "1024", "32768", "1"],
+            ],
+        )
+        reply = json.loads((await self.harness.cli("limits", "--json")).out)
+        self.assertEqual(reply["defaults"]["memory_bytes"], 512 << 20)
+        self.assertEqual(reply["maximums"]["pids"], 32768)
+        self.assertIsNone(reply["maximums"]["io_read_bps"])
+        self.assertEqual(reply["minimums"]["memory_bytes"], 1 << 20)
+
+
+class ServerLimitsTests(CLITestCase):
+    server_options = ("--no-isolation", "--max-memory", "2G", "--default-pids", "10")
+
+    async def test_limits_follows_the_servers_options(self) -> None:
+        reply = json.loads((await self.harness.cli("limits", "--json")).out)
+        self.assertEqual(reply["maximums"]["memory_bytes"], 2 << 30)
+        self.assertEqual(reply["defaults"]["pids"], 10)
+        result = await self.harness.cli("start", "--memory", "3G", "--", "true")
+        self.assertEqual(
+            result.err, b"jobworker: memory 3G is above this server's maximum, 2G\n"
+        )

@@ -229,6 +229,14 @@ class Client:
         except grpc.RpcError as error:
             raise self.error(error, began, job_id) from None
 
+    def get_limits(self) -> pb.GetLimitsResponse:
+        """The server's defaults, maximums and minimums of the job limits."""
+        began = time.monotonic()
+        try:
+            return self._stub.GetLimits(pb.GetLimitsRequest())
+        except grpc.RpcError as error:
+            raise self.error(error, began) from None
+
     def list(
         self, states: Sequence[pb.JobState.ValueType] = (), owner: str = ""
     ) -> list[pb.JobStatus]:

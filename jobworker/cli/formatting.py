@@ -20,7 +20,7 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from jobworker.limits import limits_from_pb, limits_text
+from jobworker.limits import LIMITS, limits_from_pb, limits_text
 from jobworker.model import command_text
 from jobworker.units import format_size
 from jobworker.v1 import jobworker_pb2 as pb
@@ -238,3 +238,31 @@ def table(
             command = _cut(command, width - len(head) - 2)
         lines.append(f"{head}  {command}")
     return "\n".join(lines)
+
+
+_LIMIT_KINDS = ("defaults", "maximums", "minimums")
+
+
+def limits_json(reply: pb.GetLimitsResponse) -> dict[str, Any]:
+    """The JSON object of `limits --json`: each kind's values, None unset."""
+    return {kind: asdict(limits_from_pb(getattr(reply, kind))) for kind in _LIMIT_KINDS}
+
+
+def limits_table(reply: pb.GetLimitsResponse) -> str:
+    """A line per limit: its option, the server's default, maximum, minimum."""
+    values = [limits_from_pb(getattr(reply, kind)) for kind in _LIMIT_KINDS]
+    header = ("OPTION", "DEFAULT", "MAXIMUM", "MINIMUM")
+    rows = [
+        (
+            f"--{limit.flag}",
+            *(limit.shown(getattr(kind, limit.name)) for kind in values),
+        )
+        for limit in LIMITS
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
+    return "\n".join(
+        "  ".join(
+            cell.ljust(size) for cell, size in zip(row, widths, strict=True)
+        ).rstrip()
+        for row in [header, *rows]
+    )

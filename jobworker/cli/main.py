@@ -226,6 +226,15 @@ def cmd_list(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_limits(client: Client, args: argparse.Namespace) -> int:
+    reply = client.get_limits()
+    if args.json:
+        print(cli_format.dumps(cli_format.limits_json(reply)))
+    else:
+        print(cli_format.limits_table(reply))
+    return 0
+
+
 COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
     "start": cmd_start,
     "run": cmd_run,
@@ -234,6 +243,7 @@ COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
     "wait": cmd_wait,
     "logs": cmd_logs,
     "list": cmd_list,
+    "limits": cmd_limits,
 }
 
 

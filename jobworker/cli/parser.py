@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 from jobworker import defaults
 from jobworker.cli.formatting import STATE_NAMES
-from jobworker.limits import LIMITS
+from jobworker.limits import LIMITS, Limit
 from jobworker.units import InvalidNumber, positive
 
 EPILOG = """\
@@ -36,6 +36,10 @@ class Parser(argparse.ArgumentParser):
     """Each command's parser, by name (set by `build_parser`)."""
 
     def error(self, message: str) -> NoReturn:
+        # "argument --memory: --memory 1 is below...": the option once.
+        name, _, rest = message.partition(": ")
+        if name.startswith("argument ") and rest.startswith(f"{name[9:]} "):
+            message = rest
         print(f"jobworker: {message} ({help_hint(self.prog)})", file=sys.stderr)
         raise SystemExit(2)
 
@@ -65,6 +69,23 @@ def _argument_type(parse: Callable[[str], float | int]) -> argparse._ActionType:
     return argument
 
 
+def _limit_type(limit: Limit) -> argparse._ActionType:
+    """A limit as typed, also checked against the values any job may have."""
+
+    def argument(text: str) -> float | int:
+        try:
+            value = limit.parse(text)
+        except InvalidNumber as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+        why = limit.out_of_range(value)
+        if why is not None:
+            # Said as typed: "--memory 1 is below the minimum, 1M".
+            raise argparse.ArgumentTypeError(f"--{limit.flag} {text} {why}")
+        return value
+
+    return argument
+
+
 def _grace(text: str) -> float:
     try:
         value = float(text)
@@ -79,13 +100,14 @@ def _limit_options() -> Parser:
     limits = Parser(add_help=False)
     group = limits.add_argument_group(
         "LIMITS (the server's default when not given)",
-        "SIZE is bytes, or a number with K, M, G or T (base 1024).",
+        "SIZE is bytes, or a number with K, M, G or T (base 1024)."
+        " This server's defaults and maximums: jobworker limits.",
     )
     for limit in LIMITS:
         group.add_argument(
             f"--{limit.flag}",
             dest=limit.name,
-            type=_argument_type(limit.parse),
+            type=_limit_type(limit),
             metavar=limit.unit.metavar,
             help=f"{limit.help}, e.g. {limit.example}",
         )
@@ -223,6 +245,10 @@ def build_parser() -> Parser:
     )
     listing.add_argument(
         "--owner", metavar="NAME", help="only this owner's jobs (admins)"
+    )
+    server_limits = command("limits", "show this server's defaults and maximums")
+    server_limits.add_argument(
+        "--json", action="store_true", help="print a JSON object"
     )
     return parser
 

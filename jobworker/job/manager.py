@@ -35,7 +35,8 @@ from jobworker.job.job import Job, JobRecord
 from jobworker.job.outputlog import OutputLog, read_chunks
 from jobworker.job.process.launcher import LaunchSpec
 from jobworker.job.users import resolve_user
-from jobworker.model import JobStatus, LimitPolicy, Limits, OutputChunk, OutputState
+from jobworker.limits import LimitPolicy
+from jobworker.model import JobStatus, Limits, OutputChunk, OutputState
 from jobworker.reactors import or_global
 
 # Linux refuses a single argument of 128 KiB or more (MAX_ARG_STRLEN).
@@ -85,6 +86,11 @@ class JobManager:
         self._closing = False
         self._closed = False
         self._shutdown_waiters: builtins.list[Deferred[None]] = []
+
+    @property
+    def policy(self) -> LimitPolicy:
+        """The defaults and maximums of the jobs' limits."""
+        return self._policy
 
     def start(
         self, owner: str, command: Sequence[bytes], limits: Limits | None = None

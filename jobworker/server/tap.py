@@ -35,8 +35,8 @@ from jobworker.errors import InvalidRequest, IsolationUnavailable, JobWorkerErro
 from jobworker.isolation.interfaces import IsolationConfig
 from jobworker.job.events import LoggingJobEvents
 from jobworker.job.manager import JobManager
-from jobworker.limits import LIMITS, Limit
-from jobworker.model import LimitPolicy, Limits
+from jobworker.limits import LIMITS, Limit, LimitPolicy
+from jobworker.model import Limits
 from jobworker.reactors import or_global
 from jobworker.server.notify import Readiness, sd_notify
 from jobworker.server.reload import CertificateReload

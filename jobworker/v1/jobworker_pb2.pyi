@@ -124,6 +124,51 @@ class Limits(_message.Message):
 Global___Limits: _TypeAlias = Limits  # noqa: Y015
 
 @_typing.final
+class GetLimitsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLimitsRequest: _TypeAlias = GetLimitsRequest  # noqa: Y015
+
+@_typing.final
+class GetLimitsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEFAULTS_FIELD_NUMBER: _builtins.int
+    MAXIMUMS_FIELD_NUMBER: _builtins.int
+    MINIMUMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def defaults(self) -> Global___Limits:
+        """Unset in `defaults`: unlimited; unset in `maximums`: no maximum."""
+
+    @_builtins.property
+    def maximums(self) -> Global___Limits: ...
+    @_builtins.property
+    def minimums(self) -> Global___Limits: ...
+    def __init__(
+        self,
+        *,
+        defaults: Global___Limits | None = ...,
+        maximums: Global___Limits | None = ...,
+        minimums: Global___Limits | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["defaults", b"defaults", "maximums", b"maximums", "minimums", b"minimums"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["defaults", b"defaults", "maximums", b"maximums", "minimums", b"minimums"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLimitsResponse: _TypeAlias = GetLimitsResponse  # noqa: Y015
+
+@_typing.final
 class StartRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

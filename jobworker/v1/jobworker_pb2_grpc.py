@@ -59,6 +59,11 @@ class JobWorkerStub:
                 request_serializer=jobworker_dot_v1_dot_jobworker__pb2.ListRequest.SerializeToString,
                 response_deserializer=jobworker_dot_v1_dot_jobworker__pb2.ListResponse.FromString,
                 _registered_method=True)
+        self.GetLimits = channel.unary_unary(
+                '/jobworker.v1.JobWorker/GetLimits',
+                request_serializer=jobworker_dot_v1_dot_jobworker__pb2.GetLimitsRequest.SerializeToString,
+                response_deserializer=jobworker_dot_v1_dot_jobworker__pb2.GetLimitsResponse.FromString,
+                _registered_method=True)
         self.StreamOutput = channel.unary_stream(
                 '/jobworker.v1.JobWorker/StreamOutput',
                 request_serializer=jobworker_dot_v1_dot_jobworker__pb2.StreamOutputRequest.SerializeToString,
@@ -107,6 +112,14 @@ class JobWorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetLimits(self, request, context):
+        """The limits of this server: what a job gets for a limit it does not
+        set, the most it may set, and the least any job may have.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def StreamOutput(self, request, context):
         """A job's output from `offset` (0: the first byte), then new output as it
         is written; the stream ends when the job has ended and all its output
@@ -143,6 +156,11 @@ def add_JobWorkerServicer_to_server(servicer, server):
                     servicer.List,
                     request_deserializer=jobworker_dot_v1_dot_jobworker__pb2.ListRequest.FromString,
                     response_serializer=jobworker_dot_v1_dot_jobworker__pb2.ListResponse.SerializeToString,
+            ),
+            'GetLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLimits,
+                    request_deserializer=jobworker_dot_v1_dot_jobworker__pb2.GetLimitsRequest.FromString,
+                    response_serializer=jobworker_dot_v1_dot_jobworker__pb2.GetLimitsResponse.SerializeToString,
             ),
             'StreamOutput': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamOutput,
@@ -285,6 +303,33 @@ class JobWorker:
             '/jobworker.v1.JobWorker/List',
             jobworker_dot_v1_dot_jobworker__pb2.ListRequest.SerializeToString,
             jobworker_dot_v1_dot_jobworker__pb2.ListResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobworker.v1.JobWorker/GetLimits',
+            jobworker_dot_v1_dot_jobworker__pb2.GetLimitsRequest.SerializeToString,
+            jobworker_dot_v1_dot_jobworker__pb2.GetLimitsResponse.FromString,
             options,
             channel_credentials,
             insecure,

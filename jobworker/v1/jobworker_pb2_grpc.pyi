@@ -54,6 +54,10 @@ class JobWorkerStub:
     """The jobs the caller may see, oldest first, one page at a time
     (AIP-158): pass each reply's `next_page_token` back until it is empty.
     """
+    GetLimits: _grpc.UnaryUnaryMultiCallable[_jobworker_pb2.GetLimitsRequest, _jobworker_pb2.GetLimitsResponse]
+    """The limits of this server: what a job gets for a limit it does not
+    set, the most it may set, and the least any job may have.
+    """
     StreamOutput: _grpc.UnaryStreamMultiCallable[_jobworker_pb2.StreamOutputRequest, _jobworker_pb2.OutputChunk]
     """A job's output from `offset` (0: the first byte), then new output as it
     is written; the stream ends when the job has ended and all its output
@@ -78,6 +82,10 @@ class JobWorkerAsyncStub(JobWorkerStub):
     List: _aio.UnaryUnaryMultiCallable[_jobworker_pb2.ListRequest, _jobworker_pb2.ListResponse]  # type: ignore[assignment]
     """The jobs the caller may see, oldest first, one page at a time
     (AIP-158): pass each reply's `next_page_token` back until it is empty.
+    """
+    GetLimits: _aio.UnaryUnaryMultiCallable[_jobworker_pb2.GetLimitsRequest, _jobworker_pb2.GetLimitsResponse]  # type: ignore[assignment]
+    """The limits of this server: what a job gets for a limit it does not
+    set, the most it may set, and the least any job may have.
     """
     StreamOutput: _aio.UnaryStreamMultiCallable[_jobworker_pb2.StreamOutputRequest, _jobworker_pb2.OutputChunk]  # type: ignore[assignment]
     """A job's output from `offset` (0: the first byte), then new output as it
@@ -130,6 +138,16 @@ class JobWorkerServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_jobworker_pb2.ListResponse, _abc.Awaitable[_jobworker_pb2.ListResponse]]:
         """The jobs the caller may see, oldest first, one page at a time
         (AIP-158): pass each reply's `next_page_token` back until it is empty.
+        """
+
+    @_abc_1.abstractmethod
+    def GetLimits(
+        self,
+        request: _jobworker_pb2.GetLimitsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobworker_pb2.GetLimitsResponse, _abc.Awaitable[_jobworker_pb2.GetLimitsResponse]]:
+        """The limits of this server: what a job gets for a limit it does not
+        set, the most it may set, and the least any job may have.
         """
 
     @_abc_1.abstractmethod

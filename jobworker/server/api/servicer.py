@@ -34,7 +34,7 @@ from jobworker.errors import JobWorkerError, TooManyJobs
 from jobworker.job.board import StatusBoard
 from jobworker.job.manager import JobManager
 from jobworker.job.outputlog import LogReader
-from jobworker.limits import limits_from_pb
+from jobworker.limits import MINIMUMS, limits_from_pb, limits_to_pb
 from jobworker.model import JobStatus
 from jobworker.server.api.auth import Caller, caller_of
 from jobworker.server.api.bridge import Bridge, CallWaiter
@@ -124,6 +124,7 @@ class JobWorkerService:
                 "Status": unary(self.status, pb.StatusResponse),
                 "Wait": unary(self.wait, pb.WaitResponse),
                 "List": unary(self.list, pb.ListResponse),
+                "GetLimits": unary(self.get_limits, pb.GetLimitsResponse),
                 # Chunks are encoded by `encode_chunk`, sent as they are.
                 "StreamOutput": grpc.unary_stream_rpc_method_handler(
                     self.stream_output
@@ -215,6 +216,18 @@ class JobWorkerService:
             with self._following("waits"), self._bridge.waiting(context) as waiter:
                 status = waiter.wait(self._manager.wait_ended, job_id)
             return pb.WaitResponse(job=status_to_pb(status))
+
+    def get_limits(
+        self, data: bytes, context: grpc.ServicerContext
+    ) -> pb.GetLimitsResponse:
+        with self.on_board("GetLimits", context):
+            parse(pb.GetLimitsRequest, data)
+            policy = self._manager.policy
+            return pb.GetLimitsResponse(
+                defaults=limits_to_pb(policy.defaults),
+                maximums=limits_to_pb(policy.maximums),
+                minimums=limits_to_pb(MINIMUMS),
+            )
 
     def list(self, data: bytes, context: grpc.ServicerContext) -> pb.ListResponse:
         with self.on_board("List", context) as (caller, board):
