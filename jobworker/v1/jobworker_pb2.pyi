@@ -7,7 +7,8 @@ Every call is made over mutual TLS; the caller's identity and role come
 from its client certificate (see doc/rfd/0001-jobworker.md).
 
 Command arguments are `bytes`: Linux argv is bytes, and jobworker passes
-arguments through exactly. Identifiers are ASCII strings.
+arguments through exactly (Start also takes them as text,
+`command_text`). Identifiers are ASCII strings.
 """
 
 from collections import abc as _abc
@@ -174,21 +175,30 @@ class StartRequest(_message.Message):
 
     COMMAND_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
+    COMMAND_TEXT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
         """argv: the program (looked up in the job's PATH) and its arguments."""
 
     @_builtins.property
     def limits(self) -> Global___Limits: ...
+    @_builtins.property
+    def command_text(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The same argv as UTF-8 text, instead of `command` (setting both is
+        INVALID_ARGUMENT): what JSON clients such as grpcurl can write without
+        base64, `{"command_text": ["echo", "hi"]}`. Statuses carry `command`.
+        """
+
     def __init__(
         self,
         *,
         command: _abc.Iterable[_builtins.bytes] | None = ...,
         limits: Global___Limits | None = ...,
+        command_text: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "limits", b"limits"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "command_text", b"command_text", "limits", b"limits"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

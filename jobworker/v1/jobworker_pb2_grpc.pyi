@@ -7,7 +7,8 @@ Every call is made over mutual TLS; the caller's identity and role come
 from its client certificate (see doc/rfd/0001-jobworker.md).
 
 Command arguments are `bytes`: Linux argv is bytes, and jobworker passes
-arguments through exactly. Identifiers are ASCII strings.
+arguments through exactly (Start also takes them as text,
+`command_text`). Identifiers are ASCII strings.
 """
 
 from collections import abc as _abc

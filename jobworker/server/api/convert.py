@@ -35,6 +35,15 @@ def parse(message_type: type[M], data: bytes) -> M:
     return message
 
 
+def start_command(request: pb.StartRequest) -> list[bytes]:
+    """The argv of a Start: `command`, or `command_text` encoded as UTF-8."""
+    if request.command and request.command_text:
+        raise InvalidRequest("give the command as command or command_text, not both")
+    if request.command_text:
+        return [arg.encode("utf-8") for arg in request.command_text]
+    return list(request.command)
+
+
 def status_to_pb(status: JobStatus) -> pb.JobStatus:
     """A job's status as the API shows it."""
     message = pb.JobStatus(

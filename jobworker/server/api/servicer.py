@@ -38,7 +38,12 @@ from jobworker.limits import MINIMUMS, limits_from_pb, limits_to_pb
 from jobworker.model import JobStatus
 from jobworker.server.api.auth import Caller, caller_of
 from jobworker.server.api.bridge import Bridge, CallWaiter
-from jobworker.server.api.convert import encode_chunk, parse, status_to_pb
+from jobworker.server.api.convert import (
+    encode_chunk,
+    parse,
+    start_command,
+    status_to_pb,
+)
 from jobworker.server.api.errors import (
     EXPECTED,
     AlreadyLogged,
@@ -167,6 +172,7 @@ class JobWorkerService:
     def start(self, data: bytes, context: grpc.ServicerContext) -> pb.StartResponse:
         with self.on_reactor("Start", context) as (caller, waiter):
             request = parse(pb.StartRequest, data)
+            command = start_command(request)
             limits = (
                 limits_from_pb(request.limits) if request.HasField("limits") else None
             )
@@ -174,7 +180,7 @@ class JobWorkerService:
                 status = waiter.wait(
                     self._manager.start,
                     caller.identity,
-                    list(request.command),
+                    command,
                     limits,
                     timeout=START_CALL_TIMEOUT,
                     cancel_on_end=False,
