@@ -22,7 +22,8 @@ os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 from jobworker.cli import formatting as cli_format
 from jobworker.cli.client import Client, ClientConfig, ClientError, JobNotFoundError
-from jobworker.cli.parser import help_hint, parse_command_line
+from jobworker.cli.completion import SCRIPTS
+from jobworker.cli.parser import build_parser, help_hint, parse_command_line
 from jobworker.limits import LIMITS, limits_to_pb
 from jobworker.model import Limits
 from jobworker.v1 import jobworker_pb2 as pb
@@ -257,6 +258,10 @@ def _quiet_broken_pipe() -> NoReturn:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one `jobworker` command; returns the process exit code."""
     args = parse_command_line(argv)
+    if args.name == "completion":  # needs no server
+        parser = build_parser()
+        print(SCRIPTS[args.shell](parser, parser.commands), end="")
+        return 0
     flags = {name: getattr(args, name) for name in ("server", "ca", "cert", "key")}
     try:
         config = ClientConfig.resolve(flags, os.environ, args.connect_timeout)

@@ -250,6 +250,11 @@ def build_parser() -> Parser:
     server_limits.add_argument(
         "--json", action="store_true", help="print a JSON object"
     )
+    completion = command(
+        "completion",
+        "print a shell completion script: source <(jobworker completion bash)",
+    )
+    completion.add_argument("shell", choices=["bash", "zsh"])
     return parser
 
 
