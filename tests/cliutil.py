@@ -71,10 +71,18 @@ class Harness:
         user: str = "alice",
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
+        stdin: bytes = b"",
     ) -> Deferred[Result]:
-        """Run `jobworker ARGS...` as `user`; fires with its output and code."""
+        """Run `jobworker ARGS...` as `user`; fires with its output and code.
+
+        Its stdin is a pipe that gives `stdin`, then ends.
+        """
         d: Deferred[tuple[bytes, bytes, int]] = getProcessOutputAndValue(
-            JOBWORKER, list(args), env=dict(env or self.env(user)), path=cwd
+            JOBWORKER,
+            list(args),
+            env=dict(env or self.env(user)),
+            path=cwd,
+            stdinBytes=stdin,
         )
         return d.addCallback(lambda result: Result(*result))
 

@@ -500,3 +500,34 @@ class ServerLimitsTests(CLITestCase):
         self.assertEqual(
             result.err, b"jobworker: memory 3G is above this server's maximum, 2G\n"
         )
+
+
+class StdinAndPathTests(CLITestCase):
+    async def test_piped_input_gets_a_warning_that_it_is_ignored(self) -> None:
+        result = await self.harness.cli("run", "--", "cat", stdin=b"hi\n")
+        self.assertEqual((result.out, result.code), (b"", 0))
+        self.assertEqual(
+            result.err,
+            b"jobworker: warning: standard input is not sent to the job"
+            b" (its stdin is empty)\n",
+        )
+
+    async def test_an_empty_ended_stdin_gets_no_warning(self) -> None:
+        result = await self.harness.cli("run", "--", "cat")
+        self.assertEqual((result.out, result.err, result.code), (b"", b"", 0))
+
+    async def test_a_relative_program_path_is_the_jobs_not_the_callers(
+        self,
+    ) -> None:
+        result = await self.harness.cli("run", "--", "./relative")
+        self.assertEqual(result.code, 1)
+        self.assertEqual(
+            result.err,
+            b"jobworker: './relative' not found: a relative path is looked up in"
+            b" the job's working directory, not the caller's\n",
+        )
+        result = await self.harness.cli("run", "--", "no-such-program-here")
+        self.assertEqual(
+            result.err,
+            b"jobworker: 'no-such-program-here' not found in the job's PATH\n",
+        )

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
 import shutil
+import stat
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -84,11 +86,37 @@ def copy_output(client: Client, job_id: str, *, until: int | None = None) -> int
 
 def _start(client: Client, args: argparse.Namespace) -> pb.JobStatus:
     command, limits = _command(args), _limits(args)
+    _warn_about_stdin()
     try:
         return client.start(command, limits)
     except KeyboardInterrupt:
         _say("interrupted while starting; the job may be running (see: jobworker list)")
         raise SystemExit(EXIT_INTERRUPTED) from None
+
+
+def _stdin_ignored() -> bool:
+    """Whether input waits on our stdin (a pipe, a file) that no job gets.
+
+    A terminal, /dev/null, a closed stdin or an empty pipe at its end lose
+    nothing; a pipe whose writer is still open may yet bring input.
+    """
+    try:
+        info = os.fstat(sys.stdin.fileno())
+    except (OSError, ValueError):
+        return False
+    if stat.S_ISREG(info.st_mode):
+        return info.st_size > 0
+    if not (stat.S_ISFIFO(info.st_mode) or stat.S_ISSOCK(info.st_mode)):
+        return False
+    poller = select.poll()
+    poller.register(sys.stdin.fileno(), select.POLLIN)
+    events = poller.poll(0)
+    return not events or any(mask & select.POLLIN for _, mask in events)
+
+
+def _warn_about_stdin() -> None:
+    if _stdin_ignored():
+        _say("warning: standard input is not sent to the job (its stdin is empty)")
 
 
 def cmd_start(client: Client, args: argparse.Namespace) -> int:

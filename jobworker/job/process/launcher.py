@@ -126,6 +126,14 @@ def start_error(report: bytes, command: Sequence[bytes]) -> StartFailed:
     kind, _, detail = text.partition(" ")
     program = os.fsdecode(command[0]) if command else ""
     error_class, what = _KINDS.get(kind, (StartFailed, "cannot be started"))
+    if error_class is ExecutableNotFound and "/" in program:
+        # A path is not looked up in PATH; a relative one is the job's.
+        if program.startswith("/"):
+            return error_class(f"{program!r} not found")
+        return error_class(
+            f"{program!r} not found: a relative path is looked up in the job's"
+            " working directory, not the caller's"
+        )
     if error_class in (ExecutableNotFound, NotExecutable):
         return error_class(f"{program!r} {what}")
     return error_class(f"{program!r} {what}: {detail or text}")
