@@ -129,6 +129,19 @@ class APITestCase(unittest.TestCase):
             return error
         raise AssertionError(f"{method} as {user} succeeded: {response}")
 
+    async def raw_error(self, user: str, method: str, data: bytes) -> grpc.RpcError:
+        """Send `data` as the request bytes of a call that must fail; its error."""
+        raw = self.channel(user).unary_unary(
+            f"/jobworker.v1.JobWorker/{method}",
+            request_serializer=None,
+            response_deserializer=None,
+        )
+        try:
+            await self.in_thread(raw, data, timeout=10)
+        except grpc.RpcError as error:
+            return error
+        raise AssertionError(f"{method} as {user} accepted {data!r}")
+
     async def start_job(self, user: str, command: list[bytes]) -> str:
         response = await self.call(user, "Start", pb.StartRequest(command=command))
         job_id: str = response.job.id

@@ -63,18 +63,9 @@ class ServerErrorTests(APITestCase):
         self.assertIn(fragment, error.details())
 
     async def test_malformed_request_bytes_are_invalid_argument(self) -> None:
-        raw = self.channel("alice").unary_unary(
-            "/jobworker.v1.JobWorker/Start",
-            request_serializer=None,
-            response_deserializer=None,
-        )
-        try:
-            await self.in_thread(raw, b"\xff\xff\xff\xff", timeout=10)
-        except grpc.RpcError as error:
-            self.assertEqual(error.code(), grpc.StatusCode.INVALID_ARGUMENT)
-            self.assertIn("malformed StartRequest", error.details())
-        else:
-            self.fail("malformed bytes were accepted")
+        error = await self.raw_error("alice", "Start", b"\xff\xff\xff\xff")
+        self.assertEqual(error.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("malformed StartRequest", error.details())
 
     async def test_empty_command_is_invalid_argument(self) -> None:
         await self.assert_code(

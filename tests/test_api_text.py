@@ -33,16 +33,7 @@ class CommandTextTests(APITestCase):
         self.assertIn("not both", error.details())
 
     async def test_command_text_that_is_not_utf8_is_invalid(self) -> None:
-        raw = self.channel("alice").unary_unary(
-            "/jobworker.v1.JobWorker/Start",
-            request_serializer=None,
-            response_deserializer=None,
-        )
         # Field 3 (command_text), length 2: b"\xff\xfe" is no UTF-8.
-        try:
-            await self.in_thread(raw, b"\x1a\x02\xff\xfe", timeout=10)
-        except grpc.RpcError as error:
-            self.assertEqual(error.code(), grpc.StatusCode.INVALID_ARGUMENT)
-            self.assertIn("malformed StartRequest", error.details())
-        else:
-            self.fail("invalid UTF-8 text was accepted")
+        error = await self.raw_error("alice", "Start", b"\x1a\x02\xff\xfe")
+        self.assertEqual(error.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("malformed StartRequest", error.details())
