@@ -13,6 +13,7 @@ from jobworker.isolation.interfaces import IsolationConfig
 from jobworker.job.manager import JobManager
 from jobworker.model import JobStatus, Stream
 from tests.procutil import processes_with
+from tests.sandboxutil import default_sandbox
 
 reactor: Any = _reactor
 
@@ -85,7 +86,7 @@ class NamespacedMixin:
         parents += [getattr(driver, "parent", None)] if driver.version == 2 else []
         for parent in parents:
             self.addCleanup(_remove_dir, parent)  # type: ignore[attr-defined]
-        return IsolationConfig(driver, namespaces=True)
+        return IsolationConfig(driver, namespaces=True, sandbox=default_sandbox())
 
 
 def _remove_dir(path: str) -> None:

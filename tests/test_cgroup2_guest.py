@@ -27,7 +27,11 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 reactor: Any = _reactor
-GUEST_MODULES = ("tests.test_isolation", "tests.test_cgroups_real")
+GUEST_MODULES = (
+    "tests.test_isolation",
+    "tests.test_sandbox",
+    "tests.test_cgroups_real",
+)
 IN_GUEST_ENV = "JOBWORKER_IN_GUEST"
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_BIN = os.path.dirname(sys.executable)

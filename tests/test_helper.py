@@ -20,6 +20,7 @@ from twisted.trial import unittest
 from jobworker.job.environment import job_env
 from jobworker.job.process.launcher import HELPER, LaunchSpec
 from jobworker.job.users import JobUser, resolve_user
+from jobworker.model import Limits
 from tests.procutil import (
     HelperRun,
     marker,
@@ -27,6 +28,7 @@ from tests.procutil import (
     run_helper,
     until_stopped,
 )
+from tests.sandboxutil import default_sandbox
 
 reactor: Any = _reactor
 
@@ -125,18 +127,20 @@ class HelperTests(unittest.TestCase):
         self.assertEqual(run.exit_code, 127)
 
     async def test_non_executable_file_is_reported_as_eacces(self) -> None:
-        path = os.path.abspath(self.mktemp())
+        spec = self.spec()  # the file in the work dir: a sandbox sees no other
+        path = os.path.join(spec.work_dir, "script")
         with open(path, "w") as script:
             script.write("#!/bin/sh\n")
-        run = await self.run_spec(self.spec(os.fsencode(path)))
+        run = await self.run_spec(replace(spec, command=(os.fsencode(path),)))
         self.assertTrue(run.report.startswith(b"eacces "), run.report)
 
     async def test_unknown_format_is_reported_as_enoexec(self) -> None:
-        path = os.path.abspath(self.mktemp())
+        spec = self.spec()
+        path = os.path.join(spec.work_dir, "binary")
         with open(path, "wb") as binary:
             binary.write(b"\x7fELF garbage")
         os.chmod(path, 0o755)
-        run = await self.run_spec(self.spec(os.fsencode(path)))
+        run = await self.run_spec(replace(spec, command=(os.fsencode(path),)))
         self.assertTrue(run.report.startswith(b"enoexec "), run.report)
 
     async def test_bad_working_directory_is_reported_as_cwd(self) -> None:
@@ -215,12 +219,20 @@ class HelperTests(unittest.TestCase):
 
 
 class NamespacedHelperTests(HelperTests):
-    """The helper with new PID, mount and network namespaces."""
+    """The helper with new namespaces, the private root and the syscall filter."""
 
     namespaces = True
 
     def setUp(self) -> None:
         need_root()
+
+    def spec(self, *command: bytes, **changes: Any) -> LaunchSpec:
+        base = super().spec(*command)
+        stage = os.path.abspath(self.mktemp())
+        os.makedirs(stage)
+        sandbox = default_sandbox()
+        options = sandbox.launch_options(stage, base.work_dir, None, Limits())
+        return replace(base, **options, **changes)
 
     async def test_job_sees_only_its_own_processes(self) -> None:
         run = await self.run_spec(self.spec(b"ps", b"-e", b"-o", b"pid=,comm="))

@@ -24,10 +24,12 @@ from twisted.trial import unittest
 from jobworker.isolation.blockdev import job_disks
 from jobworker.isolation.cgroups import V1JobCgroup, V2JobCgroup
 from jobworker.isolation.interfaces import CgroupDriver, IsolationConfig, JobCgroup
+from jobworker.isolation.sandbox import Sandbox
 from jobworker.job.manager import JobManager
 from jobworker.model import JobState, JobStatus, Limits
 from tests.cgrouputil import job_dirs, real_driver, require_root
 from tests.managerutil import output_of, until_output
+from tests.sandboxutil import default_sandbox
 
 reactor: Any = _reactor
 STATE_ROOT_ENV = "JOBWORKER_TEST_STATE_ROOT"
@@ -84,10 +86,16 @@ class IsolationTestCase(unittest.TestCase):
         self.driver = RecordingDriver(real_driver(self, self.state_dir))
         self.addCleanup(self.assert_nothing_left)
 
-    def manager(self, job_user: str | None = None) -> JobManager:
+    def manager(
+        self, job_user: str | None = None, sandbox: Sandbox | None = None
+    ) -> JobManager:
+        """A manager with the server's default sandbox (or `sandbox`)."""
+        self.sandbox = sandbox or default_sandbox()
         manager = JobManager(
             self.state_dir,
-            isolation=IsolationConfig(self.driver, namespaces=True),
+            isolation=IsolationConfig(
+                self.driver, namespaces=True, sandbox=self.sandbox
+            ),
             job_user=job_user,
             stop_grace=2.0,
             reactor=reactor,

@@ -23,14 +23,13 @@ class ManagerOutputTests(ManagerTestCase):
     """Output and bad input without isolation."""
 
     async def test_followers_before_during_and_after_get_every_byte(self) -> None:
-        go = os.path.abspath(self.mktemp())
-        os.chmod(os.path.dirname(go), 0o755)
+        # In the work dir: a sandboxed job sees no other host path.
         script = (
             b"printf '\\000\\377a'; printf 'err' >&2;"
-            b" while [ ! -e %s ]; do sleep 0.02; done; printf '\\001no newline'"
-            % go.encode()
+            b" while [ ! -e go ]; do sleep 0.02; done; printf '\\001no newline'"
         )
         status = await self.start_sh(script)
+        go = os.path.join(self.manager._job(status.id).dirs.work_dir, "go")
         before = Deferred.fromCoroutine(output_of(self.manager, status.id))
         await self.manager.wait_output(status.id, 0)
         during = Deferred.fromCoroutine(output_of(self.manager, status.id))

@@ -121,6 +121,11 @@ class OptionsTests(unittest.TestCase):
         self.assertEqual(options["io-devices"], ["8:0", "259:0"])
         self.assertRaises(usage.UsageError, parse, "--io-device", "sda")
 
+    def test_bind_ro_repeats_and_must_be_absolute(self) -> None:
+        options = parse("--bind-ro", "/opt", "--bind-ro", "/srv")
+        self.assertEqual(options["bind-ro"], ["/opt", "/srv"])
+        self.assertRaises(usage.UsageError, parse, "--bind-ro", "relative/path")
+
     def test_job_user_and_no_isolation(self) -> None:
         options = parse("--job-user", "root", "--no-isolation")
         self.assertEqual(options["job-user"], "root")

@@ -2,18 +2,22 @@
 
 `JobManager` (jobworker.job.manager) only sees these types; the cgroup v1 and v2
 drivers (jobworker.isolation.cgroups) implement them. Namespaces are set up by the
-exec'd helper (jobworker.job.process.helper) when `IsolationConfig.namespaces` is true.
+exec'd helper (jobworker.job.process.helper) when `IsolationConfig.namespaces` is true,
+with the `IsolationConfig.sandbox` (jobworker.isolation.sandbox) inside them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from twisted.internet.defer import Deferred
 
 from jobworker.errors import JobWorkerError
 from jobworker.model import Limits
+
+if TYPE_CHECKING:
+    from jobworker.isolation.sandbox import Sandbox
 
 
 class CgroupBusy(JobWorkerError):
@@ -67,7 +71,9 @@ class CgroupDriver(Protocol):
 
 @dataclass(frozen=True)
 class IsolationConfig:
-    """How jobs are isolated: their cgroups, and whether namespaces are new."""
+    """How jobs are isolated: their cgroups, whether namespaces are new, and
+    the sandbox (private root, syscall filter, uid per job) inside them."""
 
     cgroups: CgroupDriver
     namespaces: bool = True
+    sandbox: Sandbox | None = None

@@ -129,6 +129,7 @@ class JobManager:
             raise ShuttingDown("the job manager is shutting down")
         argv = _check_command(command)
         resolved = self._policy.resolve(limits)
+        sandbox = self._isolation.sandbox if self._isolation is not None else None
         user = resolve_user(self._job_user)
         record = JobRecord(str(uuid.uuid4()), str(owner), argv, resolved)
         dirs = create_job_dirs(self._state_dir, record.id, user)
@@ -150,6 +151,13 @@ class JobManager:
                 user,
                 cgroup.procs_files if cgroup is not None else (),
                 self._isolation is not None and self._isolation.namespaces,
+                **(
+                    sandbox.launch_options(
+                        self._state_dir, dirs.work_dir, user, resolved
+                    )
+                    if sandbox is not None
+                    else {}
+                ),
             )
             return Job(
                 record,

@@ -117,6 +117,7 @@ class Options(usage.Options):
         self["max-followers"] = defaults.MAX_FOLLOWERS
         self["output-cap"] = defaults.OUTPUT_CAP
         self["io-devices"] = []
+        self["bind-ro"] = []
         self["defaults"] = asdict(defaults.DEFAULT_LIMITS)
         self["maximums"] = asdict(defaults.max_limits())
         self["explicit-defaults"] = set()
@@ -192,6 +193,12 @@ class Options(usage.Options):
         if not (major.isdigit() and minor.isdigit()):
             raise usage.UsageError(f"--io-device: {value!r} is not MAJ:MIN, e.g. 8:0")
         self["io-devices"].append(f"{int(major)}:{int(minor)}")
+
+    def opt_bind_ro(self, path: str) -> None:
+        """A host path every job also sees, read-only (repeatable)"""
+        if not os.path.isabs(path):
+            raise usage.UsageError(f"--bind-ro: {path!r} is not an absolute path")
+        self["bind-ro"].append(path)
 
     def _limit(self, kind: str, limit: Limit, value: str) -> None:
         parsed: float | int | None = None
@@ -311,7 +318,7 @@ def build_service(
     return top
 
 
-_NAMESPACES = ("pid", "mnt", "net")
+_NAMESPACES = ("pid", "mnt", "net", "ipc", "uts", "cgroup")
 
 
 def _isolation(
@@ -336,15 +343,18 @@ def _isolation(
             " (or pass --no-isolation, development only)"
         )
     from jobworker.isolation.cgroups import detect  # noqa: PLC0415
+    from jobworker.isolation.sandbox import make_sandbox  # noqa: PLC0415
 
+    sandbox = make_sandbox(bind_ro=config["bind-ro"])
     driver = detect(state_dir, io_devices=config["io-devices"] or None, reactor=reactor)
     stale = driver.cleanup_stale()
     if stale:
         log.info("removed {count} stale job cgroup(s) of an earlier run", count=stale)
     log.info(
-        "isolating jobs with cgroup v{version} and namespaces", version=driver.version
+        "isolating jobs with cgroup v{version}, namespaces and a private root",
+        version=driver.version,
     )
-    return IsolationConfig(cgroups=driver, namespaces=True)
+    return IsolationConfig(cgroups=driver, namespaces=True, sandbox=sandbox)
 
 
 def makeService(config: Options) -> MultiService:

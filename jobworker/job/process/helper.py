@@ -6,13 +6,15 @@ not import jobworker, and imports only what loads fast: every job start
 waits for this interpreter (no json, re, typing, socket or contextlib).
 H (this process): dies with the server, new session, joins the job's
 cgroups; without namespaces it is the job's init (a child subreaper), with
-them it unshares PID, mount and network namespaces and forks I (PID 1
-there), the init. The init forks C, forwards SIGTERM and SIGINT to C's
-process group, kills everything on SIGUSR2, reaps, and when C ends kills
-every leftover and reports C's wait status. C: session, work dir, user,
-no_new_privs, default signals, exec. A set-up failure writes "<kind>
-<detail>" to fd 3 and exits 127; EOF on fd 3 with no data means exec'd. H
-finally mirrors C's status (exit code or the same signal) as its own.
+them it unshares PID, mount, network, IPC, UTS and cgroup namespaces and
+forks I (PID 1 there), the init, which builds the job's private root (the
+plan made by jobworker.isolation.rootfs) and pivots into it. The init forks
+C, forwards SIGTERM and SIGINT to C's process group, kills everything on
+SIGUSR2, reaps, and when C ends kills every leftover and reports C's wait
+status. C: session, work dir, user, no_new_privs, default signals, exec. A
+set-up failure writes "<kind> <detail>" to fd 3 and exits 127; EOF on fd 3
+with no data means exec'd. H finally mirrors C's status (exit code or the
+same signal) as its own.
 """
 
 from __future__ import annotations
@@ -44,11 +46,17 @@ _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
 _PR_SET_CHILD_SUBREAPER = 36
 _PR_SET_NO_NEW_PRIVS = 38
-_CLONE_NEWNS = 0x00020000
-_CLONE_NEWPID = 0x20000000
-_CLONE_NEWNET = 0x40000000
-_MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 2, 4, 8
+_CLONE_NEWNS, _CLONE_NEWCGROUP, _CLONE_NEWUTS = 0x20000, 0x2000000, 0x4000000
+_CLONE_NEWIPC, _CLONE_NEWPID, _CLONE_NEWNET = 0x8000000, 0x20000000, 0x40000000
+_NAMESPACES = _CLONE_NEWPID | _CLONE_NEWNS | _CLONE_NEWNET | _CLONE_NEWIPC
+_NAMESPACES |= _CLONE_NEWUTS | _CLONE_NEWCGROUP
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 1, 2, 4, 8
+_MS_REMOUNT, _MS_BIND, _MS_MOVE = 32, 4096, 8192
 _MS_REC, _MS_PRIVATE = 1 << 14, 1 << 18
+_MNT_DETACH, _AT_FDCWD, _AT_RECURSIVE = 2, -100, 0x8000
+_SYS_MOUNT_SETATTR = 442  # the same number on every architecture
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}.get(os.uname().machine)
+_ROOT_DATA = b"mode=0755,size=1m,nr_inodes=4096"
 _SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
 # posix_spawn leaves glibc's internal signals ignored; libc cannot reset them.
 _RT_SIGACTION = {"x86_64": 13, "aarch64": 134}.get(os.uname().machine)
@@ -95,14 +103,86 @@ def _join_cgroups(procs_files: list[str]) -> None:
             raise SetupError(f"isolation {e.strerror}: {path}") from None
 
 
-def _setup_namespace() -> None:
-    """In the new namespaces: private mounts, fresh /proc and /sys, `lo` up."""
-    private = _MS_REC | _MS_PRIVATE
-    _check(_libc.mount(b"none", b"/", None, private, None), "make / private")
-    flags = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
-    _check(_libc.mount(b"proc", b"/proc", b"proc", flags, None), "mount /proc")
-    # Best effort: a sysfs of the new network namespace (only `lo` in it).
-    _libc.mount(b"sysfs", b"/sys", b"sysfs", flags, None)
+def _encode(text: str | None) -> bytes | None:
+    return None if text is None else os.fsencode(text)
+
+
+def _mount(
+    target: str,
+    source: str | None,
+    fstype: str | None,
+    flags: int,
+    data: str | None = None,
+) -> None:
+    result = _libc.mount(
+        _encode(source), _encode(target), _encode(fstype), flags, _encode(data)
+    )
+    _check(result, f"mount {target}")
+
+
+def _set_attributes(target: str, attributes: int) -> None:
+    """Apply MOUNT_ATTR_* to a mount and all below it (or remount the top)."""
+    attr = struct.pack("QQQQ", attributes, 0, 0, 0)
+    path = os.fsencode(target)
+    if _libc.syscall(_SYS_MOUNT_SETATTR, _AT_FDCWD, path, _AT_RECURSIVE, attr, 32):
+        if ctypes.get_errno() != errno.ENOSYS:  # kernels before 5.12: top only
+            _check(-1, f"mount_setattr {target}")
+        _mount(target, None, None, _MS_REMOUNT | _MS_BIND | attributes)
+
+
+def _bind(target: str, source: str, attributes: int) -> None:
+    if os.path.isdir(source):
+        os.makedirs(target, exist_ok=True)
+    elif not os.path.exists(target):
+        os.close(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+    _mount(target, source, None, _MS_BIND | _MS_REC)
+    _set_attributes(target, attributes)
+
+
+def _build_root(rootfs: dict[str, Any]) -> None:
+    """Mount the job's new root at the stage directory, following its plan."""
+    stage = rootfs["stage"]
+    _mount(
+        stage, "jobworker-root", "tmpfs", _MS_NOSUID | _MS_NODEV, _ROOT_DATA.decode()
+    )
+    for kind, path, *args in rootfs["plan"]:
+        target = stage + path
+        try:
+            if kind == "bind":
+                _bind(target, args[0], args[1])
+            elif kind == "mount":
+                os.makedirs(target, exist_ok=True)
+                _mount(target, *args)
+            elif kind == "symlink":
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                os.symlink(args[0], target)
+            elif kind == "seal":
+                _mount(target, None, None, _MS_REMOUNT | _MS_BIND | args[0])
+        except OSError as e:
+            raise SetupError(f"isolation {e.strerror}: {kind} {path}") from None
+    hostname = os.fsencode(rootfs["hostname"])
+    _check(_libc.sethostname(hostname, len(hostname)), "sethostname")
+
+
+def _enter_root(stage: str) -> None:
+    """pivot_root into the stage and drop the host's root; seal it read-only.
+
+    Where the host's root cannot be pivoted (an initramfs), move the stage
+    over it and chroot, as switch_root does.
+    """
+    os.chdir(stage)
+    if _SYS_PIVOT_ROOT and _libc.syscall(_SYS_PIVOT_ROOT, b".", b".") == 0:
+        _check(_libc.umount2(b".", _MNT_DETACH), "detach the host's root")
+    else:
+        _mount("/", ".", None, _MS_MOVE)
+        _check(_libc.chroot(b"."), "chroot")
+    os.chdir("/")
+    _mount(
+        "/", None, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | _MS_NODEV
+    )
+
+
+def _loopback_up() -> None:
     import _socket  # noqa: PLC0415 - the C module; `socket` loads slowly
 
     sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
@@ -117,6 +197,22 @@ def _setup_namespace() -> None:
             raise SetupError(f"isolation lo up: {e.strerror}") from None
     finally:
         sock.close()
+
+
+def _setup_namespace(rootfs: dict[str, Any] | None) -> None:
+    """In the new namespaces: private mounts, `lo` up, then either a new
+    root (`rootfs`) or fresh /proc and /sys over the host's tree."""
+    private = _MS_REC | _MS_PRIVATE
+    _check(_libc.mount(b"none", b"/", None, private, None), "make / private")
+    _loopback_up()
+    if rootfs is not None:
+        _build_root(rootfs)
+        _enter_root(rootfs["stage"])
+        return
+    flags = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
+    _check(_libc.mount(b"proc", b"/proc", b"proc", flags, None), "mount /proc")
+    # Best effort: a sysfs of the new network namespace (only `lo` in it).
+    _libc.mount(b"sysfs", b"/sys", b"sysfs", flags, None)
 
 
 def _exec_command(config: dict[str, Any], argv: list[bytes]) -> NoReturn:
@@ -253,7 +349,7 @@ def _namespace_init(
         if select.select([alive], [], [], 0)[0]:
             os._exit(SETUP_FAILED)  # H is already gone
         _libc.prctl(_PR_SET_NAME, b"jobworker-init", 0, 0, 0)
-        _setup_namespace()
+        _setup_namespace(config.get("rootfs"))
         for sig in (*_FORWARDED, signal.SIGUSR2):
             signal.signal(sig, lambda *_: None)  # a PID-ns init needs handlers
     except SetupError as e:
@@ -265,7 +361,8 @@ def _namespace_init(
 
 def _run_namespaced(config: dict[str, Any], argv: list[bytes]) -> NoReturn:
     """H with namespaces: unshare, fork I, relay signals, mirror C's status."""
-    _check(_libc.unshare(_CLONE_NEWPID | _CLONE_NEWNS | _CLONE_NEWNET), "unshare")
+    # After joining the job's cgroup: the cgroup namespace's root is that.
+    _check(_libc.unshare(_NAMESPACES), "unshare")
     alive_r, alive_w = os.pipe()
     report_r, report_w = os.pipe()
     init = os.fork()

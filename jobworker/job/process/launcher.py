@@ -56,6 +56,8 @@ class LaunchSpec:
     user: JobUser | None = None
     cgroup_procs: tuple[str, ...] = ()
     namespaces: bool = False
+    rootfs: dict[str, object] | None = None
+    """The job's private root (jobworker.isolation.rootfs.helper_rootfs)."""
 
     def helper_config(self) -> str:
         """The helper's configuration (its first argument).
@@ -71,6 +73,8 @@ class LaunchSpec:
             "cgroup_procs": list(self.cgroup_procs),
             "namespaces": self.namespaces,
         }
+        if self.namespaces and self.rootfs is not None:
+            config["rootfs"] = self.rootfs
         if self.user is not None:
             config |= {
                 "user": self.user.name,

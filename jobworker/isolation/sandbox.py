@@ -1,0 +1,49 @@
+"""What a sandboxed job gets beyond its cgroup and namespaces (doc/sandbox.md).
+
+A `Sandbox` is made once, at server start-up: the host layout (what of the
+host jobs see, jobworker.isolation.rootfs). `launch_options` turns it into
+the helper's settings for one job.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from jobworker.isolation.rootfs import HostLayout, helper_rootfs, host_layout, root_plan
+from jobworker.job.users import JobUser
+from jobworker.model import Limits
+
+# Below the state directory: where each job's mount namespace builds its
+# root (an empty directory on the host; the mounts are the job's own).
+STAGE_NAME = "root"
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """The private root of every job."""
+
+    layout: HostLayout
+
+    def launch_options(
+        self, state_dir: str, work_dir: str, user: JobUser | None, limits: Limits
+    ) -> dict[str, Any]:
+        """The `rootfs` setting of one job's `LaunchSpec`."""
+        stage = os.path.join(state_dir, STAGE_NAME)
+        os.makedirs(stage, mode=0o700, exist_ok=True)
+        uid, gid = (user.uid, user.gid) if user is not None else (0, 0)
+        plan = root_plan(
+            self.layout,
+            work_dir=work_dir,
+            uid=uid,
+            gid=gid,
+            tmpfs_bytes=limits.memory_bytes,
+        )
+        return {"rootfs": helper_rootfs(self.layout, stage, plan)}
+
+
+def make_sandbox(*, bind_ro: Iterable[str] = ()) -> Sandbox:
+    """Inspect the host; raise `IsolationUnavailable`."""
+    return Sandbox(host_layout(bind_ro))

@@ -1,0 +1,215 @@
+"""Issue 13's attacks, as tests: jobs of different users cannot see or touch
+each other, nor the host, through files, IPC, sockets or the kernel.
+
+Root only, real jobs through JobManager with the server's default sandbox
+(the private root); run again in the cgroup v2 guest
+(tests.test_cgroup2_guest).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import uuid
+
+from jobworker.isolation.rootfs import host_layout
+from jobworker.isolation.sandbox import Sandbox
+from jobworker.job.manager import JobManager
+from jobworker.model import JobStatus, Limits
+from tests.managerutil import until_output
+from tests.test_isolation import IsolationTestCase, MiB, control_file
+
+PRIVATE = ("/tmp", "/var/tmp", "/run", "/dev/shm")
+
+
+def tag() -> str:
+    return f"jobworker-probe-{uuid.uuid4().hex[:12]}"
+
+
+class SandboxTestCase(IsolationTestCase):
+    async def running(
+        self, manager: JobManager, owner: str, script: str, limits: Limits | None = None
+    ) -> JobStatus:
+        """Start `script` for `owner`; return once it printed "ready"."""
+        status = await manager.start(owner, [b"sh", b"-c", script.encode()], limits)
+        self.addCleanup(manager.stop, status.id, 0)
+        await until_output(manager, status.id, b"ready")
+        return status
+
+    async def run_as(self, manager: JobManager, owner: str, script: str) -> bytes:
+        status = await manager.start(owner, [b"sh", b"-c", script.encode()])
+        _, output = await self.finish(manager, status)
+        return output
+
+    async def python(self, manager: JobManager, code: str) -> bytes:
+        status = await manager.start("alice", [b"python3", b"-c", code.encode()])
+        _, output = await self.finish(manager, status)
+        return output
+
+
+class PrivateRootTests(SandboxTestCase):
+    async def test_carol_cannot_read_or_overwrite_bobs_private_files(self) -> None:
+        manager = self.manager()
+        name = tag()
+        writes = "; ".join(f"echo s > {path}/{name}" for path in PRIVATE)
+        await self.running(
+            manager, "bob", f"umask 077; {writes}; echo ready; sleep 600"
+        )
+        reads = "; ".join(
+            f"cat {path}/{name} || echo absent; echo x > {path}/{name}"
+            for path in PRIVATE
+        )
+        output = await self.run_as(manager, "carol", reads)
+        self.assertEqual(output.count(b"absent"), len(PRIVATE), output)
+        self.assertNotIn(b"s\n", output.replace(b"E:", b""))
+        for path in PRIVATE:
+            self.assertFalse(os.path.exists(f"{path}/{name}"), f"{path} is shared")
+
+    async def test_private_tmpfs_are_the_jobs_and_sized_by_its_memory(self) -> None:
+        manager = self.manager()
+        script = "id -u; stat -c '%u %a' " + " ".join(PRIVATE)
+        script += "; df -k " + " ".join(PRIVATE)
+        status = await manager.start(
+            "alice", [b"sh", b"-c", script.encode()], Limits(memory_bytes=48 * MiB)
+        )
+        lines = (await self.finish(manager, status))[1].decode().splitlines()
+        uid = lines[0]
+        self.assertEqual(lines[1:5], [f"{uid} 700"] * len(PRIVATE))
+        sizes = [line.split()[1] for line in lines[6:]]
+        self.assertEqual(sizes, ["49152"] * len(PRIVATE), lines)
+
+    async def test_dev_shm_pages_count_against_the_memory_limit(self) -> None:
+        manager = self.manager()
+        script = (
+            "dd if=/dev/zero of=/dev/shm/fill bs=1M count=40 2>/dev/null;"
+            " echo ready; sleep 600"
+        )
+        status = await self.running(
+            manager, "bob", script, Limits(memory_bytes=96 * MiB)
+        )
+        cgroup = self.driver.created[status.id]
+        name = "memory.usage_in_bytes" if self.driver.version == 1 else "memory.current"
+        with open(control_file(cgroup, "memory", name)) as usage:
+            self.assertGreaterEqual(int(usage.read()), 40 * MiB)
+        await manager.stop(status.id, grace=0)
+
+    async def test_filling_dev_shm_past_the_memory_limit_fails(self) -> None:
+        manager = self.manager()
+        script = "dd if=/dev/zero of=/dev/shm/fill bs=1M count=64 2>&1; echo rc=$?"
+        status = await manager.start(
+            "alice", [b"sh", b"-c", script.encode()], Limits(memory_bytes=32 * MiB)
+        )
+        _, output = await self.finish(manager, status)
+        self.assertNotIn(b"rc=0", output)
+        self.assertNotIn(b"67108864 bytes", output)
+
+    async def test_host_paths_outside_the_binds_are_absent(self) -> None:
+        manager = self.manager()
+        other = await self.running(manager, "carol", "echo ready; sleep 600")
+        jobs = os.path.join(self.state_dir, "jobs")
+        probes = ["/home", "/root", "/srv", "/opt", "/mnt", "/var/lib", "/var/log"]
+        probes += [os.path.join(jobs, other.id), os.path.join(self.state_dir, "root")]
+        script = "; ".join(f"test -e {p} && echo visible {p}" for p in probes)
+        script += f"; ls -A {self.state_dir} {jobs}; ls ../output.log; pwd"
+        status = await manager.start("bob", [b"sh", b"-c", script.encode()])
+        _, output = await self.finish(manager, status)
+        self.assertNotIn(b"visible", output)
+        self.assertIn(f"{self.state_dir}:\njobs\n".encode(), output)
+        self.assertIn(f"{jobs}:\n{status.id}\n".encode(), output)
+        self.assertIn(b"ls: cannot access '../output.log'", output.replace(b"E:", b""))
+
+    async def test_root_and_system_dirs_are_read_only_even_for_root(self) -> None:
+        manager = self.manager(job_user="root")
+        script = "for d in / /usr /etc /dev; do touch $d/jw-probe 2>&1; done"
+        output = await self.run_as(manager, "alice", script)
+        self.assertEqual(output.count(b"Read-only file system"), 4, output)
+        for directory in ("/", "/usr", "/etc", "/dev"):
+            self.assertFalse(os.path.exists(os.path.join(directory, "jw-probe")))
+
+    async def test_dev_holds_only_the_minimal_devices(self) -> None:
+        manager = self.manager()
+        output = await self.run_as(manager, "alice", "ls /dev; echo x > /dev/null")
+        self.assertEqual(
+            sorted(output.split()),
+            sorted(
+                b"fd full null ptmx pts random shm stderr stdin stdout tty urandom"
+                b" zero".split()
+            ),
+        )
+
+    async def test_a_host_unix_socket_is_unreachable(self) -> None:
+        directory = tempfile.mkdtemp(prefix="jobworker-socket-", dir="/tmp")
+        self.addCleanup(os.rmdir, directory)
+        path = os.path.join(directory, "open.sock")
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(path)
+        self.addCleanup(os.unlink, path)
+        self.addCleanup(server.close)
+        os.chmod(directory, 0o755)
+        os.chmod(path, 0o666)
+        server.listen()
+        server.setblocking(False)
+        code = (
+            "import socket\n"
+            "s = socket.socket(socket.AF_UNIX)\n"
+            "try:\n"
+            f"    s.connect({path!r})\n"
+            "    print('connected')\n"
+            "except OSError as e:\n"
+            "    print('refused', e.errno)\n"
+        )
+        output = await self.python(self.manager(), code)
+        self.assertIn(b"refused 2", output)  # ENOENT: the path is not there
+        self.assertRaises(BlockingIOError, server.accept)
+
+    async def test_bind_ro_paths_are_visible_and_read_only(self) -> None:
+        shared = tempfile.mkdtemp(prefix="jobworker-shared-", dir="/var/tmp")
+        self.addCleanup(os.rmdir, shared)
+        with open(os.path.join(shared, "data"), "w") as data:
+            data.write("shared\n")
+        self.addCleanup(os.unlink, os.path.join(shared, "data"))
+        os.chmod(shared, 0o755)
+        os.chmod(os.path.join(shared, "data"), 0o644)
+        sandbox = Sandbox(host_layout([shared]))
+        manager = self.manager(job_user="root", sandbox=sandbox)
+        output = await self.run_as(
+            manager, "alice", f"cat {shared}/data; touch {shared}/new 2>&1"
+        )
+        self.assertIn(b"shared\n", output)
+        self.assertIn(b"Read-only file system", output)
+        self.assertFalse(os.path.exists(os.path.join(shared, "new")))
+
+
+class NamespaceTests(SandboxTestCase):
+    async def test_ipc_objects_are_private_to_the_job(self) -> None:
+        key = 0x6A770000 + uuid.uuid4().int % 0xFFFF
+        code = (
+            "import ctypes, sys\n"
+            "libc = ctypes.CDLL(None, use_errno=True)\n"
+            f"print('id', libc.shmget({key}, 4096, 0o1600))\n"
+            "sys.stdout.flush()\n"
+            "print('ready', flush=True)\n"
+            "import time; time.sleep(600)\n"
+        )
+        manager = self.manager()
+        bob = await manager.start("bob", [b"python3", b"-c", code.encode()])
+        self.addCleanup(manager.stop, bob.id, 0)
+        await until_output(manager, bob.id, b"ready")
+        with open("/proc/sysvipc/shm") as host:
+            self.assertNotIn(f" {key} ", host.read())
+        output = await self.run_as(manager, "carol", "cat /proc/sysvipc/shm")
+        self.assertNotIn(f" {key} ".encode(), output)
+        self.assertEqual(len(output.splitlines()), 1, output)  # the header only
+
+    async def test_hostname_is_the_jobs_own(self) -> None:
+        output = await self.run_as(self.manager(), "alice", "hostname")
+        self.assertEqual(output, b"jobworker\n")
+        self.assertNotEqual(socket.gethostname(), "jobworker")
+
+    async def test_proc_self_cgroup_shows_the_root(self) -> None:
+        output = await self.run_as(self.manager(), "alice", "cat /proc/self/cgroup")
+        lines = output.decode().splitlines()
+        self.assertTrue(lines, output)
+        for line in lines:
+            self.assertTrue(line.endswith(":/"), output)
