@@ -86,7 +86,10 @@ class NamespacedMixin:
         parents += [getattr(driver, "parent", None)] if driver.version == 2 else []
         for parent in parents:
             self.addCleanup(_remove_dir, parent)  # type: ignore[attr-defined]
-        return IsolationConfig(driver, namespaces=True, sandbox=default_sandbox())
+        # One fixed job user, as ManagerTests expect ("nobody" when root);
+        # the uid per job is tested in tests.test_sandbox.
+        sandbox = default_sandbox(uid_per_job=False)
+        return IsolationConfig(driver, namespaces=True, sandbox=sandbox)
 
 
 def _remove_dir(path: str) -> None:

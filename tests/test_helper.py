@@ -230,7 +230,7 @@ class NamespacedHelperTests(HelperTests):
         base = super().spec(*command)
         stage = os.path.abspath(self.mktemp())
         os.makedirs(stage)
-        sandbox = default_sandbox()
+        sandbox = default_sandbox(uid_per_job=False)
         options = sandbox.launch_options(stage, base.work_dir, None, Limits())
         return replace(base, **options, **changes)
 

@@ -90,7 +90,7 @@ class IsolationTestCase(unittest.TestCase):
         self, job_user: str | None = None, sandbox: Sandbox | None = None
     ) -> JobManager:
         """A manager with the server's default sandbox (or `sandbox`)."""
-        self.sandbox = sandbox or default_sandbox()
+        self.sandbox = sandbox or default_sandbox(uid_per_job=job_user is None)
         manager = JobManager(
             self.state_dir,
             isolation=IsolationConfig(

@@ -2,7 +2,7 @@
 each other, nor the host, through files, IPC, sockets or the kernel.
 
 Root only, real jobs through JobManager with the server's default sandbox
-(the private root); run again in the cgroup v2 guest
+(the private root, a uid per job); run again in the cgroup v2 guest
 (tests.test_cgroup2_guest).
 """
 
@@ -15,6 +15,7 @@ import uuid
 
 from jobworker.isolation.rootfs import host_layout
 from jobworker.isolation.sandbox import Sandbox
+from jobworker.isolation.uids import DEFAULT_RANGE
 from jobworker.job.manager import JobManager
 from jobworker.model import JobStatus, Limits
 from tests.managerutil import until_output
@@ -213,3 +214,54 @@ class NamespaceTests(SandboxTestCase):
         self.assertTrue(lines, output)
         for line in lines:
             self.assertTrue(line.endswith(":/"), output)
+
+
+class UidTests(SandboxTestCase):
+    async def test_concurrent_jobs_of_different_users_have_different_uids(
+        self,
+    ) -> None:
+        manager = self.manager()
+        bob = await self.running(manager, "bob", "id -u; id -g; echo ready; sleep 600")
+        carol = await self.running(manager, "carol", "id -u; echo ready; sleep 600")
+        bob_ids = await until_first_lines(manager, bob, 2)
+        carol_uid = (await until_first_lines(manager, carol, 1))[0]
+        self.assertEqual(bob_ids[0], bob_ids[1])  # the gid is the uid
+        self.assertNotEqual(bob_ids[0], carol_uid)
+        for uid in (bob_ids[0], carol_uid):
+            self.assertTrue(DEFAULT_RANGE[0] <= uid <= DEFAULT_RANGE[1], uid)
+        work = manager._job(bob.id).dirs.work_dir
+        info = os.stat(work)
+        self.assertEqual((info.st_uid, info.st_mode & 0o777), (bob_ids[0], 0o700))
+
+    async def test_per_uid_kernel_limits_are_not_shared(self) -> None:
+        code = (
+            "import ctypes\n"
+            "libc = ctypes.CDLL(None, use_errno=True)\n"
+            "count = 0\n"
+            "while libc.inotify_init() >= 0:\n"
+            "    count += 1\n"
+            "print('took', count, 'ready', flush=True)\n"
+            "import time; time.sleep(600)\n"
+        )
+        manager = self.manager()
+        bob = await manager.start("bob", [b"python3", b"-c", code.encode()])
+        self.addCleanup(manager.stop, bob.id, 0)
+        await until_output(manager, bob.id, b"ready")
+        check = "import ctypes; print(ctypes.CDLL(None).inotify_init() >= 0)"
+        self.assertEqual(await self.python(manager, check), b"True\n")
+
+    async def test_a_uid_is_free_again_only_once_its_job_is_gone(self) -> None:
+        manager = self.manager()
+        assert self.sandbox.uids is not None
+        status = await self.running(manager, "bob", "echo ready; sleep 600")
+        self.assertEqual(len(self.sandbox.uids.in_use), 1)
+        await manager.stop(status.id, grace=0)
+        self.assertEqual(self.sandbox.uids.in_use, frozenset())
+
+
+async def until_first_lines(
+    manager: JobManager, status: JobStatus, count: int
+) -> list[int]:
+    chunks = await manager.read(status.id, 0)
+    text = b"".join(chunk.data for chunk in chunks).decode()
+    return [int(line) for line in text.splitlines()[:count]]

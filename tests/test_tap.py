@@ -126,6 +126,13 @@ class OptionsTests(unittest.TestCase):
         self.assertEqual(options["bind-ro"], ["/opt", "/srv"])
         self.assertRaises(usage.UsageError, parse, "--bind-ro", "relative/path")
 
+    def test_job_uid_range_is_checked(self) -> None:
+        self.assertEqual(parse()["job-uid-range"], (61184, 65519))
+        options = parse("--job-uid-range", "70000-70009")
+        self.assertEqual(options["job-uid-range"], (70000, 70009))
+        for bad in ("5", "9-1", "0-10", "a-b"):
+            self.assertRaises(usage.UsageError, parse, "--job-uid-range", bad)
+
     def test_job_user_and_no_isolation(self) -> None:
         options = parse("--job-user", "root", "--no-isolation")
         self.assertEqual(options["job-user"], "root")

@@ -1,8 +1,9 @@
 """What a sandboxed job gets beyond its cgroup and namespaces (doc/sandbox.md).
 
 A `Sandbox` is made once, at server start-up: the host layout (what of the
-host jobs see, jobworker.isolation.rootfs). `launch_options` turns it into
-the helper's settings for one job.
+host jobs see, jobworker.isolation.rootfs) and, unless jobs run as one fixed
+account, the pool of per-job uids (jobworker.isolation.uids).
+`launch_options` turns it into the helper's settings for one job.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jobworker.isolation.rootfs import HostLayout, helper_rootfs, host_layout, root_plan
+from jobworker.isolation.uids import UidPool
 from jobworker.job.users import JobUser
 from jobworker.model import Limits
 
@@ -23,9 +25,10 @@ STAGE_NAME = "root"
 
 @dataclass(frozen=True)
 class Sandbox:
-    """The private root of every job."""
+    """The private root and uid pool of every job."""
 
     layout: HostLayout
+    uids: UidPool | None = None
 
     def launch_options(
         self, state_dir: str, work_dir: str, user: JobUser | None, limits: Limits
@@ -44,6 +47,12 @@ class Sandbox:
         return {"rootfs": helper_rootfs(self.layout, stage, plan)}
 
 
-def make_sandbox(*, bind_ro: Iterable[str] = ()) -> Sandbox:
-    """Inspect the host; raise `IsolationUnavailable`."""
-    return Sandbox(host_layout(bind_ro))
+def make_sandbox(
+    *, bind_ro: Iterable[str] = (), uid_range: tuple[int, int] | None = None
+) -> Sandbox:
+    """Inspect the host; raise `IsolationUnavailable`.
+
+    `uid_range=None`: jobs run as the manager's fixed job user.
+    """
+    uids = UidPool(*uid_range) if uid_range is not None else None
+    return Sandbox(host_layout(bind_ro), uids)

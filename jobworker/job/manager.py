@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import builtins
 import math
+import os
 import uuid
 from collections.abc import Sequence
 from typing import cast
@@ -25,8 +26,10 @@ from jobworker.errors import (
     IsolationFailed,
     JobNotFound,
     ShuttingDown,
+    StartFailed,
 )
 from jobworker.isolation.interfaces import IsolationConfig, JobCgroup
+from jobworker.isolation.uids import UidPool
 from jobworker.job.board import StatusBoard
 from jobworker.job.dirs import create_job_dirs, remove_tree
 from jobworker.job.environment import job_env
@@ -34,7 +37,7 @@ from jobworker.job.events import JobEvents
 from jobworker.job.job import Job, JobRecord
 from jobworker.job.outputlog import OutputLog, read_chunks
 from jobworker.job.process.launcher import LaunchSpec
-from jobworker.job.users import resolve_user
+from jobworker.job.users import JobUser, resolve_user
 from jobworker.limits import LimitPolicy
 from jobworker.model import JobStatus, Limits, OutputChunk, OutputState
 from jobworker.reactors import or_global
@@ -130,9 +133,14 @@ class JobManager:
         argv = _check_command(command)
         resolved = self._policy.resolve(limits)
         sandbox = self._isolation.sandbox if self._isolation is not None else None
-        user = resolve_user(self._job_user)
+        pool = sandbox.uids if sandbox and self._job_user is None else None
+        user = pool.lease() if pool is not None else resolve_user(self._job_user)
         record = JobRecord(str(uuid.uuid4()), str(owner), argv, resolved)
-        dirs = create_job_dirs(self._state_dir, record.id, user)
+        try:
+            dirs = create_job_dirs(self._state_dir, record.id, user)
+        except BaseException:
+            _give_back(pool, user, None)
+            raise
         output: OutputLog | None = None
         cgroup: JobCgroup | None = None
         try:
@@ -159,7 +167,7 @@ class JobManager:
                     else {}
                 ),
             )
-            return Job(
+            job = Job(
                 record,
                 dirs,
                 output,
@@ -171,10 +179,17 @@ class JobManager:
         except BaseException:
             if output is not None:
                 output.finish()
-            if cgroup is not None:
-                await cgroup.remove()
+            try:
+                if cgroup is not None:
+                    await cgroup.remove()
+            finally:
+                _give_back(pool, user, cgroup)
             remove_tree(dirs.job_dir)
             raise
+        # The uid is free again once nothing of the job can run as it.
+        if pool is not None:
+            Deferred.fromCoroutine(_give_back_after(job, pool, user, cgroup))
+        return job
 
     def _register(self, job: Job) -> None:
         """The job was exec'd (and published its status): it is listed."""
@@ -277,6 +292,28 @@ class JobManager:
         if job is None:
             raise JobNotFound(str(job_id))
         return job
+
+
+def _give_back(
+    pool: UidPool | None, user: JobUser | None, cgroup: JobCgroup | None
+) -> None:
+    """Return a job's uid to the pool, or hold it if its cgroup is not gone."""
+    if pool is not None and user is not None:
+        left = cgroup is not None and any(map(os.path.exists, cgroup.procs_files))
+        pool.release(user.uid, gone=not left)
+
+
+async def _give_back_after(
+    job: Job, pool: UidPool, user: JobUser | None, cgroup: JobCgroup | None
+) -> None:
+    """Return the job's uid once it has ended (or failed to start)."""
+    try:
+        await job.when_started()
+        await job.ended()
+    except StartFailed:
+        pass
+    finally:
+        _give_back(pool, user, cgroup)
 
 
 def _check_grace(grace: float) -> float:

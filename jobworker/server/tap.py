@@ -33,6 +33,8 @@ from jobworker import defaults
 from jobworker.address import InvalidAddress, parse_address
 from jobworker.errors import InvalidRequest, IsolationUnavailable, JobWorkerError
 from jobworker.isolation.interfaces import IsolationConfig
+from jobworker.isolation.uids import DEFAULT_RANGE as DEFAULT_UID_RANGE
+from jobworker.isolation.uids import parse_range
 from jobworker.job.events import LoggingJobEvents
 from jobworker.job.manager import JobManager
 from jobworker.limits import LIMITS, Limit, LimitPolicy
@@ -118,6 +120,7 @@ class Options(usage.Options):
         self["output-cap"] = defaults.OUTPUT_CAP
         self["io-devices"] = []
         self["bind-ro"] = []
+        self["job-uid-range"] = DEFAULT_UID_RANGE
         self["defaults"] = asdict(defaults.DEFAULT_LIMITS)
         self["maximums"] = asdict(defaults.max_limits())
         self["explicit-defaults"] = set()
@@ -150,7 +153,8 @@ class Options(usage.Options):
         self["state-dir"] = path
 
     def opt_job_user(self, name: str) -> None:
-        """User jobs run as [default: nobody when root, else the server's user]"""
+        """One user all jobs run as [default: a uid per job when root, else the
+        server's user]"""
         if not name or "\0" in name:
             raise usage.UsageError("--job-user: empty user name")
         self["job-user"] = name
@@ -199,6 +203,14 @@ class Options(usage.Options):
         if not os.path.isabs(path):
             raise usage.UsageError(f"--bind-ro: {path!r} is not an absolute path")
         self["bind-ro"].append(path)
+
+    def opt_job_uid_range(self, value: str) -> None:
+        """FIRST-LAST: each job runs as its own uid from these, unless --job-user
+        [default: 61184-65519]"""
+        try:
+            self["job-uid-range"] = parse_range(value)
+        except ValueError as error:
+            raise usage.UsageError(f"--job-uid-range: {error}") from None
 
     def _limit(self, kind: str, limit: Limit, value: str) -> None:
         parsed: float | int | None = None
@@ -345,14 +357,18 @@ def _isolation(
     from jobworker.isolation.cgroups import detect  # noqa: PLC0415
     from jobworker.isolation.sandbox import make_sandbox  # noqa: PLC0415
 
-    sandbox = make_sandbox(bind_ro=config["bind-ro"])
+    sandbox = make_sandbox(
+        bind_ro=config["bind-ro"],
+        uid_range=None if config["job-user"] else config["job-uid-range"],
+    )
     driver = detect(state_dir, io_devices=config["io-devices"] or None, reactor=reactor)
     stale = driver.cleanup_stale()
     if stale:
         log.info("removed {count} stale job cgroup(s) of an earlier run", count=stale)
     log.info(
-        "isolating jobs with cgroup v{version}, namespaces and a private root",
+        "isolating jobs with cgroup v{version}, namespaces, a private root{more}",
         version=driver.version,
+        more=", a uid each" if sandbox.uids else "",
     )
     return IsolationConfig(cgroups=driver, namespaces=True, sandbox=sandbox)
 
