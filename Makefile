@@ -19,8 +19,10 @@ TRIAL_TMP := /tmp/jobworker-trial-$(shell printf '%s' '$(CURDIR)' | sha256sum | 
 # Debian packages: qemu and a kernel boot the cgroup v2 guest for the
 # isolation tests (virtme builds its initramfs with busybox, the guest's scratch
 # disk needs mkfs.ext4); iproute2, procps and util-linux are used by tests;
-# systemd's systemd-analyze checks contrib/systemd/jobworker.service.
-SYSDEPS := qemu-system-x86 linux-image-amd64 busybox-static e2fsprogs iproute2 procps util-linux systemd
+# systemd's systemd-analyze checks contrib/systemd/jobworker.service;
+# libseccomp2 compiles the jobs' syscall filter (the server needs it too).
+SYSDEPS := qemu-system-x86 linux-image-amd64 busybox-static e2fsprogs iproute2 procps \
+	util-linux systemd libseccomp2
 
 .PHONY: all venv dev-venv run test lint typecheck unit proto lock sysdeps clean certs test-cgroup2 diagram bench
 

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import functools
 
-from jobworker.isolation.rootfs import HostLayout, host_layout
 from jobworker.isolation.sandbox import Sandbox, make_sandbox
 from jobworker.isolation.uids import DEFAULT_RANGE
 
 
 @functools.cache
-def _layout() -> HostLayout:
-    return host_layout()
+def _layout_and_filter() -> Sandbox:
+    return make_sandbox()
 
 
-def default_sandbox(*, uid_per_job: bool = True) -> Sandbox:
+def default_sandbox(*, uid_per_job: bool = True, seccomp: bool = True) -> Sandbox:
     """What `twistd jobworker` uses: a new uid pool for each call."""
-    fresh = make_sandbox(uid_range=DEFAULT_RANGE if uid_per_job else None)
-    return Sandbox(_layout(), fresh.uids)
+    shared = _layout_and_filter()
+    uids = DEFAULT_RANGE if uid_per_job else None
+    fresh = make_sandbox(seccomp=False, uid_range=uids)
+    return Sandbox(shared.layout, shared.seccomp if seccomp else None, fresh.uids)

@@ -87,10 +87,16 @@ class IsolationTestCase(unittest.TestCase):
         self.addCleanup(self.assert_nothing_left)
 
     def manager(
-        self, job_user: str | None = None, sandbox: Sandbox | None = None
+        self,
+        job_user: str | None = None,
+        seccomp: bool = True,
+        sandbox: Sandbox | None = None,
     ) -> JobManager:
         """A manager with the server's default sandbox (or `sandbox`)."""
-        self.sandbox = sandbox or default_sandbox(uid_per_job=job_user is None)
+        uid_per_job = job_user is None
+        self.sandbox = sandbox or default_sandbox(
+            uid_per_job=uid_per_job, seccomp=seccomp
+        )
         manager = JobManager(
             self.state_dir,
             isolation=IsolationConfig(
@@ -303,7 +309,8 @@ class NamespaceTests(IsolationTestCase):
         self.assertEqual(accepted, [])
 
     async def test_tmpfs_mounted_by_a_root_job_is_not_visible_on_the_host(self) -> None:
-        manager = self.manager(job_user="root")
+        # Without the syscall filter, which refuses mount (tests.test_sandbox).
+        manager = self.manager(job_user="root", seccomp=False)
         script = (
             "mkdir m && mount -t tmpfs jobworker-probe m && echo mounted && sleep 1000"
         )

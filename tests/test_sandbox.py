@@ -2,8 +2,8 @@
 each other, nor the host, through files, IPC, sockets or the kernel.
 
 Root only, real jobs through JobManager with the server's default sandbox
-(the private root, a uid per job); run again in the cgroup v2 guest
-(tests.test_cgroup2_guest).
+(the private root, a uid per job, the syscall filter); run again in the
+cgroup v2 guest (tests.test_cgroup2_guest).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from jobworker.isolation.uids import DEFAULT_RANGE
 from jobworker.job.manager import JobManager
 from jobworker.model import JobStatus, Limits
 from tests.managerutil import until_output
+from tests.sandboxutil import default_sandbox
 from tests.test_isolation import IsolationTestCase, MiB, control_file
 
 PRIVATE = ("/tmp", "/var/tmp", "/run", "/dev/shm")
@@ -172,7 +173,8 @@ class PrivateRootTests(SandboxTestCase):
         self.addCleanup(os.unlink, os.path.join(shared, "data"))
         os.chmod(shared, 0o755)
         os.chmod(os.path.join(shared, "data"), 0o644)
-        sandbox = Sandbox(host_layout([shared]))
+        base = default_sandbox(uid_per_job=False)
+        sandbox = Sandbox(host_layout([shared]), base.seccomp, None)
         manager = self.manager(job_user="root", sandbox=sandbox)
         output = await self.run_as(
             manager, "alice", f"cat {shared}/data; touch {shared}/new 2>&1"
@@ -265,3 +267,54 @@ async def until_first_lines(
     chunks = await manager.read(status.id, 0)
     text = b"".join(chunk.data for chunk in chunks).decode()
     return [int(line) for line in text.splitlines()[:count]]
+
+
+SYSCALLS = """
+import ctypes, errno, os
+libc = ctypes.CDLL(None, use_errno=True)
+def call(name, *args):
+    result = getattr(libc, name)(*args)
+    print(name, errno.errorcode.get(ctypes.get_errno(), 0) if result == -1 else 'ok')
+call('unshare', 0x10000000)
+call('unshare', 0x00020000)
+call('setns', os.open('/proc/self/ns/net', os.O_RDONLY), 0)
+call('mount', b'none', b'/tmp', b'tmpfs', 0, None)
+call('umount2', b'/tmp', 0)
+call('syscall', {keyctl}, 0, 0, 0, 0, 0)
+call('syscall', {bpf}, 0, 0, 0)
+call('ptrace', 0, 0, 0, 0)
+call('personality', 0x0040000)
+print('query', libc.personality(0xffffffff) != -1)
+pid = os.fork()
+if pid == 0:
+    os._exit(0)
+print('fork', os.waitpid(pid, 0)[1])
+"""
+
+
+class SyscallFilterTests(SandboxTestCase):
+    async def test_namespaces_mounts_keys_bpf_ptrace_fail_with_eperm_even_for_root(
+        self,
+    ) -> None:
+        numbers = {"x86_64": (250, 321), "aarch64": (219, 280)}[os.uname().machine]
+        code = SYSCALLS.format(keyctl=numbers[0], bpf=numbers[1])
+        manager = self.manager(job_user="root")
+        output = await self.python(manager, code)
+        for name in ("unshare", "setns", "mount", "umount2", "syscall", "ptrace"):
+            self.assertIn(f"{name} EPERM".encode(), output)
+        self.assertNotIn(b" ok", output)
+        self.assertIn(b"query True\nfork 0\n", output)
+
+    async def test_unshare_user_namespace_fails_with_eperm(self) -> None:
+        output = await self.run_as(self.manager(), "alice", "unshare -Ur true 2>&1")
+        self.assertIn(b"Operation not permitted", output)
+
+    async def test_threads_and_subprocesses_still_work(self) -> None:
+        code = (
+            "import subprocess, threading\n"
+            "t = threading.Thread(target=print, args=('thread',))\n"
+            "t.start(); t.join()\n"
+            "print(subprocess.run(['sh', '-c', 'echo child'], capture_output=True)"
+            ".stdout.decode(), end='')\n"
+        )
+        self.assertEqual(await self.python(self.manager(), code), b"thread\nchild\n")

@@ -122,8 +122,9 @@ class OptionsTests(unittest.TestCase):
         self.assertRaises(usage.UsageError, parse, "--io-device", "sda")
 
     def test_bind_ro_repeats_and_must_be_absolute(self) -> None:
-        options = parse("--bind-ro", "/opt", "--bind-ro", "/srv")
+        options = parse("--bind-ro", "/opt", "--bind-ro", "/srv", "--no-seccomp")
         self.assertEqual(options["bind-ro"], ["/opt", "/srv"])
+        self.assertTrue(options["no-seccomp"])
         self.assertRaises(usage.UsageError, parse, "--bind-ro", "relative/path")
 
     def test_job_uid_range_is_checked(self) -> None:

@@ -1,9 +1,10 @@
 """What a sandboxed job gets beyond its cgroup and namespaces (doc/sandbox.md).
 
 A `Sandbox` is made once, at server start-up: the host layout (what of the
-host jobs see, jobworker.isolation.rootfs) and, unless jobs run as one fixed
-account, the pool of per-job uids (jobworker.isolation.uids).
-`launch_options` turns it into the helper's settings for one job.
+host jobs see, jobworker.isolation.rootfs), the compiled syscall filter
+(jobworker.isolation.seccomp) and, unless jobs run as one fixed account,
+the pool of per-job uids (jobworker.isolation.uids). `launch_options`
+turns it into the helper's settings for one job.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jobworker.isolation.rootfs import HostLayout, helper_rootfs, host_layout, root_plan
+from jobworker.isolation.seccomp import compile_filter
 from jobworker.isolation.uids import UidPool
 from jobworker.job.users import JobUser
 from jobworker.model import Limits
@@ -25,15 +27,16 @@ STAGE_NAME = "root"
 
 @dataclass(frozen=True)
 class Sandbox:
-    """The private root and uid pool of every job."""
+    """The private root, syscall filter and uid pool of every job."""
 
     layout: HostLayout
-    uids: UidPool | None = None
+    seccomp: bytes | None
+    uids: UidPool | None
 
     def launch_options(
         self, state_dir: str, work_dir: str, user: JobUser | None, limits: Limits
     ) -> dict[str, Any]:
-        """The `rootfs` setting of one job's `LaunchSpec`."""
+        """The `rootfs` and `seccomp` settings of one job's `LaunchSpec`."""
         stage = os.path.join(state_dir, STAGE_NAME)
         os.makedirs(stage, mode=0o700, exist_ok=True)
         uid, gid = (user.uid, user.gid) if user is not None else (0, 0)
@@ -44,15 +47,22 @@ class Sandbox:
             gid=gid,
             tmpfs_bytes=limits.memory_bytes,
         )
-        return {"rootfs": helper_rootfs(self.layout, stage, plan)}
+        return {
+            "rootfs": helper_rootfs(self.layout, stage, plan),
+            "seccomp": self.seccomp,
+        }
 
 
 def make_sandbox(
-    *, bind_ro: Iterable[str] = (), uid_range: tuple[int, int] | None = None
+    *,
+    bind_ro: Iterable[str] = (),
+    seccomp: bool = True,
+    uid_range: tuple[int, int] | None = None,
 ) -> Sandbox:
-    """Inspect the host; raise `IsolationUnavailable`.
+    """Inspect the host and compile the filter; raise `IsolationUnavailable`.
 
     `uid_range=None`: jobs run as the manager's fixed job user.
     """
+    program = compile_filter().program if seccomp else None
     uids = UidPool(*uid_range) if uid_range is not None else None
-    return Sandbox(host_layout(bind_ro), uids)
+    return Sandbox(host_layout(bind_ro), program, uids)

@@ -107,6 +107,7 @@ class Options(usage.Options):
             "Run jobs without cgroups or namespaces: no limits are enforced."
             " For development only.",
         ],
+        ["no-seccomp", None, "Run jobs without the syscall filter (doc/sandbox.md)."],
     ]
 
     def __init__(self) -> None:
@@ -357,8 +358,11 @@ def _isolation(
     from jobworker.isolation.cgroups import detect  # noqa: PLC0415
     from jobworker.isolation.sandbox import make_sandbox  # noqa: PLC0415
 
+    if config["no-seccomp"]:
+        log.warn("--no-seccomp: jobs run WITHOUT a syscall filter")
     sandbox = make_sandbox(
         bind_ro=config["bind-ro"],
+        seccomp=not config["no-seccomp"],
         uid_range=None if config["job-user"] else config["job-uid-range"],
     )
     driver = detect(state_dir, io_devices=config["io-devices"] or None, reactor=reactor)
@@ -368,7 +372,8 @@ def _isolation(
     log.info(
         "isolating jobs with cgroup v{version}, namespaces, a private root{more}",
         version=driver.version,
-        more=", a uid each" if sandbox.uids else "",
+        more=(", a syscall filter" if sandbox.seccomp else "")
+        + (", a uid each" if sandbox.uids else ""),
     )
     return IsolationConfig(cgroups=driver, namespaces=True, sandbox=sandbox)
 

@@ -11,7 +11,8 @@ forks I (PID 1 there), the init, which builds the job's private root (the
 plan made by jobworker.isolation.rootfs) and pivots into it. The init forks
 C, forwards SIGTERM and SIGINT to C's process group, kills everything on
 SIGUSR2, reaps, and when C ends kills every leftover and reports C's wait
-status. C: session, work dir, user, no_new_privs, default signals, exec. A
+status. C: session, work dir, user, no_new_privs, default signals, the
+syscall filter (a BPF program from jobworker.isolation.seccomp), exec. A
 set-up failure writes "<kind> <detail>" to fd 3 and exits 127; EOF on fd 3
 with no data means exec'd. H finally mirrors C's status (exit code or the
 same signal) as its own.
@@ -46,6 +47,7 @@ _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
 _PR_SET_CHILD_SUBREAPER = 36
 _PR_SET_NO_NEW_PRIVS = 38
+_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
 _CLONE_NEWNS, _CLONE_NEWCGROUP, _CLONE_NEWUTS = 0x20000, 0x2000000, 0x4000000
 _CLONE_NEWIPC, _CLONE_NEWPID, _CLONE_NEWNET = 0x8000000, 0x20000000, 0x40000000
 _NAMESPACES = _CLONE_NEWPID | _CLONE_NEWNS | _CLONE_NEWNET | _CLONE_NEWIPC
@@ -215,6 +217,16 @@ def _setup_namespace(rootfs: dict[str, Any] | None) -> None:
     _libc.mount(b"sysfs", b"/sys", b"sysfs", flags, None)
 
 
+def _install_seccomp(program: bytes) -> None:
+    """Load a classic BPF seccomp program (compiled by the server)."""
+    buffer = ctypes.create_string_buffer(program, len(program))
+    fprog = struct.pack("HxxxxxxP", len(program) // 8, ctypes.addressof(buffer))
+    _check(
+        _libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, fprog, 0, 0),
+        "install the syscall filter",
+    )
+
+
 def _exec_command(config: dict[str, Any], argv: list[bytes]) -> NoReturn:
     """C: become the job's command, or report why not."""
     try:
@@ -239,6 +251,8 @@ def _exec_command(config: dict[str, Any], argv: list[bytes]) -> NoReturn:
                 if _RT_SIGACTION and sig not in (signal.SIGKILL, signal.SIGSTOP):
                     _libc.syscall(_RT_SIGACTION, sig, bytes(32), None, 8)
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        if config.get("seccomp"):
+            _install_seccomp(config["seccomp"])
         os.execvpe(argv[0], argv, config["env"])  # noqa: S606 - no shell on purpose
     except SetupError as e:
         _report(str(e))

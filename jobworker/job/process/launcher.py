@@ -58,6 +58,8 @@ class LaunchSpec:
     namespaces: bool = False
     rootfs: dict[str, object] | None = None
     """The job's private root (jobworker.isolation.rootfs.helper_rootfs)."""
+    seccomp: bytes | None = None
+    """The syscall filter, a BPF program (jobworker.isolation.seccomp)."""
 
     def helper_config(self) -> str:
         """The helper's configuration (its first argument).
@@ -75,6 +77,8 @@ class LaunchSpec:
         }
         if self.namespaces and self.rootfs is not None:
             config["rootfs"] = self.rootfs
+        if self.seccomp is not None:
+            config["seccomp"] = self.seccomp
         if self.user is not None:
             config |= {
                 "user": self.user.name,
