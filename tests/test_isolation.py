@@ -14,15 +14,18 @@ import re
 import shutil
 import subprocess
 import tempfile
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import reactor as _reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
+from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from jobworker.isolation.blockdev import job_disks
 from jobworker.isolation.cgroups import V1JobCgroup, V2JobCgroup
+from jobworker.isolation.cgroups.base import listed_pids
 from jobworker.isolation.interfaces import CgroupDriver, IsolationConfig, JobCgroup
 from jobworker.isolation.sandbox import Sandbox
 from jobworker.job.manager import JobManager
@@ -232,6 +235,80 @@ class KillTests(IsolationTestCase):
         self.assertEqual(final.signal, 9)
         await pause(0.5)
         self.assertEqual(zombie_children(), [])
+
+    async def test_a_writer_stuck_in_d_state_keeps_the_job_stopping(self) -> None:
+        # A direct write throttled to 64 KiB/s waits for its 4 MiB; where the
+        # kernel waits uninterruptibly, SIGKILL cannot end it until the
+        # throttle is lifted (where it waits killably, the job just ends).
+        if not job_disks(self.state_dir):
+            raise unittest.SkipTest(f"{self.state_dir} is not on a block device")
+        manager = self.manager()
+        script = "echo ready; exec dd if=/dev/zero of=data bs=4M count=1 oflag=direct"
+        status = await self.sh(manager, script, Limits(io_write_bps=64 * 1024))
+        await until_output(manager, status.id, b"ready")
+        cgroup = self.driver.created[status.id]
+        await until_uninterruptible(cgroup)
+        busy = first_event(self, "processes that ignore SIGKILL")
+        alive_at_the_end: list[set[int]] = []
+
+        def record(final: JobStatus) -> JobStatus:
+            alive_at_the_end.append(listed_pids(cgroup.procs_files))
+            return final
+
+        stopped = manager.stop(status.id, grace=0).addCallback(record)
+        while not (busy.called or stopped.called):
+            await pause(0.1)
+        if busy.called:  # the helper is killed, the writer lives on
+            self.assertFalse(stopped.called)
+            self.assertEqual(manager.status(status.id).state, JobState.STOPPING)
+            self.assertTrue(listed_pids(cgroup.procs_files))
+            lift_write_throttle(cgroup)
+        final = await stopped
+        self.assertEqual(alive_at_the_end, [set()])
+        self.assertEqual((final.state, final.signal), (JobState.KILLED, 9))
+
+
+def first_event(case: unittest.TestCase, text: str) -> Deferred[None]:
+    """Fires when a log event whose format contains `text` is emitted."""
+    seen: Deferred[None] = Deferred()
+
+    def observe(event: LogEvent) -> None:
+        if text in (event.get("log_format") or "") and not seen.called:
+            seen.callback(None)
+
+    observer = cast(ILogObserver, observe)
+    globalLogPublisher.addObserver(observer)
+    case.addCleanup(globalLogPublisher.removeObserver, observer)
+    return seen
+
+
+async def until_uninterruptible(cgroup: JobCgroup) -> None:
+    """Wait until a process of `cgroup` sleeps in D state."""
+    while True:
+        for pid in listed_pids(cgroup.procs_files):
+            try:
+                with open(f"/proc/{pid}/stat") as stat:
+                    if stat.read().rsplit(")", 1)[1].split()[0] == "D":
+                        return
+            except OSError:
+                continue
+        await pause(0.05)
+
+
+def lift_write_throttle(cgroup: JobCgroup) -> None:
+    """Remove the job's write limit: its queued IO goes through at once."""
+    if isinstance(cgroup, V1JobCgroup):
+        path = cgroup.file("blkio", "blkio.throttle.write_bps_device")
+        lines = open(path).read().split("\n")  # noqa: SIM115
+        for device in (line.split()[0] for line in lines if line.strip()):
+            with open(path, "w") as limits:
+                limits.write(f"{device} 0")
+        return
+    assert isinstance(cgroup, V2JobCgroup)
+    lines = open(cgroup.file("io.max")).read().split("\n")  # noqa: SIM115
+    for device in (line.split()[0] for line in lines if line.strip()):
+        with open(cgroup.file("io.max"), "w") as limits:
+            limits.write(f"{device} wbps=max")
 
 
 def zombie_children() -> list[str]:

@@ -11,11 +11,13 @@ import os
 import signal
 import sys
 
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.python.failure import Failure
 
 from jobworker.defaults import EXEC_TIMEOUT
 from jobworker.errors import ExecutableNotFound, IsolationFailed, StartFailed
+from jobworker.isolation.interfaces import CgroupBusy
 from jobworker.job.job import DRAIN_TIMEOUT, KILL_BACKSTOP
 from jobworker.job.process.launcher import HELPER
 from jobworker.model import JobState, JobStatus
@@ -70,6 +72,20 @@ class JobLifecycleTests(FakeManagerTestCase):
             (JobState.KILLED, signal.SIGKILL, True),
         )
         self.assertEqual(final.ended_at, self.reactor.seconds())
+
+    def test_a_busy_cgroup_keeps_the_job_stopping_until_it_is_empty(self) -> None:
+        job = self.started_job()
+        stopped = self.manager.stop(job.id, grace=0)
+        cgroup = self.driver.cgroups[0]
+        self.exit_process(ProcessTerminated(signal=signal.SIGKILL))
+        for _ in range(3):  # a process in D state outlives each removal try
+            busy, cgroup.removing = cgroup.removing, Deferred()
+            busy.errback(CgroupBusy("cgroup /fake still busy after 10.0s"))
+            self.assertNoResult(stopped)
+            self.assertEqual(self.manager.status(job.id).state, JobState.STOPPING)
+        cgroup.removing.callback(None)
+        self.assertEqual(self.successResultOf(stopped).state, JobState.KILLED)
+        self.flushLoggedErrors()
 
     def test_every_change_is_published_in_the_same_step(self) -> None:
         job = self.started_job()

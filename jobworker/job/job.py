@@ -8,13 +8,14 @@ was exec'd, or fails with the precise `StartFailed` once the helper is gone
 and everything made for the job (cgroup, directories) is removed. After a
 start, the job ends when the helper exits: the output pipes are drained
 (for at most `DRAIN_TIMEOUT` seconds, so nothing outside the job can hold
-them open), the cgroup is checked for an OOM kill and removed, the work dir
-removed, and only then is the final status recorded and the output log
-completed.
+them open), the cgroup is checked for an OOM kill and removed (once it is
+empty, however long a process in D state takes), the work dir removed, and
+only then is the final status recorded and the output log completed.
 """
 
 from __future__ import annotations
 
+import itertools
 import signal as signals
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -314,11 +315,30 @@ class Job:
             _log.failure("job {id}: cannot read its OOM flag", id=self.record.id)
 
     async def _release(self) -> None:
-        if self.cgroup is not None:
+        """Remove the cgroup; the job ends only once it is empty.
+
+        A process stuck in D state (a throttled or hung write) survives
+        SIGKILL until its IO completes: the job stays stopping (or running)
+        until then, and is never reported ended while a process of it lives.
+        """
+        if self.cgroup is None:
+            return
+        for attempt in itertools.count():
             try:
                 await self.cgroup.remove()
-            except (CgroupBusy, OSError):
+            except CgroupBusy as error:
+                if attempt == 0:
+                    _log.warn(
+                        "job {id}: {error}; processes that ignore SIGKILL (in D"
+                        " state, waiting on IO) are left; the job ends once"
+                        " they are gone",
+                        id=self.record.id,
+                        error=error,
+                    )
+                continue
+            except OSError:
                 _log.failure("job {id}: cannot remove its cgroup", id=self.record.id)
+            return
 
     def _remove(self, path: str) -> Deferred[None]:
         """Remove a directory tree in the reactor's thread pool (it may be big)."""
