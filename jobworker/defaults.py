@@ -41,6 +41,10 @@ QUERY_TIMEOUT = 30.0
 STOP_MARGIN = 60.0
 STOP_DEFAULT_BOUND = 600.0
 
+# The lowest IO limit a job may have (`--min-io-bps`): below it a throttled
+# job's writes sit in D state past SIGKILL and stall the host's sync.
+MIN_IO_BPS = 1 << 20
+
 # What a job gets when it asks for nothing. IO is unlimited: which device to
 # throttle, and how much, depends on the machine.
 DEFAULT_LIMITS = Limits(cpu=1.0, memory_bytes=512 << 20, pids=1024)

@@ -151,10 +151,16 @@ class LimitPolicy:
 
     defaults: Limits = field(default_factory=Limits)
     maximums: Limits = field(default_factory=Limits)
+    min_io_bps: int = 1
+    """The lowest IO limit a job may have (`--min-io-bps`): below it, a
+    throttled job's writes sit in D state past SIGKILL and stall the host's
+    sync."""
 
     def __post_init__(self) -> None:
         check(self.defaults)
         check(self.maximums)
+        self._check_io_floor(self.defaults)
+        self._check_io_floor(self.maximums)
         for limit in LIMITS:
             default = getattr(self.defaults, limit.name)
             maximum = getattr(self.maximums, limit.name)
@@ -168,6 +174,7 @@ class LimitPolicy:
         """The limits a job gets: the request checked, defaults filled in."""
         requested = requested or Limits()
         check(requested)
+        self._check_io_floor(requested)
         resolved = requested
         for limit in LIMITS:
             value = getattr(requested, limit.name)
@@ -182,6 +189,19 @@ class LimitPolicy:
                     f" maximum, {limit.shown(maximum)}"
                 )
         return resolved
+
+    def _check_io_floor(self, limits: Limits) -> None:
+        for limit in LIMITS:
+            value = getattr(limits, limit.name)
+            if (
+                limit.unit is BYTE_RATE
+                and value is not None
+                and value < self.min_io_bps
+            ):
+                raise InvalidRequest(
+                    f"{limit.label} {limit.shown(value)} is below this server's"
+                    f" floor, {limit.shown(self.min_io_bps)} (--min-io-bps)"
+                )
 
 
 def limits_text(limits: Limits) -> str:

@@ -22,6 +22,7 @@ from twisted.logger import (
 from twisted.python import usage
 from twisted.trial import unittest
 
+from jobworker.errors import InvalidRequest
 from jobworker.model import Limits
 from jobworker.server.notify import Readiness
 from jobworker.server.reload import CertificateReload
@@ -120,6 +121,16 @@ class OptionsTests(unittest.TestCase):
         options = parse("--io-device", "8:0", "--io-device", "259:0")
         self.assertEqual(options["io-devices"], ["8:0", "259:0"])
         self.assertRaises(usage.UsageError, parse, "--io-device", "sda")
+
+    def test_io_limits_below_the_floor_are_refused_naming_it(self) -> None:
+        error = self.assertRaises(usage.UsageError, parse, "--max-io-write-bps", "100K")
+        self.assertIn("below this server's floor, 1M/s", str(error))
+        policy = parse("--min-io-bps", "64K", "--max-io-write-bps", "100K")["policy"]
+        self.assertEqual(policy.maximums.io_write_bps, 100 << 10)
+        refused = self.assertRaises(
+            InvalidRequest, policy.resolve, Limits(io_read_bps=1)
+        )
+        self.assertIn("io-read 1/s is below this server's floor, 64K/s", str(refused))
 
     def test_bind_ro_repeats_and_must_be_absolute(self) -> None:
         options = parse("--bind-ro", "/opt", "--bind-ro", "/srv", "--no-seccomp")

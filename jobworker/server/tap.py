@@ -122,6 +122,7 @@ class Options(usage.Options):
         self["io-devices"] = []
         self["bind-ro"] = []
         self["job-uid-range"] = DEFAULT_UID_RANGE
+        self["min-io-bps"] = defaults.MIN_IO_BPS
         self["defaults"] = asdict(defaults.DEFAULT_LIMITS)
         self["maximums"] = asdict(defaults.max_limits())
         self["explicit-defaults"] = set()
@@ -199,6 +200,13 @@ class Options(usage.Options):
             raise usage.UsageError(f"--io-device: {value!r} is not MAJ:MIN, e.g. 8:0")
         self["io-devices"].append(f"{int(major)}:{int(minor)}")
 
+    @_help(
+        "The lowest disk IO limit a job may ask for"
+        f" [default: {format_size(defaults.MIN_IO_BPS)}]"
+    )
+    def opt_min_io_bps(self, value: str) -> None:
+        self["min-io-bps"] = max(1, _parse_bytes(value))
+
     def opt_bind_ro(self, path: str) -> None:
         """A host path every job also sees, read-only (repeatable)"""
         if not os.path.isabs(path):
@@ -233,7 +241,10 @@ class Options(usage.Options):
         if missing:
             raise usage.UsageError(f"missing {', '.join(missing)}")
         self["policy"] = _policy(
-            self["defaults"], self["maximums"], self["explicit-defaults"]
+            self["defaults"],
+            self["maximums"],
+            self["explicit-defaults"],
+            self["min-io-bps"],
         )
 
 
@@ -249,7 +260,10 @@ _add_limit_options(Options)
 
 
 def _policy(
-    wanted: dict[str, Any], maximums: dict[str, Any], explicit: set[str]
+    wanted: dict[str, Any],
+    maximums: dict[str, Any],
+    explicit: set[str],
+    min_io_bps: int = 1,
 ) -> LimitPolicy:
     """The limit policy; a default not given explicitly follows a lower maximum."""
     wanted = dict(wanted)
@@ -260,7 +274,7 @@ def _policy(
         if default is None or default > maximum:
             wanted[name] = maximum
     try:
-        return LimitPolicy(defaults=Limits(**wanted), maximums=Limits(**maximums))
+        return LimitPolicy(Limits(**wanted), Limits(**maximums), min_io_bps)
     except InvalidRequest as error:
         raise usage.UsageError(str(error)) from None
 
