@@ -34,7 +34,18 @@ class SandboxTestCase(IsolationTestCase):
         self, manager: JobManager, owner: str, script: str, limits: Limits | None = None
     ) -> JobStatus:
         """Start `script` for `owner`; return once it printed "ready"."""
-        status = await manager.start(owner, [b"sh", b"-c", script.encode()], limits)
+        return await self.running_argv(
+            manager, owner, [b"sh", b"-c", script.encode()], limits
+        )
+
+    async def running_argv(
+        self,
+        manager: JobManager,
+        owner: str,
+        argv: list[bytes],
+        limits: Limits | None = None,
+    ) -> JobStatus:
+        status = await manager.start(owner, argv, limits)
         self.addCleanup(manager.stop, status.id, 0)
         await until_output(manager, status.id, b"ready")
         return status
@@ -196,9 +207,7 @@ class NamespaceTests(SandboxTestCase):
             "import time; time.sleep(600)\n"
         )
         manager = self.manager()
-        bob = await manager.start("bob", [b"python3", b"-c", code.encode()])
-        self.addCleanup(manager.stop, bob.id, 0)
-        await until_output(manager, bob.id, b"ready")
+        await self.running_argv(manager, "bob", [b"python3", b"-c", code.encode()])
         with open("/proc/sysvipc/shm") as host:
             self.assertNotIn(f" {key} ", host.read())
         output = await self.run_as(manager, "carol", "cat /proc/sysvipc/shm")
@@ -246,9 +255,7 @@ class UidTests(SandboxTestCase):
             "import time; time.sleep(600)\n"
         )
         manager = self.manager()
-        bob = await manager.start("bob", [b"python3", b"-c", code.encode()])
-        self.addCleanup(manager.stop, bob.id, 0)
-        await until_output(manager, bob.id, b"ready")
+        await self.running_argv(manager, "bob", [b"python3", b"-c", code.encode()])
         check = "import ctypes; print(ctypes.CDLL(None).inotify_init() >= 0)"
         self.assertEqual(await self.python(manager, check), b"True\n")
 
