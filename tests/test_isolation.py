@@ -265,7 +265,9 @@ class KillTests(IsolationTestCase):
             lift_write_throttle(cgroup)
         final = await stopped
         self.assertEqual(alive_at_the_end, [set()])
-        self.assertEqual((final.state, final.signal), (JobState.KILLED, 9))
+        self.assertEqual(final.state, JobState.KILLED)
+        # A killable wait ends on the stop's SIGTERM already.
+        self.assertIn(final.signal, (9,) if busy.called else (9, 15))
 
 
 def first_event(case: unittest.TestCase, text: str) -> Deferred[None]:
