@@ -119,7 +119,7 @@ class RefusalLogTests(APITestCase):
         self.assertEqual(error.code(), grpc.StatusCode.NOT_FOUND)
         refusals = [e for e in events if e.get("method") == "Status"]
         self.assertEqual(len(refusals), 1)
-        self.assertEqual(refusals[0]["identity"], "bob")
+        self.assertEqual(refusals[0]["caller"], "bob")
         self.assertEqual(refusals[0]["code"], "NOT_FOUND")
         self.assertIn(missing, refusals[0]["text"])
 

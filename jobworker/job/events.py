@@ -4,7 +4,9 @@
 or is refused, when a stop is asked for, when a job ends and when it is
 asked to shut down. `JobEvents` itself does nothing; `LoggingJobEvents`,
 which the server passes (`jobworker.server.tap`), logs one line for each
-through `twisted.logger`, with the job's owner.
+through `twisted.logger`, with the job's owner. Its events carry the same
+fields as the API's refusals, for `--log-format json`: `job_id`, `caller`
+(who asked: the owner, for a start) and `outcome`.
 """
 
 from __future__ import annotations
@@ -70,9 +72,11 @@ class LoggingJobEvents(JobEvents):
 
     def started(self, status: JobStatus) -> None:
         log.info(
-            "job {job_id} started by {owner}: {command} ({limits})",
+            "job {job_id} started by {caller}: {command} ({limits})",
             job_id=status.id,
+            caller=status.owner,
             owner=status.owner,
+            outcome="started",
             command=command_text(status.command),
             limits=limits_for_log(status.limits),
         )
@@ -81,8 +85,10 @@ class LoggingJobEvents(JobEvents):
         self, owner: str, command: Sequence[bytes], error: BaseException
     ) -> None:
         log.info(
-            "job start refused for {owner}: {command}: {error}",
+            "job start refused for {caller}: {command}: {error}",
+            caller=owner,
             owner=owner,
+            outcome="refused",
             command=command_text(command),
             error=str(error),
         )

@@ -13,6 +13,7 @@ nothing is left.
 
 from __future__ import annotations
 
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
 
 # isort: off
@@ -28,6 +29,7 @@ from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
+from jobworker.address import bind_error
 from jobworker.defaults import MAX_FOLLOWERS
 from jobworker.errors import JobWorkerError
 from jobworker.job.manager import JobManager
@@ -111,15 +113,21 @@ class JobWorkerServer(Service):
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        try:
-            port = server.add_secure_port(
-                self.listen, self.credentials.server_credentials()
-            )
-        except RuntimeError:
+        port: int | None = None
+        failure = bind_error(self.listen)
+        if failure is None:
+            # grpcio raises RuntimeError with no reason: the guess below.
+            with contextlib.suppress(RuntimeError):
+                port = server.add_secure_port(
+                    self.listen, self.credentials.server_credentials()
+                )
+        if port is None:
             executor.shutdown(wait=False)
+            reason = failure.strerror if failure is not None else None
             raise ListenFailed(
-                f"cannot listen on {self.listen} (address in use or not local?)"
-            ) from None
+                f"cannot listen on {self.listen}:"
+                f" {reason or 'address in use or not local?'}"
+            )
         server.start()
         self._grpc, self._executor, self._port = server, executor, port
         super().startService()  # type: ignore[no-untyped-call]

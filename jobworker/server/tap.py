@@ -5,9 +5,11 @@
 the TLS material, the state directory (locked before stale job cgroups are
 removed) and isolation, refusing to start with the reason when any is
 wrong; then builds the `JobManager`, the `JobWorkerServer`, SIGHUP
-certificate reload and systemd readiness inside a `MultiService`. A
-problem found there ends twistd with one line saying what is wrong, not a
-traceback.
+certificate reload and systemd readiness inside a `MultiService`. twistd
+parses `TwistdOptions` (the plugin's): any problem at start-up, a usage
+error or a port that cannot be bound included, ends twistd with one line
+saying what is wrong (`jobworker.server.startup`), not a traceback or the
+whole help.
 """
 
 from __future__ import annotations
@@ -40,9 +42,11 @@ from jobworker.job.manager import JobManager
 from jobworker.limits import LIMITS, Limit, LimitPolicy
 from jobworker.model import Limits
 from jobworker.reactors import or_global
+from jobworker.server.logformat import JSON_OBSERVER, LOG_FORMATS, json_logger_problem
 from jobworker.server.notify import Readiness, sd_notify
 from jobworker.server.reload import CertificateReload
 from jobworker.server.service import JobWorkerServer
+from jobworker.server.startup import CheckedStart, cannot_start
 from jobworker.server.statelock import StateDirLock
 from jobworker.server.tls import load_server_tls
 from jobworker.units import InvalidNumber, InvalidSize, format_size, parse_size
@@ -127,6 +131,7 @@ class Options(usage.Options):
         self["maximums"] = asdict(defaults.max_limits())
         self["explicit-defaults"] = set()
         self["policy"] = None
+        self["log-format"] = "text"
 
     @_help(f"HOST:PORT to serve on, [::1]:7443 for IPv6 [default: {defaults.LISTEN}]")
     def opt_listen(self, value: str) -> None:
@@ -153,6 +158,14 @@ class Options(usage.Options):
     )
     def opt_state_dir(self, path: str) -> None:
         self["state-dir"] = path
+
+    def opt_log_format(self, value: str) -> None:
+        """text (twistd's lines) or json (one JSON event per line) [default: text]"""
+        if value not in LOG_FORMATS:
+            raise usage.UsageError(
+                f"--log-format: {value!r} is not {' or '.join(LOG_FORMATS)}"
+            )
+        self["log-format"] = value
 
     def opt_job_user(self, name: str) -> None:
         """One user all jobs run as [default: a uid per job when root, else the
@@ -259,6 +272,30 @@ def _add_limit_options(options: type[Options]) -> None:
 _add_limit_options(Options)
 
 
+class TwistdOptions(Options):
+    """`Options` as `twistd jobworker` parses them (the plugin's).
+
+    A usage error is one line, `jobworker: cannot start: <error>`, rather
+    than twistd's whole help; `--log-format json` becomes twistd's
+    `--logger`, so the JSON observer is in place before the first event.
+    """
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        try:
+            super().parseOptions(options)  # type: ignore[no-untyped-call]
+        except usage.UsageError as error:
+            raise cannot_start(error) from None
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        twistd = self.parent
+        if self["log-format"] == "json" and twistd is not None:
+            problem = json_logger_problem(twistd)
+            if problem is not None:
+                raise usage.UsageError(problem)
+            twistd["logger"] = JSON_OBSERVER
+
+
 def _policy(
     wanted: dict[str, Any],
     maximums: dict[str, Any],
@@ -280,12 +317,14 @@ def _policy(
 
 
 def build_service(
-    config: dict[str, Any], reactor: object | None = None
+    config: dict[str, Any],
+    reactor: object | None = None,
+    top_class: type[MultiService] = MultiService,
 ) -> MultiService:
     """Check TLS and isolation, then build the manager and the API server.
 
     `reactor` (the installed one when None) is adapted to the interface each
-    service uses.
+    service uses; `top_class` is the class of the service returned.
     """
     reactor = or_global(reactor)
     host, _ = parse_address(config["listen"], allow_port_zero=True)
@@ -314,7 +353,7 @@ def build_service(
     except BaseException:
         lock.release()
         raise
-    top = MultiService()  # type: ignore[no-untyped-call]
+    top = top_class()
     lock.setServiceParent(top)  # type: ignore[no-untyped-call]
     server = JobWorkerServer(
         manager,
@@ -395,9 +434,9 @@ def _isolation(
 def makeService(config: Options) -> MultiService:
     """The jobworker service; ends twistd with one line on a start-up problem."""
     try:
-        service = build_service(config)
+        service = build_service(config, top_class=CheckedStart)
     except (JobWorkerError, OSError) as error:
-        raise SystemExit(f"jobworker: cannot start: {error}") from None
+        raise cannot_start(error) from None
     _exit_zero_after_shutdown()
     return service
 

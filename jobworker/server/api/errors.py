@@ -90,11 +90,12 @@ def refuse(
     quiet = (grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED)
     if code not in quiet and not isinstance(error, AlreadyLogged):
         log.info(
-            "{method} by {identity} ({peer}) refused: {code}: {text}",
+            "{method} by {caller} ({peer}) refused: {code}: {text}",
             method=method,
-            identity=identity,
+            caller=identity,
             peer=peer,
             code=code.name,
+            outcome="refused",
             text=text,
         )
     return code, text
