@@ -48,6 +48,21 @@ class Stream(enum.IntEnum):
 
 
 @dataclass(frozen=True)
+class Usage:
+    """What a job has used, as its cgroup counts it; None where not known.
+
+    Unknown without isolation, and where the kernel lacks the counter
+    (see doc/isolation.md, "Usage").
+    """
+
+    cpu_seconds: float | None = None
+    memory_peak_bytes: int | None = None
+    io_read_bytes: int | None = None
+    io_write_bytes: int | None = None
+    pids_peak: int | None = None
+
+
+@dataclass(frozen=True)
 class JobStatus:
     """An immutable snapshot of one job."""
 
@@ -64,6 +79,8 @@ class JobStatus:
     stop_requested: bool = False
     output_bytes: int = 0
     output_truncated: bool = False
+    usage: Usage = Usage()
+    """So far while the job runs (on Status), final once it has ended."""
 
 
 def command_text(command: Sequence[bytes]) -> str:

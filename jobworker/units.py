@@ -79,3 +79,12 @@ def format_size(size: int) -> str:
         if size >= factor:
             return f"{size / factor:.1f}{unit}"
     return str(size)
+
+
+def round_size(size: int) -> str:
+    """A measured size for people, in its largest unit: "18.1M", "512", "2.0G"."""
+    for unit in ("T", "G", "M", "K"):
+        factor = _UNITS[unit]
+        if size >= factor:
+            return f"{size / factor:.1f}{unit}"
+    return str(size)

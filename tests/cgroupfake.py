@@ -28,6 +28,9 @@ V1_FILES = {
     "blkio.throttle.read_bps_device": "",
     "blkio.throttle.write_bps_device": "",
     "pids.max": "max\n",
+    "memory.max_usage_in_bytes": "0\n",
+    "blkio.throttle.io_service_bytes": "Total 0\n",
+    "pids.peak": "0\n",
 }
 
 V2_FILES = {
@@ -42,6 +45,10 @@ V2_FILES = {
     "memory.events": "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n",
     "io.max": "",
     "pids.max": "max\n",
+    "memory.current": "0\n",
+    "memory.peak": "0\n",
+    "io.stat": "",
+    "pids.peak": "0\n",
 }
 
 

@@ -24,7 +24,7 @@ from zope.interface import implementer
 from jobworker.isolation.interfaces import IsolationConfig, JobCgroup
 from jobworker.job.events import JobEvents
 from jobworker.job.manager import JobManager
-from jobworker.model import JobStatus, Limits
+from jobworker.model import JobStatus, Limits, Usage
 
 
 class FakeTransport:
@@ -93,6 +93,7 @@ class FakeCgroup:
         self.removing: Deferred[None] = Deferred()
         self.removed = False
         self.oom = False
+        self.used = Usage(cpu_seconds=0.0)
 
     @property
     def procs_files(self) -> tuple[str, ...]:
@@ -106,6 +107,9 @@ class FakeCgroup:
 
     def cpu_usage_ns(self) -> int:
         return 0
+
+    def usage(self) -> Usage:
+        return self.used
 
     def remove(self) -> Deferred[None]:
         self.removed = True

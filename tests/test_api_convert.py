@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from twisted.trial import unittest
 
 from jobworker.job.outputlog import Run
-from jobworker.model import Stream
-from jobworker.server.api.convert import encode_chunk
+from jobworker.model import JobState, JobStatus, Limits, Stream, Usage
+from jobworker.server.api.convert import encode_chunk, status_to_pb
 from jobworker.v1 import jobworker_pb2 as pb
 
 offsets = st.integers(min_value=0, max_value=2**64 - 1)
@@ -47,3 +47,22 @@ class EncodeChunkTests(unittest.TestCase):
             (message.stream, message.offset, message.next_offset, message.data),
             (pb.STREAM_STDERR, 5, 1 << 40, data),
         )
+
+
+class StatusToPbTests(unittest.TestCase):
+    def status(self, usage: Usage) -> JobStatus:
+        return JobStatus(
+            "id", "alice", (b"true",), JobState.RUNNING, Limits(), 1.0, usage=usage
+        )
+
+    def test_known_usage_is_set_and_unknown_left_unset(self) -> None:
+        usage = Usage(cpu_seconds=1.5, memory_peak_bytes=4096, io_read_bytes=0)
+        message = status_to_pb(self.status(usage)).usage
+        self.assertEqual(message.cpu_seconds, 1.5)
+        self.assertEqual(message.memory_peak_bytes, 4096)
+        self.assertTrue(message.HasField("io_read_bytes"))  # 0 is known
+        self.assertFalse(message.HasField("io_write_bytes"))
+        self.assertFalse(message.HasField("pids_peak"))
+
+    def test_no_usage_is_no_field(self) -> None:
+        self.assertFalse(status_to_pb(self.status(Usage())).HasField("usage"))

@@ -10,7 +10,7 @@ from twisted.trial import unittest
 
 from jobworker.errors import IsolationFailed, IsolationUnavailable
 from jobworker.isolation.cgroups import CgroupBusy, V1Driver, detect_in, parent_name
-from jobworker.model import Limits
+from jobworker.model import Limits, Usage
 from tests.cgroupfake import V1_FILES, FakeKernel, v1_tree
 
 LIMITS = Limits(
@@ -155,6 +155,39 @@ class V1Tests(unittest.TestCase):
         with open(cgroup.file("cpuacct", "cpuacct.usage"), "w") as usage:
             usage.write("123456789\n")
         self.assertEqual(cgroup.cpu_usage_ns(), 123456789)
+
+    def test_usage_is_read_from_the_v1_files(self) -> None:
+        cgroup = self.driver().create(JOB, LIMITS, "/")
+        for controller, name, content in (
+            ("cpuacct", "cpuacct.usage", "2500000000\n"),
+            ("memory", "memory.max_usage_in_bytes", "73400320\n"),
+            (
+                "blkio",
+                "blkio.throttle.io_service_bytes",
+                "8:0 Read 4096\n8:0 Write 100\n8:0 Sync 4196\n8:0 Total 4196\n"
+                "254:0 Read 10\n254:0 Write 20\n254:0 Total 30\nTotal 4226\n",
+            ),
+            ("pids", "pids.peak", "7\n"),
+        ):
+            with open(cgroup.file(controller, name), "w") as file:
+                file.write(content)
+        self.assertEqual(
+            cgroup.usage(),
+            Usage(
+                cpu_seconds=2.5,
+                memory_peak_bytes=73400320,
+                io_read_bytes=4106,
+                io_write_bytes=120,
+                pids_peak=7,
+            ),
+        )
+
+    def test_usage_without_pids_peak_leaves_it_unknown(self) -> None:
+        cgroup = self.driver().create(JOB, LIMITS, "/")
+        os.remove(cgroup.file("pids", "pids.peak"))
+        usage = cgroup.usage()
+        self.assertIsNone(usage.pids_peak)
+        self.assertEqual((usage.io_read_bytes, usage.io_write_bytes), (0, 0))
 
     def test_remove_retries_on_the_clock_while_busy(self) -> None:
         cgroup = self.driver().create(JOB, LIMITS, "/")

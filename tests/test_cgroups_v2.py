@@ -9,8 +9,8 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from jobworker.errors import IsolationUnavailable
-from jobworker.isolation.cgroups import V2Driver, detect_in, parent_name
-from jobworker.model import Limits
+from jobworker.isolation.cgroups import V2Driver, V2JobCgroup, detect_in, parent_name
+from jobworker.model import Limits, Usage
 from tests.cgroupfake import V2_FILES, FakeKernel, fill, v2_tree
 from tests.test_blockdev import make_sysfs
 
@@ -106,6 +106,43 @@ class V2Tests(unittest.TestCase):
             stat.write("usage_usec 1500\nuser_usec 1000\n")
         self.assertTrue(cgroup.oom_killed())
         self.assertEqual(cgroup.cpu_usage_ns(), 1_500_000)
+
+    def write(self, cgroup: V2JobCgroup, name: str, content: str) -> None:
+        with open(cgroup.file(name), "w") as file:
+            file.write(content)
+
+    def test_usage_is_read_from_the_v2_files(self) -> None:
+        cgroup = self.driver().create(JOB, LIMITS, "/")
+        self.write(cgroup, "cpu.stat", "usage_usec 1250000\nuser_usec 1000000\n")
+        self.write(cgroup, "memory.peak", "1048576\n")
+        self.write(
+            cgroup,
+            "io.stat",
+            "8:0 rbytes=4096 wbytes=512 rios=1 wios=1 dbytes=0 dios=0\n"
+            "254:0 rbytes=10 wbytes=20 rios=1 wios=1 dbytes=0 dios=0\n",
+        )
+        self.write(cgroup, "pids.peak", "12\n")
+        self.assertEqual(
+            cgroup.usage(),
+            Usage(
+                cpu_seconds=1.25,
+                memory_peak_bytes=1048576,
+                io_read_bytes=4106,
+                io_write_bytes=532,
+                pids_peak=12,
+            ),
+        )
+
+    def test_without_memory_peak_the_highest_current_read_is_the_peak(self) -> None:
+        cgroup = self.driver().create(JOB, LIMITS, "/")
+        os.remove(cgroup.file("memory.peak"))
+        os.remove(cgroup.file("pids.peak"))
+        peaks = []
+        for current in (300, 100, 500):
+            self.write(cgroup, "memory.current", f"{current}\n")
+            peaks.append(cgroup.usage().memory_peak_bytes)
+        self.assertEqual(peaks, [300, 300, 500])
+        self.assertIsNone(cgroup.usage().pids_peak)
 
     def test_kill_all_writes_cgroup_kill(self) -> None:
         cgroup = self.driver().create(JOB, LIMITS, "/")

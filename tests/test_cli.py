@@ -29,6 +29,7 @@ FIELDS = {
     "limits",
     "output_bytes",
     "output_truncated",
+    "usage",
 }
 
 
@@ -104,6 +105,17 @@ class CommandTests(CLITestCase):
         )
         self.assertIsInstance(status["output_bytes"], int)
         self.assertIs(status["output_truncated"], False)
+        # This server does not isolate jobs, so it measures nothing.
+        self.assertEqual(
+            status["usage"],
+            {
+                "cpu_seconds": None,
+                "memory_peak_bytes": None,
+                "io_read_bytes": None,
+                "io_write_bytes": None,
+                "pids_peak": None,
+            },
+        )
 
     async def test_status_json_escapes_invalid_utf8_reversibly(self) -> None:
         result = await self.harness.cli("start", "--", "echo", b"caf\xc3\xa9\xff")
@@ -122,6 +134,7 @@ class CommandTests(CLITestCase):
         self.assertIn(b"state:    exited 2", result.out)
         self.assertIn(b"command:  sh -c 'exit 2'", result.out)
         self.assertIn(b"limits:   cpu 1, memory 512M", result.out)
+        self.assertIn(b"usage:    -\n", result.out)
 
     async def test_stop_returns_when_the_job_has_ended(self) -> None:
         job_id = await started_job(self.harness, "sleep", "600")

@@ -8,6 +8,7 @@ import signal
 
 from twisted.trial import unittest
 
+from jobworker.cli.formatting import USAGE_FIELDS
 from tests.cliutil import CLITestCase, started_job
 
 
@@ -46,6 +47,33 @@ class IsolatedCLITests(CLITestCase):
         self.assertEqual(result.err, said.encode())
         waited = await self.harness.cli("wait", job["id"])
         self.assertEqual((waited.err, waited.code), (said.encode(), result.code))
+
+    async def test_status_shows_usage_while_running_and_at_the_end(self) -> None:
+        job_id = await started_job(
+            self.harness,
+            "sh",
+            "-c",
+            "dd if=/dev/zero of=/dev/null bs=16M count=1 2>/dev/null; echo ready;"
+            " exec sleep 600",
+        )
+        await self.wait_for_output(job_id, len(b"ready\n"))
+        usage = (await self.status(job_id))["usage"]
+        assert isinstance(usage, dict)
+        self.assertEqual(set(usage), set(USAGE_FIELDS))
+        self.assertGreater(usage["cpu_seconds"], 0)
+        self.assertGreaterEqual(usage["memory_peak_bytes"], 16 << 20)
+        for name in ("io_read_bytes", "io_write_bytes"):
+            self.assertIsInstance(usage[name], int)
+        shown = await self.harness.cli("status", job_id)
+        self.assertRegex(
+            shown.out, rb"\nusage: +cpu [\d.]+ s, memory peak [\d.]+M, read \S+,"
+        )
+        stopped = await self.harness.cli("stop", "--grace", "0", job_id)
+        self.assertRegex(stopped.out, rb"\nusage: +cpu [\d.]+ s, memory peak")
+        final = (await self.status(job_id))["usage"]
+        assert isinstance(final, dict)
+        self.assertGreaterEqual(final["cpu_seconds"], usage["cpu_seconds"])
+        self.assertGreaterEqual(final["memory_peak_bytes"], 16 << 20)
 
     async def test_stop_kills_the_whole_job(self) -> None:
         job_id = await started_job(

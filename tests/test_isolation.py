@@ -193,6 +193,46 @@ class LimitTests(IsolationTestCase):
                 f"{measured / MiB:.2f} MiB/s, limit {rate / MiB} MiB/s: {output!r}",
             )
 
+    async def test_usage_is_live_while_running_and_final_at_the_end(self) -> None:
+        manager = self.manager()
+        disk = bool(job_disks(self.state_dir))
+        io = (
+            "dd if=/dev/zero of=data bs=64k count=16 oflag=direct 2>/dev/null &&"
+            " dd if=data of=/dev/null bs=64k iflag=direct 2>/dev/null; "
+            if disk
+            else ""
+        )
+        script = (
+            f"{io}dd if=/dev/zero of=/dev/null bs=48M count=1 2>/dev/null; "
+            "i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done; "
+            "sleep 600 & sleep 600 & echo ready; wait"
+        )
+        status = await self.sh(manager, script, Limits(memory_bytes=256 * MiB))
+        cgroup = self.driver.created[status.id]
+        has_pids_peak = os.path.exists(control_file(cgroup, "pids", "pids.peak"))
+        await until_output(manager, status.id, b"ready")
+        live = manager.board.live(status.id).usage
+        self.assertEqual(manager.board.get(status.id).usage, status.usage)
+        final = (await manager.stop(status.id, grace=0)).usage
+        for usage in (live, final):
+            assert usage.cpu_seconds is not None
+            self.assertGreater(usage.cpu_seconds, 0.01, usage)
+            assert usage.memory_peak_bytes is not None
+            self.assertGreaterEqual(usage.memory_peak_bytes, 48 * MiB, usage)
+            self.assertLess(usage.memory_peak_bytes, 256 * MiB, usage)
+            assert usage.io_read_bytes is not None and usage.io_write_bytes is not None
+            if disk:
+                self.assertGreaterEqual(usage.io_write_bytes, MiB, usage)
+                self.assertGreaterEqual(usage.io_read_bytes, MiB, usage)
+            if has_pids_peak:  # H, I, sh and two sleeps at once
+                assert usage.pids_peak is not None
+                self.assertGreaterEqual(usage.pids_peak, 5, usage)
+            else:
+                self.assertIsNone(usage.pids_peak)
+        assert live.cpu_seconds is not None and final.cpu_seconds is not None
+        self.assertGreaterEqual(final.cpu_seconds, live.cpu_seconds)
+        self.assertEqual(manager.board.live(status.id).usage, final)
+
     async def test_fork_bomb_is_contained_and_the_job_still_stops(self) -> None:
         manager = self.manager()
         bomb = (

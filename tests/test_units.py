@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.trial import unittest
 
 from jobworker.address import InvalidAddress, format_address, parse_address
-from jobworker.units import InvalidSize, format_size, parse_size
+from jobworker.units import InvalidSize, format_size, parse_size, round_size
 
 
 class ParseSizeTests(unittest.TestCase):
@@ -38,6 +38,12 @@ class ParseSizeTests(unittest.TestCase):
         self.assertEqual(format_size(3 << 29), "1536M")
         self.assertEqual(format_size(1000), "1000")
         self.assertEqual(format_size(1500), "1.5K")
+
+    def test_measured_sizes_are_rounded_to_their_largest_unit(self) -> None:
+        self.assertEqual(round_size(18512 << 10), "18.1M")
+        self.assertEqual(round_size(1536 << 20), "1.5G")
+        self.assertEqual(round_size(4096), "4.0K")
+        self.assertEqual(round_size(0), "0")
 
     def test_format_round_trips_through_parse(self) -> None:
         for size in (1, 1024, 4 << 30, 7 << 20):

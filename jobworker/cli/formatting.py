@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import signal
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC
 from typing import Any
@@ -22,7 +23,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from jobworker.limits import LIMITS, limits_from_pb, limits_text
 from jobworker.model import command_text
-from jobworker.units import format_size
+from jobworker.units import format_size, round_size
 from jobworker.v1 import jobworker_pb2 as pb
 
 
@@ -104,7 +105,40 @@ def job_json(job: pb.JobStatus) -> dict[str, Any]:
         "limits": asdict(limits_from_pb(job.limits)),
         "output_bytes": job.output_bytes,
         "output_truncated": job.output_truncated,
+        "usage": usage_json(job.usage),
     }
+
+
+USAGE_FIELDS = tuple(pb.JobUsage.DESCRIPTOR.fields_by_name)
+
+
+def usage_json(usage: pb.JobUsage) -> dict[str, Any]:
+    """Every usage field, None where the server does not know it."""
+    known = {field.name: value for field, value in usage.ListFields()}
+    return {name: known.get(name) for name in USAGE_FIELDS}
+
+
+_USAGE_WORDS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
+    ("cpu_seconds", "cpu", lambda seconds: f"{seconds:.2f} s"),
+    ("memory_peak_bytes", "memory peak", round_size),
+    ("io_read_bytes", "read", round_size),
+    ("io_write_bytes", "written", round_size),
+    ("pids_peak", "pids peak", str),
+)
+
+
+def usage_text(usage: pb.JobUsage) -> str:
+    """For people: "cpu 1.25 s, memory peak 12.1M, read 0, written 4.0K, pids
+    peak 3"; "-" when nothing is known (a server without isolation)."""
+    known = usage_json(usage)
+    return (
+        ", ".join(
+            f"{words} {show(known[name])}"
+            for name, words, show in _USAGE_WORDS
+            if known[name] is not None
+        )
+        or "-"
+    )
 
 
 def dumps(value: Any) -> str:
@@ -181,6 +215,7 @@ def summary(job: pb.JobStatus) -> str:
         ("ended", _timestamp(job, "ended_at", "seconds") or "-"),
         ("limits", limits_text(limits_from_pb(job.limits))),
         ("output", output),
+        ("usage", usage_text(job.usage)),
     ]
     return "\n".join(f"{name + ':':<9} {value}" for name, value in rows)
 

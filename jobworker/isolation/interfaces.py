@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 from twisted.internet.defer import Deferred
 
 from jobworker.errors import JobWorkerError
-from jobworker.model import Limits
+from jobworker.model import Limits, Usage
 
 if TYPE_CHECKING:
     from jobworker.isolation.sandbox import Sandbox
@@ -42,6 +42,14 @@ class JobCgroup(Protocol):
 
     def cpu_usage_ns(self) -> int:
         """CPU time used by the job so far, in nanoseconds."""
+        ...
+
+    def usage(self) -> Usage:
+        """What the job has used so far; None for a counter the kernel lacks.
+
+        Reads kernel files only, so it may be called from any thread; raises
+        `OSError` (or `ValueError`) once the cgroup is gone.
+        """
         ...
 
     def remove(self) -> Deferred[None]:

@@ -6,15 +6,19 @@ asked to stop, writes output, ends), on the reactor thread; readers on
 other threads (the API's Status and List) take the published snapshot
 under a lock, without a trip to the reactor. A snapshot is never stale
 with respect to anything the reactor has finished doing: it is replaced
-in the same reactor step that changes the job.
+in the same reactor step that changes the job. What a running job has
+used changes without the reactor: `live` reads it then and there, with the
+reader each job registers (`watch_usage`).
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from dataclasses import replace
 
 from jobworker.errors import JobNotFound
-from jobworker.model import JobStatus
+from jobworker.model import JobStatus, Usage
 
 
 class StatusBoard:
@@ -23,11 +27,29 @@ class StatusBoard:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._jobs: dict[str, JobStatus] = {}
+        self._usage: dict[str, Callable[[], Usage]] = {}
 
     def publish(self, status: JobStatus) -> None:
         """Record `status` as its job's latest (reactor thread only)."""
         with self._lock:
             self._jobs[status.id] = status
+
+    def watch_usage(self, job_id: str, read: Callable[[], Usage] | None) -> None:
+        """Read the job's usage so far with `read` (any thread); None: stop."""
+        with self._lock:
+            if read is None:
+                self._usage.pop(job_id, None)
+            else:
+                self._usage[job_id] = read
+
+    def live(self, job_id: str) -> JobStatus:
+        """The job's latest status, with what it has used so far (any thread)."""
+        status = self.get(job_id)
+        with self._lock:
+            read = self._usage.get(status.id)
+        if read is None or status.state.ended:
+            return status
+        return replace(status, usage=read())
 
     def get(self, job_id: str) -> JobStatus:
         """The job's latest status (any thread); raises `JobNotFound`."""

@@ -12,6 +12,7 @@ fields as the API's refusals, for `--log-format json`: `job_id`, `caller`
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
 
 from twisted.logger import Logger
 
@@ -107,6 +108,7 @@ class LoggingJobEvents(JobEvents):
             job_id=status.id,
             owner=status.owner,
             outcome=outcome_for_log(status),
+            **asdict(status.usage),
         )
 
     def shutdown_requested(self, running: int) -> None:

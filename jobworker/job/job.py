@@ -46,7 +46,7 @@ from jobworker.job.process.launcher import (
     start_error,
 )
 from jobworker.job.process.protocol import JobProcessProtocol
-from jobworker.model import JobStatus, Limits, Stream
+from jobworker.model import JobStatus, Limits, Stream, Usage
 
 DRAIN_TIMEOUT = 5.0
 # After SIGUSR2 ("kill everything") the helper has this long to exit before
@@ -135,6 +135,8 @@ class Job:
         self.started_at = self._clock.seconds()
         self.ended_at: float | None = None
         self.oom_killed = False
+        self.usage = Usage()  # final, shown once the job has ended
+        self._final_usage: Usage | None = None  # read before the cgroup goes
         self._started = False
         self._start_waiters: Waiters[None] = Waiters()
         self._report = b""
@@ -170,7 +172,22 @@ class Job:
             stop_requested=self.core.stop_requested,
             output_bytes=self.output.data_bytes,
             output_truncated=self.output.truncated,
+            usage=self.usage,
         )
+
+    def current_usage(self) -> Usage:
+        """What the job has used so far, or its final usage once it has one.
+
+        Reads the cgroup's files and nothing the reactor changes but two
+        attributes, so any thread may call it (the API's Status does).
+        """
+        final = self._final_usage
+        if self.cgroup is None or final is not None:
+            return final or self.usage
+        try:
+            return self.cgroup.usage()
+        except (OSError, ValueError):  # removed meanwhile: the final usage
+            return self._final_usage or self.usage
 
     def publish(self) -> None:
         """Hand the current status to `on_change` (after every change).
@@ -280,11 +297,13 @@ class Job:
         try:
             await self._drain()
             self._read_oom_flag()
+            self._read_usage()
             await self._release()
             await self._remove(self.dirs.work_dir)
         finally:
             # Whatever went wrong above, the job has ended: record it.
             self.ended_at = self._clock.seconds()
+            self.usage = self._final_usage or Usage()
             if how.signal is not None:
                 self.machine.killed(how.signal)
             else:
@@ -313,6 +332,14 @@ class Job:
             self.oom_killed = self.cgroup.oom_killed()
         except (OSError, ValueError):
             _log.failure("job {id}: cannot read its OOM flag", id=self.record.id)
+
+    def _read_usage(self) -> None:
+        if self.cgroup is None:
+            return
+        try:
+            self._final_usage = self.cgroup.usage()
+        except (OSError, ValueError):
+            _log.failure("job {id}: cannot read its usage", id=self.record.id)
 
     async def _release(self) -> None:
         """Remove the cgroup; the job ends only once it is empty.

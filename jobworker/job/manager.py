@@ -193,9 +193,16 @@ class JobManager:
 
     def _register(self, job: Job) -> None:
         """The job was exec'd (and published its status): it is listed."""
-        self._jobs[job.record.id] = job
+        job_id = job.record.id
+        self._jobs[job_id] = job
+        self.board.watch_usage(job_id, job.current_usage)
         self._events.started(job.status())
-        job.ended().addCallback(self._events.ended)
+
+        def ended(status: JobStatus) -> None:
+            self.board.watch_usage(job_id, None)
+            self._events.ended(status)
+
+        job.ended().addCallback(ended)
 
     def stop(self, job_id: str, grace: float | None = None) -> Deferred[JobStatus]:
         """Stop a job: TERM, then after `grace` seconds KILL everything of it.

@@ -439,6 +439,7 @@ class JobStatus(_message.Message):
     LIMITS_FIELD_NUMBER: _builtins.int
     OUTPUT_BYTES_FIELD_NUMBER: _builtins.int
     OUTPUT_TRUNCATED_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     owner: _builtins.str
     """The identity (client certificate CN) that started the job."""
@@ -462,6 +463,12 @@ class JobStatus(_message.Message):
     def limits(self) -> Global___Limits:
         """The limits in force (requested, or the server's defaults)."""
 
+    @_builtins.property
+    def usage(self) -> Global___JobUsage:
+        """What the job has used: so far on Status while it runs, final once it
+        has ended (List shows the final usage of ended jobs only).
+        """
+
     def __init__(
         self,
         *,
@@ -478,10 +485,11 @@ class JobStatus(_message.Message):
         limits: Global___Limits | None = ...,
         output_bytes: _builtins.int = ...,
         output_truncated: _builtins.bool = ...,
+        usage: Global___JobUsage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_signal", b"_signal", "ended_at", b"ended_at", "exit_code", b"exit_code", "limits", b"limits", "signal", b"signal", "started_at", b"started_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_signal", b"_signal", "ended_at", b"ended_at", "exit_code", b"exit_code", "limits", b"limits", "signal", b"signal", "started_at", b"started_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_signal", b"_signal", "command", b"command", "ended_at", b"ended_at", "exit_code", b"exit_code", "id", b"id", "limits", b"limits", "oom_killed", b"oom_killed", "output_bytes", b"output_bytes", "output_truncated", b"output_truncated", "owner", b"owner", "signal", b"signal", "started_at", b"started_at", "state", b"state", "stop_requested", b"stop_requested"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_signal", b"_signal", "command", b"command", "ended_at", b"ended_at", "exit_code", b"exit_code", "id", b"id", "limits", b"limits", "oom_killed", b"oom_killed", "output_bytes", b"output_bytes", "output_truncated", b"output_truncated", "owner", b"owner", "signal", b"signal", "started_at", b"started_at", "state", b"state", "stop_requested", b"stop_requested", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015
@@ -493,6 +501,65 @@ class JobStatus(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__signal) -> _WhichOneofReturnType__signal | None: ...
 
 Global___JobStatus: _TypeAlias = JobStatus  # noqa: Y015
+
+@_typing.final
+class JobUsage(_message.Message):
+    """A job's use of resources, as its cgroup counts it. A field is unset
+    where it is not known: without isolation, or where the kernel lacks the
+    counter (see doc/isolation.md, "Usage").
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CPU_SECONDS_FIELD_NUMBER: _builtins.int
+    MEMORY_PEAK_BYTES_FIELD_NUMBER: _builtins.int
+    IO_READ_BYTES_FIELD_NUMBER: _builtins.int
+    IO_WRITE_BYTES_FIELD_NUMBER: _builtins.int
+    PIDS_PEAK_FIELD_NUMBER: _builtins.int
+    cpu_seconds: _builtins.float
+    """CPU time, user and system, of every process of the job."""
+    memory_peak_bytes: _builtins.int
+    """The most memory the job's cgroup held at once, page cache included."""
+    io_read_bytes: _builtins.int
+    """Bytes read from and written to block devices."""
+    io_write_bytes: _builtins.int
+    pids_peak: _builtins.int
+    """The most processes and threads the job had at once."""
+    def __init__(
+        self,
+        *,
+        cpu_seconds: _builtins.float | None = ...,
+        memory_peak_bytes: _builtins.int | None = ...,
+        io_read_bytes: _builtins.int | None = ...,
+        io_write_bytes: _builtins.int | None = ...,
+        pids_peak: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cpu_seconds", b"_cpu_seconds", "_io_read_bytes", b"_io_read_bytes", "_io_write_bytes", b"_io_write_bytes", "_memory_peak_bytes", b"_memory_peak_bytes", "_pids_peak", b"_pids_peak", "cpu_seconds", b"cpu_seconds", "io_read_bytes", b"io_read_bytes", "io_write_bytes", b"io_write_bytes", "memory_peak_bytes", b"memory_peak_bytes", "pids_peak", b"pids_peak"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cpu_seconds", b"_cpu_seconds", "_io_read_bytes", b"_io_read_bytes", "_io_write_bytes", b"_io_write_bytes", "_memory_peak_bytes", b"_memory_peak_bytes", "_pids_peak", b"_pids_peak", "cpu_seconds", b"cpu_seconds", "io_read_bytes", b"io_read_bytes", "io_write_bytes", b"io_write_bytes", "memory_peak_bytes", b"memory_peak_bytes", "pids_peak", b"pids_peak"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cpu_seconds: _TypeAlias = _typing.Literal["cpu_seconds"]  # noqa: Y015
+    _WhichOneofArgType__cpu_seconds: _TypeAlias = _typing.Literal["_cpu_seconds", b"_cpu_seconds"]  # noqa: Y015
+    _WhichOneofReturnType__io_read_bytes: _TypeAlias = _typing.Literal["io_read_bytes"]  # noqa: Y015
+    _WhichOneofArgType__io_read_bytes: _TypeAlias = _typing.Literal["_io_read_bytes", b"_io_read_bytes"]  # noqa: Y015
+    _WhichOneofReturnType__io_write_bytes: _TypeAlias = _typing.Literal["io_write_bytes"]  # noqa: Y015
+    _WhichOneofArgType__io_write_bytes: _TypeAlias = _typing.Literal["_io_write_bytes", b"_io_write_bytes"]  # noqa: Y015
+    _WhichOneofReturnType__memory_peak_bytes: _TypeAlias = _typing.Literal["memory_peak_bytes"]  # noqa: Y015
+    _WhichOneofArgType__memory_peak_bytes: _TypeAlias = _typing.Literal["_memory_peak_bytes", b"_memory_peak_bytes"]  # noqa: Y015
+    _WhichOneofReturnType__pids_peak: _TypeAlias = _typing.Literal["pids_peak"]  # noqa: Y015
+    _WhichOneofArgType__pids_peak: _TypeAlias = _typing.Literal["_pids_peak", b"_pids_peak"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cpu_seconds) -> _WhichOneofReturnType__cpu_seconds | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__io_read_bytes) -> _WhichOneofReturnType__io_read_bytes | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__io_write_bytes) -> _WhichOneofReturnType__io_write_bytes | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__memory_peak_bytes) -> _WhichOneofReturnType__memory_peak_bytes | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__pids_peak) -> _WhichOneofReturnType__pids_peak | None: ...
+
+Global___JobUsage: _TypeAlias = JobUsage  # noqa: Y015
 
 @_typing.final
 class StreamOutputRequest(_message.Message):

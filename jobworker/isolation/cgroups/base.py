@@ -92,6 +92,15 @@ def read_keyed(path: str) -> dict[str, int]:
     return values
 
 
+def read_int(path: str) -> int | None:
+    """A cgroup file holding one number; None when the kernel lacks the file."""
+    try:
+        with open(path) as file:
+            return int(file.read())
+    except FileNotFoundError:
+        return None
+
+
 def check_job_id(job_id: str) -> None:
     """Refuse a job id that is not a plain directory name."""
     if not job_id or "/" in job_id or job_id in (".", "..") or "\0" in job_id:

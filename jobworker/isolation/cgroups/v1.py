@@ -5,7 +5,9 @@ cpu.cfs_period_us and cpu.cfs_quota_us; memory.limit_in_bytes, then
 memory.memsw.limit_in_bytes to the same value so swap cannot extend it
 (memory.swappiness 0 when swap accounting is off); one line per disk in
 blkio.throttle.read_bps_device / write_bps_device; pids.max. CPU time comes
-from cpuacct.usage, the OOM flag from memory.oom_control's oom_kill count.
+from cpuacct.usage, the OOM flag from memory.oom_control's oom_kill count;
+usage from memory.max_usage_in_bytes, blkio.throttle.io_service_bytes (Read
+and Write, every device) and pids.peak (where the kernel has it).
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ from jobworker.isolation.cgroups.base import (
     JobCgroupBase,
     Kernel,
     check_job_id,
+    read_int,
     read_keyed,
     remove_if_empty,
     remove_now,
     stale_job_dirs,
 )
-from jobworker.model import Limits
+from jobworker.model import Limits, Usage
 
 CONTROLLERS = ("cpu", "cpuacct", "memory", "blkio", "pids")
 CFS_PERIOD_US = 100_000
@@ -56,6 +59,28 @@ class V1JobCgroup(JobCgroupBase):
     def cpu_usage_ns(self) -> int:
         with open(self.file("cpuacct", "cpuacct.usage")) as usage:
             return int(usage.read())
+
+    def usage(self) -> Usage:
+        read, write = self._io_bytes()
+        return Usage(
+            cpu_seconds=self.cpu_usage_ns() / 1e9,
+            memory_peak_bytes=read_int(
+                self.file("memory", "memory.max_usage_in_bytes")
+            ),
+            io_read_bytes=read,
+            io_write_bytes=write,
+            pids_peak=read_int(self.file("pids", "pids.peak")),
+        )
+
+    def _io_bytes(self) -> tuple[int, int]:
+        """Bytes read and written, every device: "MAJ:MIN Read N" lines."""
+        totals = {"Read": 0, "Write": 0}
+        with open(self.file("blkio", "blkio.throttle.io_service_bytes")) as stats:
+            for line in stats:
+                words = line.split()
+                if len(words) == 3 and words[1] in totals:
+                    totals[words[1]] += int(words[2])
+        return totals["Read"], totals["Write"]
 
 
 class V1Driver(DriverBase):

@@ -7,13 +7,17 @@ processes (the no-internal-processes rule), they are first moved into a leaf
 its children. Files written per job: cpu.max, memory.max, memory.swap.max 0
 (swap cannot extend memory), one io.max line per disk (rbps=, wbps=),
 pids.max. CPU time comes from cpu.stat usage_usec, the OOM flag from
-memory.events oom_kill; kill_all writes cgroup.kill.
+memory.events oom_kill; usage from memory.peak (kernel 5.19 and later;
+before, the highest memory.current seen when usage was read), io.stat
+(rbytes, wbytes, every device) and pids.peak (where the kernel has it);
+kill_all writes cgroup.kill.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import threading
 from collections.abc import Sequence
 from contextlib import suppress
 from functools import partial
@@ -27,12 +31,13 @@ from jobworker.isolation.cgroups.base import (
     Kernel,
     check_job_id,
     listed_pids,
+    read_int,
     read_keyed,
     remove_if_empty,
     remove_now,
     stale_job_dirs,
 )
-from jobworker.model import Limits
+from jobworker.model import Limits, Usage
 
 CONTROLLERS = ("cpu", "memory", "io", "pids")
 SERVER_LEAF = "jobworker-server"
@@ -91,6 +96,8 @@ class V2JobCgroup(JobCgroupBase):
     def __init__(self, directory: str, kernel: Kernel, clock: IReactorTime):
         super().__init__([directory], kernel, clock)
         self.directory = directory
+        self._lock = threading.Lock()
+        self._current_peak = 0  # the memory.peak fallback
 
     def file(self, name: str) -> str:
         return os.path.join(self.directory, name)
@@ -103,6 +110,40 @@ class V2JobCgroup(JobCgroupBase):
 
     def cpu_usage_ns(self) -> int:
         return read_keyed(self.file("cpu.stat"))["usage_usec"] * 1000
+
+    def usage(self) -> Usage:
+        read, write = self._io_bytes()
+        return Usage(
+            cpu_seconds=self.cpu_usage_ns() / 1e9,
+            memory_peak_bytes=self._memory_peak(),
+            io_read_bytes=read,
+            io_write_bytes=write,
+            pids_peak=read_int(self.file("pids.peak")),
+        )
+
+    def _memory_peak(self) -> int | None:
+        """memory.peak; without it, the highest memory.current read so far."""
+        peak = read_int(self.file("memory.peak"))
+        if peak is not None:
+            return peak
+        current = read_int(self.file("memory.current"))
+        if current is None:
+            return None
+        with self._lock:  # usage() may be read from several threads
+            self._current_peak = max(self._current_peak, current)
+            return self._current_peak
+
+    def _io_bytes(self) -> tuple[int, int]:
+        """Bytes read and written, every device: "MAJ:MIN rbytes=N wbytes=N ..."."""
+        read = write = 0
+        with open(self.file("io.stat")) as stats:
+            for line in stats:
+                fields = dict(
+                    word.split("=", 1) for word in line.split()[1:] if "=" in word
+                )
+                read += int(fields.get("rbytes", 0))
+                write += int(fields.get("wbytes", 0))
+        return read, write
 
 
 class V2Driver(DriverBase):

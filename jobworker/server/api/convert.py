@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import TypeVar
 
 from google.protobuf.message import DecodeError, Message
@@ -64,6 +65,9 @@ def status_to_pb(status: JobStatus) -> pb.JobStatus:
         message.exit_code = status.exit_code
     if status.signal is not None:
         message.signal = status.signal
+    for name, value in asdict(status.usage).items():
+        if value is not None:
+            setattr(message.usage, name, value)
     return message
 
 

@@ -207,11 +207,10 @@ class JobWorkerService:
             return pb.StopResponse(job=status_to_pb(status))
 
     def status(self, data: bytes, context: grpc.ServicerContext) -> pb.StatusResponse:
-        with self.on_board("Status", context) as (caller, _):
+        with self.on_board("Status", context) as (caller, board):
             request = parse(pb.StatusRequest, data)
-            return pb.StatusResponse(
-                job=status_to_pb(self._visible(caller, request.job_id))
-            )
+            job_id = self._visible(caller, request.job_id).id
+            return pb.StatusResponse(job=status_to_pb(board.live(job_id)))
 
     def wait(self, data: bytes, context: grpc.ServicerContext) -> pb.WaitResponse:
         with answering("Wait", context) as caller:
