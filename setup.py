@@ -20,6 +20,7 @@ setup(
         "pyopenssl",
         "service-identity",
         "cryptography",
+        "prometheus-client",
     ],
     entry_points={
         "console_scripts": [

@@ -21,6 +21,7 @@ from jobworker.server.api.servicer import (
     FOLLOWER_BUFFER_BYTES,
     JobWorkerService,
 )
+from jobworker.server.metrics import ServerMetrics
 from jobworker.server.service import SIDE_STREAMS
 from jobworker.v1 import jobworker_pb2 as pb
 from tests.apiutil import APITestCase, shell, stream_end, threads_in
@@ -67,7 +68,9 @@ class StreamTests(APITestCase):
 
     def test_messages_shrink_as_followers_are_added(self) -> None:
         unused: Any = None  # message sizes need neither manager nor reactor
-        service = JobWorkerService(unused, Bridge(unused), max_followers=256)
+        service = JobWorkerService(
+            unused, Bridge(unused), max_followers=256, metrics=ServerMetrics()
+        )
         sizes = {}
         for followers in (0, 1, 4, 16, 50, 64, 256):
             service._followers = followers

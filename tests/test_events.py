@@ -132,6 +132,9 @@ class RecordedEvents(JobEvents):
     def shutdown_requested(self, running: int) -> None:
         self.told.append(("shutdown requested", running))
 
+    def cleanup_failed(self, job_id: str) -> None:
+        self.told.append(("cleanup failed", job_id))
+
 
 class JobEventsTests(FakeManagerTestCase):
     """The manager tells its `JobEvents` what happens, before its callers."""
@@ -190,6 +193,18 @@ class JobEventsTests(FakeManagerTestCase):
         self.protocol.childConnectionLost(3)
         [job] = self.manager.list()
         self.assertEqual(self.recorded.told, [("started", job.id, JobState.RUNNING)])
+
+    def test_a_cgroup_that_cannot_be_removed_is_told(self) -> None:
+        starting = self.manager.start("bob", [b"prog"])
+        self.protocol.childConnectionLost(3)
+        job = self.successResultOf(starting)
+        self.protocol.processExited(Failure(ProcessTerminated(exitCode=0)))
+        for fd in (1, 2):
+            self.protocol.childConnectionLost(fd)
+        self.driver.cgroups[0].removing.errback(PermissionError("not allowed"))
+        self.assertEqual(self.recorded.told[1], ("cleanup failed", job.id))
+        self.assertEqual(self.recorded.told[2][:2], ("ended", job.id))
+        self.assertEqual(len(self.flushLoggedErrors(PermissionError)), 1)
 
     def test_refused_stop_is_not_told(self) -> None:
         starting = self.manager.start("bob", [b"prog"])

@@ -134,6 +134,21 @@ class StartUpFailureTests(unittest.TestCase):
         self.assertNotIn("Traceback", out)
         self.assertNotIn("ListenFailed", out)
 
+    async def test_busy_metrics_port_is_one_line(self) -> None:
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            port = busy.getsockname()[1]
+            argv = twistd_argv(os.path.abspath(self.mktemp()))
+            argv += ["--metrics-listen", f"127.0.0.1:{port}"]
+            code, out = await deferToThread(run_twistd, argv)
+        self.assertEqual(code, 1, out)
+        failures = [line for line in out.splitlines() if "cannot start" in line]
+        self.assertEqual(len(failures), 1, out)
+        self.assertIn(f"127.0.0.1:{port}", failures[0])
+        self.assertIn("Address already in use", failures[0])
+        self.assertNotIn("Traceback", out)
+
 
 class JSONLogTests(unittest.TestCase):
     """`--log-format json`: every line one event, parsed back with its fields."""

@@ -67,6 +67,42 @@ class JobEvents:
     def shutdown_requested(self, running: int) -> None:
         """The manager was asked to shut down with `running` jobs not ended."""
 
+    def cleanup_failed(self, job_id: str) -> None:
+        """The job's cgroup could not be removed when it ended (logged there)."""
+
+
+class JobEventsFanOut(JobEvents):
+    """Tells every one of several `JobEvents`, in order (the server: log, metrics)."""
+
+    def __init__(self, *observers: JobEvents) -> None:
+        self._observers = observers
+
+    def started(self, status: JobStatus) -> None:
+        for observer in self._observers:
+            observer.started(status)
+
+    def start_refused(
+        self, owner: str, command: Sequence[bytes], error: BaseException
+    ) -> None:
+        for observer in self._observers:
+            observer.start_refused(owner, command, error)
+
+    def stop_requested(self, status: JobStatus, grace: float | None) -> None:
+        for observer in self._observers:
+            observer.stop_requested(status, grace)
+
+    def ended(self, status: JobStatus) -> None:
+        for observer in self._observers:
+            observer.ended(status)
+
+    def shutdown_requested(self, running: int) -> None:
+        for observer in self._observers:
+            observer.shutdown_requested(running)
+
+    def cleanup_failed(self, job_id: str) -> None:
+        for observer in self._observers:
+            observer.cleanup_failed(job_id)
+
 
 class LoggingJobEvents(JobEvents):
     """Logs every job event, with the job's owner: the server's observer."""

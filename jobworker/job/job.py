@@ -118,6 +118,7 @@ class Job:
         spec: LaunchSpec,
         reactor: IReactorProcess,
         on_change: Callable[[JobStatus], None],
+        on_cleanup_failed: Callable[[], None] = lambda: None,
     ) -> None:
         """Spawn the helper for `spec`, and time its exec (`EXEC_TIMEOUT`).
 
@@ -132,6 +133,7 @@ class Job:
         self._clock = IReactorTime(reactor)
         self._threads = IReactorThreads(reactor)
         self._on_change = on_change
+        self._on_cleanup_failed = on_cleanup_failed
         self.started_at = self._clock.seconds()
         self.ended_at: float | None = None
         self.oom_killed = False
@@ -365,6 +367,7 @@ class Job:
                 continue
             except OSError:
                 _log.failure("job {id}: cannot remove its cgroup", id=self.record.id)
+                self._on_cleanup_failed()
             return
 
     def _remove(self, path: str) -> Deferred[None]:

@@ -175,6 +175,7 @@ class JobManager:
                 spec=spec,
                 reactor=self._reactor,
                 on_change=self.board.publish,
+                on_cleanup_failed=lambda: self._events.cleanup_failed(record.id),
             )
         except BaseException:
             if output is not None:

@@ -38,6 +38,7 @@ from jobworker.server.api.bridge import Bridge
 from jobworker.server.api.gate import Gate
 from jobworker.server.api.quota import WAITING_CALLS
 from jobworker.server.api.servicer import SERVICE_NAME, JobWorkerService
+from jobworker.server.metrics import ServerMetrics
 from jobworker.server.reload import ReloadableCredentials
 from jobworker.server.tls import ServerTLS
 
@@ -67,8 +68,10 @@ class JobWorkerServer(Service):
         listen: str,
         tls: ServerTLS,
         max_followers: int = MAX_FOLLOWERS,
+        metrics: ServerMetrics | None = None,
         reactor: IReactorThreads | None = None,
     ) -> None:
+        """`metrics` (a new, unserved set when None) counts what it serves."""
         if max_followers < 1:
             raise ValueError("max_followers must be at least 1")
         self.manager = manager
@@ -82,7 +85,11 @@ class JobWorkerServer(Service):
         self._executor: ThreadPoolExecutor | None = None
         self._health: health.HealthServicer | None = None
         self.bridge = Bridge(self._reactor)
-        self.service = JobWorkerService(manager, self.bridge, max_followers)
+        self.metrics = metrics if metrics is not None else ServerMetrics()
+        self.service = JobWorkerService(
+            manager, self.bridge, max_followers, self.metrics
+        )
+        self.metrics.watch(manager.board.all, lambda: self.service.followers)
 
     @property
     def tls(self) -> ServerTLS:
@@ -102,7 +109,7 @@ class JobWorkerServer(Service):
         server = grpc.server(
             executor,
             handlers=[self.service.handler()],
-            interceptors=[Gate(SERVICE_NAME, SIDE_STREAMS)],
+            interceptors=[Gate(SERVICE_NAME, SIDE_STREAMS, self.metrics.refused)],
             maximum_concurrent_rpcs=workers,
             # Without this, a second server could silently share the port.
             options=[("grpc.so_reuseport", 0)],

@@ -11,6 +11,7 @@ traceback twistd would print.
 from __future__ import annotations
 
 from twisted.application.service import MultiService
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from jobworker.errors import JobWorkerError
@@ -30,6 +31,6 @@ class CheckedStart(MultiService):
     def startService(self) -> None:
         try:
             super().startService()  # type: ignore[no-untyped-call]
-        except (JobWorkerError, OSError) as error:
+        except (JobWorkerError, OSError, CannotListenError) as error:
             log.critical(PREFIX + "{reason}", reason=str(error), outcome="failed")
             raise SystemExit(1) from None

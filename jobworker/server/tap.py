@@ -25,6 +25,7 @@ from twisted.internet.interfaces import (
     IReactorCore,
     IReactorFromThreads,
     IReactorProcess,
+    IReactorTCP,
     IReactorThreads,
     IReactorTime,
 )
@@ -37,12 +38,13 @@ from jobworker.errors import InvalidRequest, IsolationUnavailable, JobWorkerErro
 from jobworker.isolation.interfaces import IsolationConfig
 from jobworker.isolation.uids import DEFAULT_RANGE as DEFAULT_UID_RANGE
 from jobworker.isolation.uids import parse_range
-from jobworker.job.events import LoggingJobEvents
+from jobworker.job.events import JobEventsFanOut, LoggingJobEvents
 from jobworker.job.manager import JobManager
 from jobworker.limits import LIMITS, Limit, LimitPolicy
 from jobworker.model import Limits
 from jobworker.reactors import or_global
 from jobworker.server.logformat import JSON_OBSERVER, LOG_FORMATS, json_logger_problem
+from jobworker.server.metrics import MetricsJobEvents, MetricsListener, ServerMetrics
 from jobworker.server.notify import Readiness, sd_notify
 from jobworker.server.reload import CertificateReload
 from jobworker.server.service import JobWorkerServer
@@ -54,6 +56,7 @@ from jobworker.units import InvalidNumber, InvalidSize, format_size, parse_size
 log = Logger()
 # The API server's name in the MultiService: `top.getServiceNamed(API_SERVICE)`.
 API_SERVICE = "api"
+METRICS_SERVICE = "metrics"  # only with --metrics-listen
 _UNLIMITED = ("unlimited", "none")
 F = TypeVar("F", bound=Callable[..., None])
 
@@ -132,6 +135,7 @@ class Options(usage.Options):
         self["explicit-defaults"] = set()
         self["policy"] = None
         self["log-format"] = "text"
+        self["metrics-listen"] = None
 
     @_help(f"HOST:PORT to serve on, [::1]:7443 for IPv6 [default: {defaults.LISTEN}]")
     def opt_listen(self, value: str) -> None:
@@ -140,6 +144,15 @@ class Options(usage.Options):
         except InvalidAddress as error:
             raise usage.UsageError(f"--listen: {error}") from None
         self["listen"] = value
+
+    def opt_metrics_listen(self, value: str) -> None:
+        """HOST:PORT to serve Prometheus metrics on, plain HTTP: bind it to
+        localhost or a management network [default: off]"""
+        try:
+            parse_address(value, allow_port_zero=True)
+        except InvalidAddress as error:
+            raise usage.UsageError(f"--metrics-listen: {error}") from None
+        self["metrics-listen"] = value
 
     def opt_tls_cert(self, path: str) -> None:
         """The server's certificate (PEM) [required]"""
@@ -339,6 +352,7 @@ def build_service(
     state_dir = os.path.abspath(config["state-dir"])
     os.makedirs(state_dir, mode=0o711, exist_ok=True)
     lock = StateDirLock(state_dir)  # before stale clean-up: it kills jobs
+    metrics = ServerMetrics()
     try:
         manager = JobManager(
             state_dir,
@@ -347,7 +361,7 @@ def build_service(
             job_user=config["job-user"],
             stop_grace=config["stop-grace"],
             output_cap=config["output-cap"],
-            events=LoggingJobEvents(),
+            events=JobEventsFanOut(LoggingJobEvents(), MetricsJobEvents(metrics)),
             reactor=IReactorProcess(reactor),
         )
     except BaseException:
@@ -360,10 +374,17 @@ def build_service(
         listen=config["listen"],
         tls=tls,
         max_followers=config["max-followers"],
+        metrics=metrics,
         reactor=IReactorThreads(reactor),
     )
     server.setName(API_SERVICE)  # type: ignore[no-untyped-call]
     server.setServiceParent(top)  # type: ignore[no-untyped-call]
+    if config["metrics-listen"] is not None:
+        listener = MetricsListener(
+            config["metrics-listen"], metrics.registry, reactor=IReactorTCP(reactor)
+        )
+        listener.setName(METRICS_SERVICE)  # type: ignore[no-untyped-call]
+        listener.setServiceParent(top)  # type: ignore[no-untyped-call]
     reload = CertificateReload(
         server.credentials,
         load_tls,

@@ -70,8 +70,16 @@ else:  # grpcio's class is not generic at run time, only in grpc-stubs
 class Gate(_Interceptor):
     """Authenticates every call; caps long-lived calls outside `own_service`."""
 
-    def __init__(self, own_service: str, side_streams: int) -> None:
+    def __init__(
+        self,
+        own_service: str,
+        side_streams: int,
+        on_refused: Callable[[str, str], None] = lambda method, code: None,
+    ) -> None:
+        """`on_refused(method, code name)` hears of every call refused here
+        (`own_service`'s methods by name, the others by their whole path)."""
         self._own = f"/{own_service}/"
+        self._on_refused = on_refused
         self._slots = threading.BoundedSemaphore(side_streams)
         self.side_streams = side_streams
 
@@ -99,7 +107,10 @@ class Gate(_Interceptor):
             identity = caller.identity
             release = self._take_slot() if capped else _nothing
         except Refused as refused:
-            abort(context, *refuse(method, identity, context.peer(), refused))
+            code, text = refuse(method, identity, context.peer(), refused)
+            # JobWorker's methods by name, as the servicer counts them.
+            self._on_refused(method.removeprefix(self._own), code.name)
+            abort(context, code, text)
         authenticated = AuthenticatedContext(context, caller)
         return cast(grpc.ServicerContext, authenticated), release
 

@@ -54,6 +54,7 @@ from jobworker.server.api.errors import (
 from jobworker.server.api.ids import resolve
 from jobworker.server.api.paging import PageRequest, list_filter
 from jobworker.server.api.quota import WaitingCalls
+from jobworker.server.metrics import ServerMetrics
 from jobworker.v1 import jobworker_pb2 as pb
 
 SERVICE_NAME = "jobworker.v1.JobWorker"
@@ -71,8 +72,13 @@ COALESCE_PAUSE = 0.002
 
 
 @contextmanager
-def answering(method: str, context: grpc.ServicerContext) -> Iterator[Caller]:
-    """The call's caller; a failure in the `with` ends the call with its status."""
+def answering(
+    method: str, context: grpc.ServicerContext, metrics: ServerMetrics
+) -> Iterator[Caller]:
+    """The call's caller; a failure in the `with` ends the call with its status.
+
+    Every call is counted in `metrics` with its code, a refusal also as one.
+    """
     identity = "?"
     try:
         caller = caller_of(context)
@@ -80,22 +86,33 @@ def answering(method: str, context: grpc.ServicerContext) -> Iterator[Caller]:
         yield caller
     except EXPECTED as error:
         status = refuse(method, identity, context.peer(), error)
+        if status[0] not in (grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL):
+            metrics.refused(method, status[0].name)
     except Exception as error:  # the last resort, and only at the boundary:
         # a bug must reach the client as INTERNAL with a reference (the
         # traceback logged), not as grpc's UNKNOWN carrying its text.
         status = status_for(error, method)
     else:
+        metrics.calls.labels(method, "OK").inc()
         return
+    metrics.calls.labels(method, status[0].name).inc()
     abort(context, *status)
 
 
 class JobWorkerService:
     """The servicer; `handler()` is what the grpc server registers."""
 
-    def __init__(self, manager: JobManager, bridge: Bridge, max_followers: int) -> None:
+    def __init__(
+        self,
+        manager: JobManager,
+        bridge: Bridge,
+        max_followers: int,
+        metrics: ServerMetrics,
+    ) -> None:
         self._manager = manager
         self._bridge = bridge
         self.max_followers = max_followers
+        self.metrics = metrics
         self._lock = threading.Lock()
         self._followers = 0
         self.waiting_calls = WaitingCalls()
@@ -143,7 +160,7 @@ class JobWorkerService:
     ) -> Iterator[tuple[Caller, CallWaiter]]:
         """A call that waits on the reactor: budgeted, with its waiter."""
         with (
-            answering(method, context) as caller,
+            answering(method, context, self.metrics) as caller,
             self.waiting_calls.hold(caller.identity),
             self._bridge.waiting(context) as waiter,
         ):
@@ -158,7 +175,7 @@ class JobWorkerService:
         No trip to the reactor, nothing to wait for, so no waiter either;
         like every call, it is refused once the server is shutting down.
         """
-        with answering(method, context) as caller:
+        with answering(method, context, self.metrics) as caller:
             self._bridge.check_open()
             yield caller, self._manager.board
 
@@ -171,6 +188,7 @@ class JobWorkerService:
 
     def start(self, data: bytes, context: grpc.ServicerContext) -> pb.StartResponse:
         with self.on_reactor("Start", context) as (caller, waiter):
+            began = time.monotonic()
             request = parse(pb.StartRequest, data)
             command = start_command(request)
             limits = (
@@ -187,6 +205,7 @@ class JobWorkerService:
                 )
             except JobWorkerError as error:
                 raise AlreadyLogged(error) from error
+            self.metrics.start_seconds.observe(time.monotonic() - began)
             return pb.StartResponse(job=status_to_pb(status))
 
     def stop(self, data: bytes, context: grpc.ServicerContext) -> pb.StopResponse:
@@ -213,7 +232,7 @@ class JobWorkerService:
             return pb.StatusResponse(job=status_to_pb(board.live(job_id)))
 
     def wait(self, data: bytes, context: grpc.ServicerContext) -> pb.WaitResponse:
-        with answering("Wait", context) as caller:
+        with answering("Wait", context, self.metrics) as caller:
             request = parse(pb.WaitRequest, data)
             job_id = self._visible(caller, request.job_id).id
             # As long as a follower, so it takes a follower's slot and thread;
@@ -247,7 +266,7 @@ class JobWorkerService:
     def stream_output(
         self, data: bytes, context: grpc.ServicerContext
     ) -> Iterator[bytes]:
-        with answering("StreamOutput", context) as caller:
+        with answering("StreamOutput", context, self.metrics) as caller:
             request = parse(pb.StreamOutputRequest, data)
             with self._following(), self._bridge.waiting(context) as waiter:
                 yield from self._chunks(caller, request, waiter)
@@ -288,6 +307,9 @@ class JobWorkerService:
                     runs = log.read_runs(offset, state.size, chunk_bytes)
                     for run in runs:
                         yield encode_chunk(run)
+                        self.metrics.streamed_bytes.inc(
+                            sum(len(piece) for piece in run.pieces)
+                        )
                     offset = runs[-1].next_offset
                 if not state.complete and state.size - began < chunk_bytes:
                     # Caught up with a fast writer: let output gather for a

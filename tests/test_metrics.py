@@ -1,0 +1,155 @@
+"""Prometheus metrics: scraped over HTTP from a real server, counters moving."""
+
+from __future__ import annotations
+
+import urllib.request
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import reactor as _reactor
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
+from twisted.trial import unittest
+
+from jobworker.model import JobState, JobStatus, Limits
+from jobworker.server.metrics import (
+    MetricsJobEvents,
+    ServerMetrics,
+    job_outcome,
+)
+from jobworker.server.tap import METRICS_SERVICE
+from tests.cliutil import CLITestCase, started_job
+
+reactor: Any = _reactor
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def samples(text: str) -> Samples:
+    """Every sample of an exposition: (name, sorted labels) -> value."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+class ScrapeTests(CLITestCase):
+    server_options = ("--no-isolation", "--metrics-listen", "127.0.0.1:0")
+
+    async def scrape(self) -> Samples:
+        port = self.harness.service.getServiceNamed(METRICS_SERVICE).port
+        url = f"http://127.0.0.1:{port}/metrics"
+
+        def get() -> tuple[str, str]:
+            with urllib.request.urlopen(url, timeout=30) as response:
+                return response.headers["Content-Type"], response.read().decode()
+
+        kind, text = await deferToThread(get)
+        self.assertTrue(kind.startswith("text/plain"), kind)
+        return samples(text)
+
+    async def test_counters_move_with_jobs_calls_and_refusals(self) -> None:
+        before = await self.scrape()
+        self.assertEqual(before[("jobworker_jobs_started_total", ())], 0)
+        self.assertEqual(before[("jobworker_jobs", (("state", "running"),))], 0)
+        run = await self.harness.cli("run", "--", "sh", "-c", "echo hello; exit 3")
+        self.assertEqual(run.code, 3, run.err)
+        missing = await self.harness.cli("status", "0000dead")
+        self.assertEqual(missing.code, 1)
+        after = await self.scrape()
+        self.assertEqual(after[("jobworker_jobs_started_total", ())], 1)
+        self.assertEqual(
+            after[("jobworker_jobs_ended_total", (("outcome", "failed"),))], 1
+        )
+        self.assertEqual(after[("jobworker_jobs", (("state", "exited"),))], 1)
+        self.assertEqual(
+            after[("jobworker_calls_total", (("code", "OK"), ("method", "Start")))], 1
+        )
+        self.assertEqual(
+            after[
+                ("jobworker_calls_total", (("code", "NOT_FOUND"), ("method", "Status")))
+            ],
+            1,
+        )
+        self.assertEqual(
+            after[
+                (
+                    "jobworker_refusals_total",
+                    (("code", "NOT_FOUND"), ("method", "Status")),
+                )
+            ],
+            1,
+        )
+        self.assertEqual(after[("jobworker_start_seconds_count", ())], 1)
+        self.assertGreater(after[("jobworker_start_seconds_sum", ())], 0)
+        self.assertEqual(after[("jobworker_output_written_bytes_total", ())], 6)
+        self.assertEqual(after[("jobworker_output_streamed_bytes_total", ())], 6)
+        self.assertEqual(after[("jobworker_cgroup_cleanup_failures_total", ())], 0)
+
+    async def test_refused_start_is_counted(self) -> None:
+        refused = await self.harness.cli("start", "--", "/nonexistent/program")
+        self.assertEqual(refused.code, 1)
+        scraped = await self.scrape()
+        self.assertEqual(scraped[("jobworker_job_starts_refused_total", ())], 1)
+        self.assertEqual(
+            scraped[
+                (
+                    "jobworker_refusals_total",
+                    (("code", "FAILED_PRECONDITION"), ("method", "Start")),
+                )
+            ],
+            1,
+        )
+
+    async def test_calls_the_gate_refuses_are_counted(self) -> None:
+        refused = await self.harness.cli("list", user="badrole")
+        self.assertEqual(refused.code, 1, refused.err)
+        scraped = await self.scrape()
+        key = (
+            "jobworker_refusals_total",
+            (("code", "PERMISSION_DENIED"), ("method", "List")),
+        )
+        self.assertEqual(scraped.get(key), 1, sorted(scraped))
+
+    async def test_open_followers_are_a_gauge(self) -> None:
+        job_id = await started_job(self.harness, "sleep", "600")
+        following = self.harness.cli("logs", "-f", job_id)
+        for _ in range(500):
+            scraped = await self.scrape()
+            if scraped[("jobworker_followers", ())] == 1:
+                break
+            await deferLater(reactor, 0.02, lambda: None)
+        self.assertEqual(scraped[("jobworker_followers", ())], 1)
+        self.assertEqual(scraped[("jobworker_jobs", (("state", "running"),))], 1)
+        await self.harness.cli("stop", "--grace", "0", job_id)
+        await following
+        scraped = await self.scrape()
+        self.assertEqual(scraped[("jobworker_followers", ())], 0)
+        self.assertEqual(
+            scraped[("jobworker_jobs_ended_total", (("outcome", "stopped"),))], 1
+        )
+
+
+def _ended(**fields: Any) -> JobStatus:
+    return JobStatus(
+        "id", "alice", (b"x",), JobState.KILLED, Limits(), 0.0, ended_at=1.0, **fields
+    )
+
+
+class JobEventsTests(unittest.TestCase):
+    def test_outcomes(self) -> None:
+        self.assertEqual(job_outcome(_ended(exit_code=0)), "exited")
+        self.assertEqual(job_outcome(_ended(exit_code=2)), "failed")
+        self.assertEqual(job_outcome(_ended(signal=9)), "killed")
+        self.assertEqual(job_outcome(_ended(signal=15, stop_requested=True)), "stopped")
+        self.assertEqual(
+            job_outcome(_ended(signal=9, stop_requested=True, oom_killed=True)), "oom"
+        )
+
+    def test_cgroup_cleanup_failures_are_counted(self) -> None:
+        metrics = ServerMetrics()
+        MetricsJobEvents(metrics).cleanup_failed("id")
+        value = metrics.registry.get_sample_value(
+            "jobworker_cgroup_cleanup_failures_total"
+        )
+        self.assertEqual(value, 1)
