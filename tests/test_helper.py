@@ -107,6 +107,28 @@ class HelperTests(unittest.TestCase):
             sorted(f"{k}={v}".encode() for k, v in spec.env.items()),
         )
 
+    async def test_the_helper_runs_without_the_jobs_environment(self) -> None:
+        # The caller's variables (LD_PRELOAD...) must not reach the helper,
+        # which runs as root until the command's exec: only the command.
+        work = os.path.abspath(self.mktemp())
+        os.makedirs(work)
+        env = job_env(work, {"CALLERS_VARIABLE": "x"})
+        spec = replace(self.spec(b"sh"), env=env)
+        script = b'echo "$CALLERS_VARIABLE"; tr "\\0" "\\n" < /proc/$PPID/environ'
+        run = await self.run_spec(replace(spec, command=(b"sh", b"-c", script)))
+        self.assertEqual(run.report, b"")
+        first, *helpers = run.stdout.splitlines()
+        self.assertEqual(first, b"x")
+        self.assertIn(b"LANG=C.UTF-8", helpers)
+        self.assertFalse([line for line in helpers if b"CALLERS" in line], helpers)
+
+    def test_the_jobs_environment_is_not_on_the_helpers_command_line(self) -> None:
+        # /proc/PID/cmdline is readable by everyone, the variables may be secrets.
+        spec = replace(self.spec(b"true"), env={"TOKEN": "hunter2"})
+        argv = b"\0".join(spec.helper_argv())
+        self.assertNotIn(b"hunter2", argv)
+        self.assertNotIn(b"hunter2".hex().encode(), argv)
+
     async def test_working_directory_is_the_work_dir(self) -> None:
         spec = self.spec(b"pwd")
         run = await self.run_spec(spec)

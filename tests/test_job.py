@@ -7,6 +7,7 @@ timeout and the clean-up order are checked without any real time or process.
 
 from __future__ import annotations
 
+import marshal
 import os
 import signal
 import sys
@@ -19,7 +20,7 @@ from jobworker.defaults import EXEC_TIMEOUT
 from jobworker.errors import ExecutableNotFound, IsolationFailed, StartFailed
 from jobworker.isolation.interfaces import CgroupBusy
 from jobworker.job.job import DRAIN_TIMEOUT, KILL_BACKSTOP
-from jobworker.job.process.launcher import HELPER
+from jobworker.job.process.launcher import HELPER, HELPER_ENV, JOB_ENV
 from jobworker.model import JobState, JobStatus
 from tests.jobfakes import FakeManagerTestCase
 
@@ -46,7 +47,10 @@ class JobLifecycleTests(FakeManagerTestCase):
         self.assertEqual(set(kw), {"env", "childFDs"})
         fds = kw["childFDs"]
         self.assertEqual((type(fds[0]), fds[1], fds[2], fds[3]), (int, "r", "r", "r"))
-        self.assertEqual(sorted(kw["env"]), ["HOME", "LANG", "PATH"])
+        # The job's environment is marshalled for the helper, not its own.
+        self.assertEqual(set(kw["env"]), {*HELPER_ENV, JOB_ENV})
+        job_env = marshal.loads(bytes.fromhex(kw["env"][JOB_ENV]))
+        self.assertEqual(sorted(job_env), ["HOME", "LANG", "PATH"])
 
     def test_stop_sends_term_then_kill_after_the_grace(self) -> None:
         job = self.started_job()

@@ -173,8 +173,13 @@ class Client:
     def close(self) -> None:
         self._channel.close()
 
-    def start(self, command: Sequence[bytes], limits: pb.Limits) -> pb.JobStatus:
-        request = pb.StartRequest(command=list(command), limits=limits)
+    def start(
+        self,
+        command: Sequence[bytes],
+        limits: pb.Limits,
+        env: Mapping[str, str] | None = None,
+    ) -> pb.JobStatus:
+        request = pb.StartRequest(command=list(command), limits=limits, env=env)
         began = time.monotonic()
         try:
             return self._stub.Start(request).job

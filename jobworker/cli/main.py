@@ -86,9 +86,10 @@ def copy_output(client: Client, job_id: str, *, until: int | None = None) -> int
 
 def _start(client: Client, args: argparse.Namespace) -> pb.JobStatus:
     command, limits = _command(args), _limits(args)
+    env: dict[str, str] = dict(args.env)
     _warn_about_stdin()
     try:
-        return client.start(command, limits)
+        return client.start(command, limits, env)
     except KeyboardInterrupt:
         _say("interrupted while starting; the job may be running (see: jobworker list)")
         raise SystemExit(EXIT_INTERRUPTED) from None

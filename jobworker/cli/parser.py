@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib import metadata
@@ -17,6 +18,8 @@ from typing import Any, NoReturn
 
 from jobworker import defaults
 from jobworker.cli.formatting import STATE_NAMES
+from jobworker.errors import InvalidRequest
+from jobworker.job.environment import check_name
 from jobworker.limits import LIMITS, Limit
 from jobworker.units import InvalidNumber, positive
 
@@ -96,8 +99,40 @@ def _grace(text: str) -> float:
     return value
 
 
+def _env_var(text: str) -> tuple[str, str]:
+    """`NAME=VALUE`, or `NAME` for the caller's own value of NAME."""
+    name, equals, value = text.partition("=")
+    try:
+        check_name(name)
+    except InvalidRequest as error:
+        raise argparse.ArgumentTypeError(f"-e {text}: {error}") from None
+    if not equals:
+        if name not in os.environ:
+            raise argparse.ArgumentTypeError(
+                f"-e {name}: {name} is not set here (give -e {name}=VALUE)"
+            )
+        value = os.environ[name]
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(
+            f"-e {name}: the value is not valid UTF-8"
+        ) from None
+    return name, value
+
+
 def _limit_options() -> Parser:
     limits = Parser(add_help=False)
+    limits.add_argument(
+        "-e",
+        "--env",
+        action="append",
+        type=_env_var,
+        default=[],
+        metavar="NAME=VALUE",
+        help="set NAME in the job's environment (repeatable; NAME alone: its"
+        " value here); on top of the job's clean one: PATH, HOME, LANG",
+    )
     group = limits.add_argument_group(
         "LIMITS (the server's default when not given)",
         "SIZE is bytes, or a number with K, M, G or T (base 1024)."
@@ -199,7 +234,7 @@ def build_parser() -> Parser:
             name,
             what,
             parents=[limits],
-            usage=f"jobworker {name} [LIMITS] -- PROG [ARG...]",
+            usage=f"jobworker {name} [-e NAME=VALUE]... [LIMITS] -- PROG [ARG...]",
         )
     status = command("status", "show jobs")
     status.add_argument(

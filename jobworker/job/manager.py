@@ -14,7 +14,7 @@ import builtins
 import math
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import cast
 
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
@@ -32,7 +32,7 @@ from jobworker.isolation.interfaces import IsolationConfig, JobCgroup
 from jobworker.isolation.uids import UidPool
 from jobworker.job.board import StatusBoard
 from jobworker.job.dirs import create_job_dirs, remove_tree
-from jobworker.job.environment import job_env
+from jobworker.job.environment import check_env, job_env
 from jobworker.job.events import JobEvents
 from jobworker.job.job import Job, JobRecord
 from jobworker.job.outputlog import OutputLog, read_chunks
@@ -96,21 +96,31 @@ class JobManager:
         return self._policy
 
     def start(
-        self, owner: str, command: Sequence[bytes], limits: Limits | None = None
+        self,
+        owner: str,
+        command: Sequence[bytes],
+        limits: Limits | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
     ) -> Deferred[JobStatus]:
         """Start `command` for `owner`; fire once it has really been exec'd.
 
-        Fails with a `StartFailed` subclass (nothing of the job is left),
-        `InvalidRequest` (empty command, NUL byte, bad limits) or
-        `ShuttingDown`.
+        `env` is set on top of the job's clean environment
+        (`environment.job_env`). Fails with a `StartFailed` subclass
+        (nothing of the job is left), `InvalidRequest` (empty command, NUL
+        byte, bad limits or environment) or `ShuttingDown`.
         """
-        return Deferred.fromCoroutine(self._start(owner, command, limits))
+        return Deferred.fromCoroutine(self._start(owner, command, limits, env or {}))
 
     async def _start(
-        self, owner: str, command: Sequence[bytes], limits: Limits | None
+        self,
+        owner: str,
+        command: Sequence[bytes],
+        limits: Limits | None,
+        env: Mapping[str, str],
     ) -> JobStatus:
         try:
-            job = await self._launch(owner, command, limits)
+            job = await self._launch(owner, command, limits, env)
         except Exception as error:
             self._events.start_refused(owner, command, error)
             raise
@@ -125,12 +135,17 @@ class JobManager:
         return job.status()
 
     async def _launch(
-        self, owner: str, command: Sequence[bytes], limits: Limits | None
+        self,
+        owner: str,
+        command: Sequence[bytes],
+        limits: Limits | None,
+        env: Mapping[str, str],
     ) -> Job:
         """Make the job's directories, log and cgroup, and spawn its helper."""
         if self._closing:
             raise ShuttingDown("the job manager is shutting down")
         argv = _check_command(command)
+        extra_env = check_env(env)
         resolved = self._policy.resolve(limits)
         sandbox = self._isolation.sandbox if self._isolation is not None else None
         pool = sandbox.uids if sandbox and self._job_user is None else None
@@ -155,7 +170,7 @@ class JobManager:
             spec = LaunchSpec(
                 argv,
                 dirs.work_dir,
-                job_env(dirs.work_dir),
+                job_env(dirs.work_dir, extra_env),
                 user,
                 cgroup.procs_files if cgroup is not None else (),
                 self._isolation is not None and self._isolation.namespaces,

@@ -173,9 +173,30 @@ Global___GetLimitsResponse: _TypeAlias = GetLimitsResponse  # noqa: Y015
 class StartRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class EnvEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     COMMAND_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
     COMMAND_TEXT_FIELD_NUMBER: _builtins.int
+    ENV_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
         """argv: the program (looked up in the job's PATH) and its arguments."""
@@ -189,16 +210,26 @@ class StartRequest(_message.Message):
         base64, `{"command_text": ["echo", "hi"]}`. Statuses carry `command`.
         """
 
+    @_builtins.property
+    def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Environment variables set on top of the job's clean environment
+        (PATH, HOME, LANG; a PATH given here is the one the program is looked
+        up in). Names are letters, digits and `_`, not starting with a digit;
+        a bad name, a NUL or more than 256 KiB in all is INVALID_ARGUMENT.
+        Not shown in any status.
+        """
+
     def __init__(
         self,
         *,
         command: _abc.Iterable[_builtins.bytes] | None = ...,
         limits: Global___Limits | None = ...,
         command_text: _abc.Iterable[_builtins.str] | None = ...,
+        env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "command_text", b"command_text", "limits", b"limits"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "command_text", b"command_text", "env", b"env", "limits", b"limits"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -404,6 +404,9 @@ def main(args: list[str]) -> NoReturn:
     try:
         # The server's own data, from the same interpreter (not a client's).
         config = marshal.loads(bytes.fromhex(args[0]))  # noqa: S302
+        # The job's environment: for the command's exec only (launcher.JOB_ENV).
+        job_env = os.environ.pop("JOBWORKER_JOB_ENV", "")
+        config["env"] = marshal.loads(bytes.fromhex(job_env))  # noqa: S302
         argv = [os.fsencode(arg) for arg in args[2:]]
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # die with the server
         if os.getppid() != config["parent"]:

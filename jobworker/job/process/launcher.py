@@ -28,11 +28,19 @@ from jobworker.errors import (
     NotExecutable,
     StartFailed,
 )
+from jobworker.job.environment import JOB_PATH
 from jobworker.job.process.pipes import JobProcess
 from jobworker.job.process.protocol import STATUS_FD
 from jobworker.job.users import JobUser
 
 HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helper.py")
+# The helper's own environment. The job's (with its caller's variables,
+# LD_PRELOAD for one) reaches only the command's exec: the helper runs as
+# root until then. It travels marshalled in JOB_ENV, not in the helper's
+# argv: /proc/PID/environ of a root process is root's alone to read, its
+# cmdline everyone's, and the caller's variables may be secrets.
+HELPER_ENV = {"PATH": JOB_PATH, "LANG": "C.UTF-8"}
+JOB_ENV = "JOBWORKER_JOB_ENV"
 # A status report longer than this is not from our helper; keep no more.
 MAX_REPORT = 4096
 
@@ -71,7 +79,6 @@ class LaunchSpec:
         config: dict[str, object] = {
             "parent": os.getpid(),
             "workdir": self.work_dir,
-            "env": self.env,
             "cgroup_procs": list(self.cgroup_procs),
             "namespaces": self.namespaces,
         }
@@ -87,6 +94,10 @@ class LaunchSpec:
                 "groups": list(self.user.groups),
             }
         return marshal.dumps(config).hex()
+
+    def helper_env(self) -> dict[str, str]:
+        """The helper's own environment, with the job's marshalled in `JOB_ENV`."""
+        return {**HELPER_ENV, JOB_ENV: marshal.dumps(self.env).hex()}
 
     def helper_argv(self) -> list[bytes]:
         """The helper's full argv: interpreter, helper, config, `--`, command."""
@@ -117,10 +128,18 @@ def spawn(
         child_fds: dict[int, int | str] = {0: devnull, 1: "r", 2: "r", STATUS_FD: "r"}
         if isinstance(reactor, PosixReactorBase):
             return JobProcess(  # type: ignore[no-untyped-call]  # Twisted: unannotated
-                reactor, argv[0], argv, spec.env, None, protocol, None, None, child_fds
+                reactor,
+                argv[0],
+                argv,
+                spec.helper_env(),
+                None,
+                protocol,
+                None,
+                None,
+                child_fds,
             )
         return reactor.spawnProcess(
-            protocol, argv[0], argv, env=spec.env, childFDs=child_fds
+            protocol, argv[0], argv, env=spec.helper_env(), childFDs=child_fds
         )
     except OSError as e:
         raise StartFailed(f"cannot start the job helper: {e.strerror}") from None

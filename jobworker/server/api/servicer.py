@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import grpc
@@ -196,7 +197,7 @@ class JobWorkerService:
             )
             try:
                 status = waiter.wait(
-                    self._manager.start,
+                    partial(self._manager.start, env=dict(request.env)),
                     caller.identity,
                     command,
                     limits,
