@@ -96,13 +96,15 @@ class OutputChunk:
     """A run of bytes from one stream, at `offset` in the job's output log.
 
     `next_offset` is where the following chunk starts: the cursor a reader
-    passes to continue after this chunk.
+    passes to continue after this chunk. `time` is when the server read its
+    first byte (seconds since the epoch; None for a log without times).
     """
 
     stream: Stream
     offset: int
     next_offset: int
     data: bytes
+    time: float | None = None
 
 
 @dataclass(frozen=True)

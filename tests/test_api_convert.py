@@ -37,6 +37,28 @@ class EncodeChunkTests(unittest.TestCase):
         ).SerializeToString(deterministic=True)
         self.assertEqual(encode_chunk(run), expected)
 
+    @given(
+        st.sampled_from(Stream),
+        offsets,
+        st.binary(max_size=300),
+        st.integers(min_value=0, max_value=253_402_300_799 * 10**9),
+    )
+    def test_same_bytes_as_protobuf_with_a_time(
+        self, stream: Stream, offset: int, data: bytes, time_ns: int
+    ) -> None:
+        run = Run(stream, offset // 2, offset // 2 + 1, [memoryview(data)], time_ns)
+        expected = pb.OutputChunk(
+            stream=int(stream),  # type: ignore[arg-type]
+            offset=offset // 2,
+            next_offset=offset // 2 + 1,
+            data=data,
+        )
+        expected.time.FromNanoseconds(time_ns)
+        self.assertEqual(
+            encode_chunk(run), expected.SerializeToString(deterministic=True)
+        )
+        self.assertEqual(pb.OutputChunk.FromString(encode_chunk(run)), expected)
+
     def test_a_large_chunk_parses_back(self) -> None:
         data = bytes(range(256)) * 4096  # 1 MiB: a three-byte length
         run = Run(

@@ -6,12 +6,14 @@ import os
 import threading
 
 from twisted.internet.defer import CancelledError
+from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from jobworker.errors import InvalidRequest
 from jobworker.job.outputlog import (
     HEADER,
     MAX_RECORD,
+    TIME_DATA,
     LogReader,
     OutputLog,
     read_chunks,
@@ -20,9 +22,12 @@ from jobworker.model import OutputChunk, OutputState, Stream
 
 
 class OutputLogTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+
     def make_log(self, cap: int = 1 << 20) -> OutputLog:
         path = os.path.join(self.mktemp() + ".log")
-        log = OutputLog(path, cap)
+        log = OutputLog(path, cap, self.clock)
         self.addCleanup(log.finish)
         return log
 
@@ -68,7 +73,9 @@ class OutputLogTests(unittest.TestCase):
     def test_large_writes_are_split_into_bounded_records(self) -> None:
         log = self.make_log(cap=1 << 30)
         log.append(Stream.STDOUT, b"y" * (MAX_RECORD * 2 + 1))
-        self.assertEqual(log.size, MAX_RECORD * 2 + 1 + 3 * HEADER.size)
+        # Three records, after the time mark of the read they came from.
+        mark = HEADER.size + TIME_DATA.size
+        self.assertEqual(log.size, mark + MAX_RECORD * 2 + 1 + 3 * HEADER.size)
         first = read_chunks(log.path, 0, log.size, 1)
         self.assertEqual(len(first[0].data), MAX_RECORD)
 

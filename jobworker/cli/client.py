@@ -252,12 +252,32 @@ class Client:
         except grpc.RpcError as error:
             raise self.error(error, began) from None
 
-    def output(self, job_id: str, offset: int = 0) -> Iterator[pb.OutputChunk]:
-        """The job's output from `offset` until it has ended; cancelled on close."""
-        began = time.monotonic()
-        call = self._stub.StreamOutput(
-            pb.StreamOutputRequest(job_id=job_id, offset=offset)
+    def output(
+        self,
+        job_id: str,
+        offset: int = 0,
+        *,
+        tail: int | None = None,
+        since: float | None = None,
+        timestamps: bool = False,
+        follow: bool = True,
+    ) -> Iterator[pb.OutputChunk]:
+        """The job's output from `offset` until it has ended; cancelled on close.
+
+        Only its last `tail` lines and what the server read at `since` or
+        later; without `follow`, only the output there is now.
+        """
+        request = pb.StreamOutputRequest(
+            job_id=job_id,
+            offset=offset,
+            tail_lines=tail,
+            timestamps=timestamps,
+            no_follow=not follow,
         )
+        if since is not None:
+            request.since.FromNanoseconds(max(0, round(since * 1e9)))
+        began = time.monotonic()
+        call = self._stub.StreamOutput(request)
         try:
             yield from call
         except grpc.RpcError as error:

@@ -25,9 +25,10 @@ os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 from jobworker.cli import formatting as cli_format
 from jobworker.cli.client import Client, ClientConfig, ClientError, JobNotFoundError
 from jobworker.cli.completion import SCRIPTS
+from jobworker.cli.logs import LinePrefixer
 from jobworker.cli.parser import build_parser, help_hint, parse_command_line
 from jobworker.limits import LIMITS, limits_to_pb
-from jobworker.model import Limits
+from jobworker.model import Limits, Stream
 from jobworker.v1 import jobworker_pb2 as pb
 
 EXIT_FAILED = 1
@@ -64,23 +65,38 @@ class UsageError(ClientError):
     exit_code = EXIT_USAGE
 
 
-def copy_output(client: Client, job_id: str, *, until: int | None = None) -> int:
+def copy_output(
+    client: Client,
+    job_id: str,
+    *,
+    follow: bool = True,
+    tail: int | None = None,
+    since: float | None = None,
+    timestamps: bool = False,
+) -> int:
     """Copy the job's stdout and stderr to ours, byte for byte, from the start.
 
-    Follows until the job has ended or, with `until`, until that many bytes
-    of output (the status's `output_bytes`) are copied. Returns the count.
+    Follows until the job has ended, or without `follow` copies the output
+    there is now; `tail` and `since` as `Client.output`; `timestamps`
+    prefixes each line with when the server read it. Returns the count of
+    the job's bytes copied.
     """
     out, err = sys.stdout.buffer, sys.stderr.buffer
+    prefixer = LinePrefixer() if timestamps else None
     copied = 0
-    if until is not None and until <= 0:
-        return copied
-    for chunk in client.output(job_id):
-        target = err if chunk.stream == pb.STREAM_STDERR else out
-        target.write(chunk.data)
+    chunks = client.output(
+        job_id, tail=tail, since=since, timestamps=timestamps, follow=follow
+    )
+    for chunk in chunks:
+        stream = Stream.STDERR if chunk.stream == pb.STREAM_STDERR else Stream.STDOUT
+        target = err if stream == Stream.STDERR else out
+        data = chunk.data
+        if prefixer is not None:
+            time = chunk.time.ToNanoseconds() / 1e9 if chunk.HasField("time") else None
+            data = prefixer.prefixed(stream, data, time)
+        target.write(data)
         target.flush()
         copied += len(chunk.data)
-        if until is not None and copied >= until:
-            break
     return copied
 
 
@@ -223,15 +239,14 @@ def cmd_stop(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_logs(client: Client, args: argparse.Namespace) -> int:
-    job_id: str = args.job_id
-    if args.follow:
-        copy_output(client, job_id)
-        return 0
-    job = client.status(job_id)
-    if cli_format.state_name(job) in ("exited", "killed"):
-        copy_output(client, job_id)
-    else:
-        copy_output(client, job_id, until=job.output_bytes)
+    copy_output(
+        client,
+        args.job_id,
+        follow=args.follow,
+        tail=args.tail,
+        since=args.since,
+        timestamps=args.timestamps,
+    )
     return 0
 
 

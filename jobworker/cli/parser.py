@@ -12,12 +12,14 @@ import argparse
 import math
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from typing import Any, NoReturn
 
 from jobworker import defaults
 from jobworker.cli.formatting import STATE_NAMES
+from jobworker.cli.logs import InvalidSince, parse_since
 from jobworker.errors import InvalidRequest
 from jobworker.job.environment import check_name
 from jobworker.limits import LIMITS, Limit
@@ -87,6 +89,23 @@ def _limit_type(limit: Limit) -> argparse._ActionType:
         return value
 
     return argument
+
+
+def _lines(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise InvalidNumber(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise InvalidNumber(f"{text!r} must be 0 or more")
+    return value
+
+
+def _since(text: str) -> float:
+    try:
+        return parse_since(text, time.time())
+    except InvalidSince as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _grace(text: str) -> float:
@@ -259,6 +278,25 @@ def build_parser() -> Parser:
     logs = command("logs", "print a job's output from the start")
     logs.add_argument(
         "-f", "--follow", action="store_true", help="keep following until the job ends"
+    )
+    logs.add_argument(
+        "-n",
+        "--tail",
+        type=_argument_type(_lines),
+        metavar="N",
+        help="only the last N lines (of stdout and stderr together)",
+    )
+    logs.add_argument(
+        "--since",
+        metavar="DURATION|TIME",
+        type=_since,
+        help="only output since then: 90s, 5m, 1h30m ago, or 2024-05-01T12:00:00Z",
+    )
+    logs.add_argument(
+        "-t",
+        "--timestamps",
+        action="store_true",
+        help="start each line with when the server read it (UTC)",
     )
     logs.add_argument("job_id", metavar="JOB_ID")
     listing = command("list", "list the jobs you may see, oldest first")

@@ -3,8 +3,8 @@
 `JobManager` is usable without the server. Every method runs on the reactor
 thread; only `board` (the jobs' published statuses) and the output log file
 may be used from other threads: a `jobworker.job.outputlog.LogReader` (or
-`read_chunks`) on the path `output_path(job_id)` gave, up to a size
-`wait_output` reported. Methods that return a Deferred report their
+`read_chunks`) on the path and index `output_source(job_id)` gave, up to a
+size `wait_output` reported. Methods that return a Deferred report their
 errors through it; the others raise.
 """
 
@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import cast
 
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
-from twisted.internet.interfaces import IReactorProcess
+from twisted.internet.interfaces import IReactorProcess, IReactorTime
 
 from jobworker.defaults import MAX_GRACE, OUTPUT_CAP, STOP_GRACE
 from jobworker.errors import (
@@ -35,7 +35,7 @@ from jobworker.job.dirs import create_job_dirs, remove_tree
 from jobworker.job.environment import check_env, job_env
 from jobworker.job.events import JobEvents
 from jobworker.job.job import Job, JobRecord
-from jobworker.job.outputlog import OutputLog, read_chunks
+from jobworker.job.outputlog import OutputLog, OutputSource, read_chunks
 from jobworker.job.process.launcher import LaunchSpec
 from jobworker.job.users import JobUser, resolve_user
 from jobworker.limits import LimitPolicy
@@ -159,7 +159,9 @@ class JobManager:
         output: OutputLog | None = None
         cgroup: JobCgroup | None = None
         try:
-            output = OutputLog(dirs.output_path, self._output_cap)
+            output = OutputLog(
+                dirs.output_path, self._output_cap, IReactorTime(self._reactor)
+            )
             if self._isolation is not None:
                 try:
                     cgroup = self._isolation.cgroups.create(
@@ -268,6 +270,10 @@ class JobManager:
         """The job's output log, for a `LogReader` or `read_chunks` on any thread."""
         return self._job(job_id).dirs.output_path
 
+    def output_source(self, job_id: str) -> OutputSource:
+        """The job's output log with its index and state, for a `LogReader`."""
+        return self._job(job_id).output.source()
+
     def read(
         self, job_id: str, offset: int, max_bytes: int = DEFAULT_READ
     ) -> Deferred[builtins.list[OutputChunk]]:
@@ -282,7 +288,8 @@ class JobManager:
         state = await self.wait_output(job_id, offset)
         if offset >= state.size:
             return []
-        return read_chunks(self.output_path(job_id), offset, state.size, max_bytes)
+        source = self.output_source(job_id)
+        return read_chunks(source.path, offset, state.size, max_bytes, source.index)
 
     def shutdown(self) -> Deferred[None]:
         """Refuse new jobs, stop every job, fire when all have ended."""

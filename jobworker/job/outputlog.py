@@ -1,29 +1,41 @@
 """A job's output: an append-only log of stdout/stderr records on disk.
 
-The log is a sequence of records, each a 5-byte header `>BI` (stream 1 or 2,
-data length) followed by the data. Offsets are log-file offsets of record
-starts: an opaque cursor, 0 being the first record. The writer (`OutputLog`,
-reactor thread only) writes each record to the OS before it advertises the
-new size, so a `LogReader` (or `read_chunks`, one read on a reader of its
-own) can read up to an advertised size from any thread with its own file
-handle. Memory does not grow with the output's size or
-with the number of readers: data is never kept in memory, and a reader
-waiting for more holds only its own Deferred until it fires or is cancelled.
+The log is a sequence of records, each a 5-byte header `>BI` (kind, data
+length) followed by the data: kind 1 or 2 is output of stdout or stderr,
+kind 3 (`TIME`) a time mark, the 8-byte `>q` nanoseconds since the epoch
+at which the server read the output records after it (written before a
+read's records when the clock's millisecond has changed; a log without
+marks, as older servers wrote them, has no times). Offsets are log-file
+offsets of record starts: an opaque cursor, 0 being the first record. The
+writer (`OutputLog`, reactor thread only) writes each record to the OS
+before it advertises the new size, so a `LogReader` (or `read_chunks`, one
+read on a reader of its own) can read up to an advertised size from any
+thread with its own file handle. Data is never kept in memory and a reader
+waiting for more holds only its own Deferred until it fires or is
+cancelled; what grows with the output is its sparse index
+(`outputindex.LogIndex`, one entry per 256 KiB), for reading from the end.
 """
 
 from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 
 from jobworker.errors import InvalidRequest
+from jobworker.job.outputindex import LogIndex
 from jobworker.model import OutputChunk, OutputState, Stream
+from jobworker.reactors import or_global
 
 HEADER = struct.Struct(">BI")
+TIME = 3
+TIME_DATA = struct.Struct(">q")
+# A new time mark is written when the clock has moved on by this much.
+MARK_NS = 1_000_000
 # Larger writes are split so that one record always fits a reader's budget.
 MAX_RECORD = 64 * 1024
 # Read beyond the data budget by this much, for the headers of its records.
@@ -31,14 +43,23 @@ _HEADER_ROOM = 4096
 _IOV_MAX = os.sysconf("SC_IOV_MAX")
 
 
+@dataclass(frozen=True)
+class OutputSource:
+    """A job's output log for a `LogReader`: its path, index and state then."""
+
+    path: str
+    index: LogIndex
+    state: OutputState
+
+
 class OutputLog:
     """The writing side of one job's output log, plus its waiting readers."""
 
-    def __init__(self, path: str, cap: int) -> None:
+    def __init__(self, path: str, cap: int, clock: IReactorTime | None = None) -> None:
         """Create the log file at `path` (it must not exist yet).
 
         At most `cap` bytes of output data are stored; the rest is dropped
-        and `truncated` becomes true.
+        and `truncated` becomes true. `clock` times the records.
         """
         if cap < 0:
             raise InvalidRequest(f"output cap must not be negative, got {cap}")
@@ -53,6 +74,10 @@ class OutputLog:
             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC,
             0o600,
         )
+        self._clock = IReactorTime(or_global(clock))
+        self._mark = -1  # the last time mark written, in ns (-1: none yet)
+        self.index = LogIndex()
+        """Where records start, every so often: for readers on any thread."""
         self._waiters: set[Deferred[OutputState]] = set()
         self.before_wake: Callable[[], None] | None = None
         """Called after each change, before the waiters hear of it."""
@@ -60,6 +85,10 @@ class OutputLog:
     def state(self) -> OutputState:
         """How far the log may be read, and whether it is final."""
         return OutputState(size=self.size, complete=self.complete)
+
+    def source(self) -> OutputSource:
+        """What a reader on another thread needs: the file, its index, its state."""
+        return OutputSource(self.path, self.index, self.state())
 
     def append(self, stream: Stream, data: bytes) -> None:
         """Store `data` from `stream` (within the cap) and wake the waiters."""
@@ -75,11 +104,21 @@ class OutputLog:
             return
         view = memoryview(data)
         parts: list[bytes | memoryview] = []
+        at = self.size
+        # Never backwards: a clock set back repeats the last mark's time.
+        now = max(self._mark, round(self._clock.seconds() * 1e9), 0)
+        if self._mark < 0 or now // MARK_NS != self._mark // MARK_NS:
+            self.index.record_at(at, self._mark)
+            parts += (HEADER.pack(TIME, TIME_DATA.size), TIME_DATA.pack(now))
+            at += HEADER.size + TIME_DATA.size
+            self._mark = now
         for start in range(0, len(view), MAX_RECORD):
             piece = view[start : start + MAX_RECORD]
+            self.index.record_at(at, self._mark)
             parts += (HEADER.pack(stream, len(piece)), piece)
+            at += HEADER.size + len(piece)
         _write_all(self._fd, parts)
-        self.size += len(parts) // 2 * HEADER.size + len(data)
+        self.size = at
         self.data_bytes += len(data)
         self._wake()
 
@@ -138,17 +177,23 @@ def _write_all(fd: int, parts: list[bytes | memoryview]) -> None:
 
 @dataclass
 class Run:
-    """The records of one chunk as read: views of the log, not yet joined."""
+    """The records of one chunk as read: views of the log, not yet joined.
+
+    `time_ns` is when the server read its first byte (None in a log
+    without time marks).
+    """
 
     stream: Stream
     offset: int
     next_offset: int
     pieces: list[memoryview]
+    time_ns: int | None = None
 
     def chunk(self) -> OutputChunk:
         """The chunk, its data joined (copied) into one `bytes`."""
         data = b"".join(self.pieces)
-        return OutputChunk(self.stream, self.offset, self.next_offset, data)
+        time = None if self.time_ns is None else self.time_ns / 1e9
+        return OutputChunk(self.stream, self.offset, self.next_offset, data, time)
 
 
 class LogReader:
@@ -156,12 +201,16 @@ class LogReader:
 
     Thread-safe and independent of the writer: it reads only below an
     `end` the writer has advertised, with `pread`, so any number of readers
-    (each a follower's thread) can share or hold their own. Close it when
-    done; it is also a context manager.
+    (each a follower's thread) can share or hold their own. It remembers
+    where its last read ended and the time there; a read from elsewhere
+    finds the time from the log's `index` (from its start without one).
+    Close it when done; it is also a context manager.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, index: LogIndex | None = None) -> None:
         self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self.index = index if index is not None else LogIndex()
+        self._resume = (0, -1)  # an offset, and the time mark in force there
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -183,64 +232,117 @@ class LogReader:
         """
         return [run.chunk() for run in self.read_runs(offset, end, max_bytes)]
 
-    def read_runs(self, offset: int, end: int, max_bytes: int) -> list[Run]:
+    def read_runs(
+        self,
+        offset: int,
+        end: int,
+        max_bytes: int,
+        *,
+        by_time: bool = False,
+        skip: int = 0,
+    ) -> list[Run]:
         """`read`, with each chunk's data left as views of what was read.
 
-        One `pread` covers a whole batch unless it holds many small
-        records. The views stay valid as long as the runs are kept.
+        With `by_time`, a run also ends where the time of its records
+        changes, so that all its data was read at its `time_ns`. `skip`
+        leaves out the first bytes of the first record's data (a tail that
+        starts inside a record). One `pread` covers a whole batch unless it
+        holds many small records. The views stay valid as long as the runs
+        are kept.
         """
         if max_bytes <= 0:
             raise InvalidRequest(f"max_bytes must be positive, got {max_bytes}")
         if not 0 <= offset <= end:
             raise InvalidRequest(f"offset {offset} is outside the output (0 to {end})")
-        first = offset
-        buffer = b""
-        at = 0  # where `buffer` starts in the log
+        mark = self.time_at(offset)
         runs: list[Run] = []
         taken = 0
-        view = memoryview(buffer)
-        while offset < end:
-            if offset + HEADER.size > at + len(buffer):
-                buffer, at = self._window(offset, end, max_bytes - taken), offset
-                view = memoryview(buffer)
-            stream, length = _parse_header(view, offset - at, offset, end, first)
+        pending = offset  # where the records of the next run begin
+        for at, kind, record in self.records(offset, end, max_bytes):
+            if kind == TIME:
+                mark = TIME_DATA.unpack(record)[0]
+                continue
+            record_end = at + HEADER.size + len(record)
+            data, skip = record[skip:], 0
+            length = len(data)
             if runs and taken + length > max_bytes:
                 break
+            time_ns = None if mark < 0 else mark
+            last = runs[-1] if runs else None
+            if (
+                last is None
+                or last.stream != kind
+                or (by_time and last.time_ns != time_ns)
+            ):
+                last = Run(Stream(kind), pending, pending, [], time_ns)
+                runs.append(last)
+            last.pieces.append(data)
+            taken += length
+            pending = last.next_offset = record_end
+            self._resume = (pending, mark)
+        return runs
+
+    def records(
+        self, offset: int, end: int, budget: int = 0
+    ) -> Iterator[tuple[int, int, memoryview]]:
+        """Each record from `offset` to `end`: its offset, kind and data.
+
+        Read `budget` bytes of data at a time (and some headers), or more
+        for a larger record; `InvalidRequest` at a bad record start.
+        """
+        first = offset
+        buffer = memoryview(b"")
+        at = offset  # where `buffer` starts in the log
+        while offset < end:
+            if offset + HEADER.size > at + len(buffer):
+                buffer, at = self._window(offset, end, budget), offset
+            kind, length = _parse_header(buffer, offset - at, offset, end, first)
             begin = offset - at + HEADER.size
             if begin + length > len(buffer):
                 buffer, at = self._window(offset, end, HEADER.size + length), offset
-                view, begin = memoryview(buffer), HEADER.size
-            if not runs or runs[-1].stream != stream:
-                runs.append(Run(stream, offset, offset, []))
-            runs[-1].pieces.append(view[begin : begin + length])
-            taken += length
+                begin = HEADER.size
+            yield offset, kind, buffer[begin : begin + length]
             offset += HEADER.size + length
-            runs[-1].next_offset = offset
-        return runs
 
-    def _window(self, offset: int, end: int, want: int) -> bytes:
+    def time_at(self, offset: int) -> int:
+        """The time mark in force at record start `offset` (-1: none)."""
+        if offset == self._resume[0]:
+            return self._resume[1]
+        start, mark = self.index.before(offset)
+        try:
+            for _, kind, data in self.records(start, offset, 64 * 1024):
+                if kind == TIME:
+                    mark = TIME_DATA.unpack(data)[0]
+        except InvalidRequest:  # a record runs past `offset`
+            raise InvalidRequest(f"offset {offset} is not a record start") from None
+        return mark
+
+    def _window(self, offset: int, end: int, want: int) -> memoryview:
         """The log from `offset`: `want` bytes plus room for some headers."""
         size = min(end - offset, max(want, 0) + _HEADER_ROOM)
         data = os.pread(self._fd, size, offset)
         if len(data) != size:
             raise InvalidRequest(f"the output log is shorter than {end} bytes")
-        return data
+        return memoryview(data)
 
 
-def read_chunks(path: str, offset: int, end: int, max_bytes: int) -> list[OutputChunk]:
+def read_chunks(
+    path: str, offset: int, end: int, max_bytes: int, index: LogIndex | None = None
+) -> list[OutputChunk]:
     """`LogReader.read` on a reader of its own: one call, any thread."""
-    with LogReader(path) as reader:
+    with LogReader(path, index) as reader:
         return reader.read(offset, end, max_bytes)
 
 
 def _parse_header(
     view: memoryview, at: int, offset: int, end: int, first: int
-) -> tuple[Stream, int]:
+) -> tuple[int, int]:
     if at + HEADER.size > len(view):
         raise InvalidRequest(f"offset {first} is not a record start")
-    stream, length = HEADER.unpack_from(view, at)
-    if stream not in (Stream.STDOUT, Stream.STDERR) or (
-        offset + HEADER.size + length > end
-    ):
+    kind, length = HEADER.unpack_from(view, at)
+    valid = kind in (Stream.STDOUT, Stream.STDERR) or (
+        kind == TIME and length == TIME_DATA.size
+    )
+    if not valid or offset + HEADER.size + length > end:
         raise InvalidRequest(f"offset {first} is not a record start")
-    return Stream(stream), length
+    return kind, length

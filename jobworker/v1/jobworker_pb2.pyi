@@ -598,20 +598,49 @@ class StreamOutputRequest(_message.Message):
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
+    TAIL_LINES_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    TIMESTAMPS_FIELD_NUMBER: _builtins.int
+    NO_FOLLOW_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     offset: _builtins.int
     """0 for the first byte; otherwise a `next_offset` from an earlier chunk."""
+    tail_lines: _builtins.int
+    """Only the last `tail_lines` lines of the output there is when the call
+    begins, then whatever follows (0: none of it). Lines of stdout and
+    stderr count together, in the order the server read them; a last line
+    without a newline counts. The first chunk may then hold only the end
+    of its record's data. Served from the log's end, not read from its start.
+    """
+    timestamps: _builtins.bool
+    """Split chunks where the time the server read their data changes (to the
+    millisecond), so that a chunk's `time` holds for all of its data.
+    """
+    no_follow: _builtins.bool
+    """End the stream at the end of the output there is when the call begins,
+    even if the job is still running.
+    """
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Only output the server read at `since` or later."""
+
     def __init__(
         self,
         *,
         job_id: _builtins.str = ...,
         offset: _builtins.int = ...,
+        tail_lines: _builtins.int | None = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        timestamps: _builtins.bool = ...,
+        no_follow: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_tail_lines", b"_tail_lines", "since", b"since", "tail_lines", b"tail_lines"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "offset", b"offset"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_tail_lines", b"_tail_lines", "job_id", b"job_id", "no_follow", b"no_follow", "offset", b"offset", "since", b"since", "tail_lines", b"tail_lines", "timestamps", b"timestamps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__tail_lines: _TypeAlias = _typing.Literal["tail_lines"]  # noqa: Y015
+    _WhichOneofArgType__tail_lines: _TypeAlias = _typing.Literal["_tail_lines", b"_tail_lines"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tail_lines) -> _WhichOneofReturnType__tail_lines | None: ...
 
 Global___StreamOutputRequest: _TypeAlias = StreamOutputRequest  # noqa: Y015
 
@@ -623,11 +652,18 @@ class OutputChunk(_message.Message):
     OFFSET_FIELD_NUMBER: _builtins.int
     NEXT_OFFSET_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
     stream: Global___Stream.ValueType
     offset: _builtins.int
     """Position of this chunk in the job's output log, and of the next one."""
     next_offset: _builtins.int
     data: _builtins.bytes
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When the server read the chunk's first byte (the time of all of it with
+        `timestamps`). Unset for output kept without times (an older server's).
+        """
+
     def __init__(
         self,
         *,
@@ -635,10 +671,11 @@ class OutputChunk(_message.Message):
         offset: _builtins.int = ...,
         next_offset: _builtins.int = ...,
         data: _builtins.bytes = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "next_offset", b"next_offset", "offset", b"offset", "stream", b"stream"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "next_offset", b"next_offset", "offset", b"offset", "stream", b"stream", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

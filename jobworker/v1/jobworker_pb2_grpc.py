@@ -121,9 +121,10 @@ class JobWorkerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StreamOutput(self, request, context):
-        """A job's output from `offset` (0: the first byte), then new output as it
-        is written; the stream ends when the job has ended and all its output
-        has been sent.
+        """A job's output from `offset` (0: the first byte), or only its last
+        lines or what came since a time, then new output as it is written; the
+        stream ends when the job has ended and all its output has been sent
+        (or, with `no_follow`, at the output there was when the call began).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

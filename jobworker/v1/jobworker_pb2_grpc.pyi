@@ -60,9 +60,10 @@ class JobWorkerStub:
     set, the most it may set, and the least any job may have.
     """
     StreamOutput: _grpc.UnaryStreamMultiCallable[_jobworker_pb2.StreamOutputRequest, _jobworker_pb2.OutputChunk]
-    """A job's output from `offset` (0: the first byte), then new output as it
-    is written; the stream ends when the job has ended and all its output
-    has been sent.
+    """A job's output from `offset` (0: the first byte), or only its last
+    lines or what came since a time, then new output as it is written; the
+    stream ends when the job has ended and all its output has been sent
+    (or, with `no_follow`, at the output there was when the call began).
     """
 
 @_typing.type_check_only
@@ -89,9 +90,10 @@ class JobWorkerAsyncStub(JobWorkerStub):
     set, the most it may set, and the least any job may have.
     """
     StreamOutput: _aio.UnaryStreamMultiCallable[_jobworker_pb2.StreamOutputRequest, _jobworker_pb2.OutputChunk]  # type: ignore[assignment]
-    """A job's output from `offset` (0: the first byte), then new output as it
-    is written; the stream ends when the job has ended and all its output
-    has been sent.
+    """A job's output from `offset` (0: the first byte), or only its last
+    lines or what came since a time, then new output as it is written; the
+    stream ends when the job has ended and all its output has been sent
+    (or, with `no_follow`, at the output there was when the call began).
     """
 
 class JobWorkerServicer(metaclass=_abc_1.ABCMeta):
@@ -157,9 +159,10 @@ class JobWorkerServicer(metaclass=_abc_1.ABCMeta):
         request: _jobworker_pb2.StreamOutputRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_jobworker_pb2.OutputChunk], _abc.AsyncIterator[_jobworker_pb2.OutputChunk]]:
-        """A job's output from `offset` (0: the first byte), then new output as it
-        is written; the stream ends when the job has ended and all its output
-        has been sent.
+        """A job's output from `offset` (0: the first byte), or only its last
+        lines or what came since a time, then new output as it is written; the
+        stream ends when the job has ended and all its output has been sent
+        (or, with `no_follow`, at the output there was when the call began).
         """
 
 def add_JobWorkerServicer_to_server(servicer: JobWorkerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

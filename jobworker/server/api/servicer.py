@@ -31,10 +31,11 @@ from jobworker.defaults import (
     STOP_DEFAULT_BOUND,
     STOP_MARGIN,
 )
-from jobworker.errors import JobWorkerError, TooManyJobs
+from jobworker.errors import InvalidRequest, JobWorkerError, TooManyJobs
 from jobworker.job.board import StatusBoard
 from jobworker.job.manager import JobManager
 from jobworker.job.outputlog import LogReader
+from jobworker.job.outputseek import since_start, tail_start
 from jobworker.limits import MINIMUMS, limits_from_pb, limits_to_pb
 from jobworker.model import JobStatus
 from jobworker.server.api.auth import Caller, caller_of
@@ -293,19 +294,24 @@ class JobWorkerService:
         self, caller: Caller, request: pb.StreamOutputRequest, waiter: CallWaiter
     ) -> Iterator[bytes]:
         job_id = self._visible(caller, request.job_id).id
-        offset = request.offset
-        path = waiter.wait(self._manager.output_path, job_id, timeout=QUERY_TIMEOUT)
-        with LogReader(path) as log:
-            while True:
+        source = waiter.wait(self._manager.output_source, job_id, timeout=QUERY_TIMEOUT)
+        with LogReader(source.path, source.index) as log:
+            offset, skip = start_of(log, request, source.state.size)
+            stop = source.state.size if request.no_follow else None
+            while stop is None or offset < stop:
                 state = waiter.wait(self._manager.wait_output, job_id, offset)
                 if offset >= state.size:
                     return
+                end = state.size if stop is None else min(state.size, stop)
                 began, chunk_bytes = offset, self.chunk_bytes()
                 # Send everything the reactor said is there before asking
                 # again: one round trip per batch, not per message.
-                while offset < state.size:
+                while offset < end:
                     self._bridge.check_open()
-                    runs = log.read_runs(offset, state.size, chunk_bytes)
+                    runs = log.read_runs(
+                        offset, end, chunk_bytes, by_time=request.timestamps, skip=skip
+                    )
+                    skip = 0
                     for run in runs:
                         yield encode_chunk(run)
                         self.metrics.streamed_bytes.inc(
@@ -316,3 +322,24 @@ class JobWorkerService:
                     # Caught up with a fast writer: let output gather for a
                     # moment so the next message is large, not one pipe read.
                     time.sleep(COALESCE_PAUSE)
+
+
+def start_of(
+    log: LogReader, request: pb.StreamOutputRequest, size: int
+) -> tuple[int, int]:
+    """Where a StreamOutput starts: a record, and data bytes of it to skip.
+
+    The latest of `offset`, `since` and the start of the last `tail_lines`
+    lines of the `size` bytes of log there are now.
+    """
+    if not 0 <= request.offset <= size:
+        raise InvalidRequest(
+            f"offset {request.offset} is outside the output (0 to {size})"
+        )
+    log.time_at(request.offset)  # InvalidRequest unless a record start
+    start = (request.offset, 0)
+    if request.HasField("since"):
+        start = max(start, (since_start(log, size, request.since.ToNanoseconds()), 0))
+    if request.HasField("tail_lines"):
+        start = max(start, tail_start(log, size, request.tail_lines))
+    return start
