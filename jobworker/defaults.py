@@ -17,6 +17,8 @@ LISTEN = "127.0.0.1:7443"
 STATE_DIR = "/var/lib/jobworker"
 # Output kept per job; the rest is dropped (`--output-cap`).
 OUTPUT_CAP = 1 << 30
+# Input a job's stdin takes (`start -i`); more is refused.
+INPUT_CAP = 1 << 30
 # Seconds between SIGTERM and SIGKILL when a stop names none (`--stop-grace`),
 # and the most a stop may name.
 STOP_GRACE = 10.0

@@ -55,3 +55,11 @@ class ShuttingDown(JobWorkerError):
 
 class IsolationUnavailable(JobWorkerError):
     """The kernel lacks what isolation needs; raised at server start-up."""
+
+
+class InputClosed(JobWorkerError):
+    """The job's stdin is closed, taken by another call, or was never open."""
+
+
+class InputTooLarge(JobWorkerError):
+    """More input than the server takes for one job."""

@@ -74,6 +74,7 @@ class HelperRun(ProcessProtocol):
     ended: Deferred[HelperRun] = field(default_factory=Deferred)
     started: Deferred[bytes] = field(default_factory=Deferred)
     printed: dict[bytes, Deferred[None]] = field(default_factory=dict)
+    stdin_closed: Deferred[None] = field(default_factory=Deferred)
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         if childFD == 3:
@@ -91,6 +92,8 @@ class HelperRun(ProcessProtocol):
     def childConnectionLost(self, childFD: int) -> None:
         if childFD == 3:
             self.started.callback(self.report)
+        elif childFD == 0:
+            self.stdin_closed.callback(None)
 
     def until_printed(self, text: bytes) -> Deferred[None]:
         """Fire once stdout contains `text`."""

@@ -522,7 +522,7 @@ class StdinAndPathTests(CLITestCase):
         self.assertEqual(
             result.err,
             b"jobworker: warning: standard input is not sent to the job"
-            b" (its stdin is empty)\n",
+            b" (its stdin is empty; -i sends it)\n",
         )
 
     async def test_an_empty_ended_stdin_gets_no_warning(self) -> None:

@@ -129,6 +129,27 @@ class HelperTests(unittest.TestCase):
         self.assertNotIn(b"hunter2", argv)
         self.assertNotIn(b"hunter2".hex().encode(), argv)
 
+    async def test_a_stdin_pipe_reaches_the_command_with_its_eof(self) -> None:
+        spec = replace(self.spec(b"sh", b"-c", b"cat; echo end"), stdin=True)
+        run, transport = run_helper(reactor, spec)
+        transport.writeToChild(0, b"in\x00put\n")
+        transport.closeChildFD(0)
+        await run.ended
+        self.assertEqual((run.stdout, run.exit_code), (b"in\x00put\nend\n", 0))
+
+    async def test_the_command_alone_holds_its_stdin(self) -> None:
+        # The helpers above it keep no copy, so the server's end sees the
+        # command close it while it still runs (a writer gets EPIPE).
+        script = b"exec 0<&-; echo closed; exec sleep 1000"
+        run, transport = run_helper(
+            reactor, replace(self.spec(b"sh", b"-c", script), stdin=True)
+        )
+        await run.until_printed(b"closed")
+        await run.stdin_closed
+        self.assertIsNone(run.exit_code)
+        transport.signalProcess(signal.SIGUSR2)
+        await run.ended
+
     async def test_working_directory_is_the_work_dir(self) -> None:
         spec = self.spec(b"pwd")
         run = await self.run_spec(spec)

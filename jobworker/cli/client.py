@@ -178,13 +178,33 @@ class Client:
         command: Sequence[bytes],
         limits: pb.Limits,
         env: Mapping[str, str] | None = None,
+        *,
+        stdin: bool = False,
     ) -> pb.JobStatus:
-        request = pb.StartRequest(command=list(command), limits=limits, env=env)
+        request = pb.StartRequest(
+            command=list(command), limits=limits, env=env, stdin=stdin
+        )
         began = time.monotonic()
         try:
             return self._stub.Start(request).job
         except grpc.RpcError as error:
             raise self.error(error, began) from None
+
+    def write_input(
+        self, job_id: str, pieces: Iterator[bytes]
+    ) -> pb.WriteInputResponse:
+        """Send `pieces` as the job's stdin; their end is its EOF."""
+
+        def requests() -> Iterator[pb.InputChunk]:
+            yield pb.InputChunk(job_id=job_id)
+            for data in pieces:
+                yield pb.InputChunk(data=data)
+
+        began = time.monotonic()
+        try:
+            return self._stub.WriteInput(requests())
+        except grpc.RpcError as error:
+            raise self.error(error, began, job_id) from None
 
     def stop(self, job_id: str, grace: float | None) -> pb.JobStatus:
         request = pb.StopRequest(job_id=job_id, grace_seconds=grace)

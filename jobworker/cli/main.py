@@ -25,6 +25,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 from jobworker.cli import formatting as cli_format
 from jobworker.cli.client import Client, ClientConfig, ClientError, JobNotFoundError
 from jobworker.cli.completion import SCRIPTS
+from jobworker.cli.input import InputSender, stdin_pieces
 from jobworker.cli.logs import LinePrefixer
 from jobworker.cli.parser import build_parser, help_hint, parse_command_line
 from jobworker.limits import LIMITS, limits_to_pb
@@ -103,9 +104,10 @@ def copy_output(
 def _start(client: Client, args: argparse.Namespace) -> pb.JobStatus:
     command, limits = _command(args), _limits(args)
     env: dict[str, str] = dict(args.env)
-    _warn_about_stdin()
+    if not args.stdin:
+        _warn_about_stdin()
     try:
-        return client.start(command, limits, env)
+        return client.start(command, limits, env, stdin=args.stdin)
     except KeyboardInterrupt:
         _say("interrupted while starting; the job may be running (see: jobworker list)")
         raise SystemExit(EXIT_INTERRUPTED) from None
@@ -133,16 +135,27 @@ def _stdin_ignored() -> bool:
 
 def _warn_about_stdin() -> None:
     if _stdin_ignored():
-        _say("warning: standard input is not sent to the job (its stdin is empty)")
+        _say(
+            "warning: standard input is not sent to the job (its stdin is empty;"
+            " -i sends it)"
+        )
 
 
 def cmd_start(client: Client, args: argparse.Namespace) -> int:
-    print(_start(client, args).id, flush=True)
+    job = _start(client, args)
+    print(job.id, flush=True)
+    if args.stdin:
+        try:
+            client.write_input(job.id, stdin_pieces())
+        except KeyboardInterrupt:
+            _say(f"input to job {job.id} ended (interrupted); the job goes on")
+            return EXIT_INTERRUPTED
     return 0
 
 
 def cmd_run(client: Client, args: argparse.Namespace) -> int:
     job = _start(client, args)
+    sender = InputSender(client, job.id, _say).start() if args.stdin else None
     try:
         copy_output(client, job.id)
     except KeyboardInterrupt:
@@ -151,6 +164,9 @@ def cmd_run(client: Client, args: argparse.Namespace) -> int:
             f" (stop it with: jobworker stop {job.id})"
         )
         return EXIT_INTERRUPTED
+    finally:
+        if sender is not None:
+            sender.done()
     return _ended(client.status(job.id))
 
 

@@ -143,6 +143,13 @@ def _env_var(text: str) -> tuple[str, str]:
 def _limit_options() -> Parser:
     limits = Parser(add_help=False)
     limits.add_argument(
+        "-i",
+        "--stdin",
+        action="store_true",
+        help="send our stdin to the job's as it comes (our EOF is its EOF);"
+        " without -i the job's stdin is empty",
+    )
+    limits.add_argument(
         "-e",
         "--env",
         action="append",
@@ -253,7 +260,7 @@ def build_parser() -> Parser:
             name,
             what,
             parents=[limits],
-            usage=f"jobworker {name} [-e NAME=VALUE]... [LIMITS] -- PROG [ARG...]",
+            usage=f"jobworker {name} [-i] [-e NAME=VALUE]... [LIMITS] -- PROG [ARG...]",
         )
     status = command("status", "show jobs")
     status.add_argument(

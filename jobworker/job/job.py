@@ -19,7 +19,7 @@ import itertools
 import signal as signals
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ProcessExitedAlready
@@ -33,7 +33,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from jobworker.defaults import EXEC_TIMEOUT
+from jobworker.defaults import EXEC_TIMEOUT, INPUT_CAP
 from jobworker.errors import StartFailed
 from jobworker.isolation.interfaces import CgroupBusy, JobCgroup
 from jobworker.job.dirs import JobDirs, remove_tree
@@ -46,6 +46,7 @@ from jobworker.job.process.launcher import (
     start_error,
 )
 from jobworker.job.process.protocol import JobProcessProtocol
+from jobworker.job.stdin import JobInput, StdinPipe
 from jobworker.model import JobStatus, Limits, Stream, Usage
 
 DRAIN_TIMEOUT = 5.0
@@ -119,8 +120,12 @@ class Job:
         reactor: IReactorProcess,
         on_change: Callable[[JobStatus], None],
         on_cleanup_failed: Callable[[], None] = lambda: None,
+        input_cap: int = INPUT_CAP,
     ) -> None:
         """Spawn the helper for `spec`, and time its exec (`EXEC_TIMEOUT`).
+
+        With `spec.stdin`, `input` is the server's end of the job's stdin
+        (at most `input_cap` bytes); else it is None.
 
         Once the command was exec'd, `on_change` gets the new status each
         time it changes. Raises `StartFailed` if the helper cannot be
@@ -154,6 +159,9 @@ class Job:
         # a client that has read output must not get an older status.
         self.output.before_wake = self.publish
         self.transport = spawn(reactor, JobProcessProtocol(self), spec)
+        self.input: JobInput | None = None
+        if spec.stdin:
+            self.input = JobInput(cast(StdinPipe, self.transport), input_cap)
         self._start_timer = self._clock.callLater(
             EXEC_TIMEOUT, self._start_timed_out, EXEC_TIMEOUT
         )
@@ -250,6 +258,10 @@ class Job:
         if not self._open_streams and not self._drained.called:
             self._drained.callback(None)
 
+    def input_closed(self) -> None:
+        if self.input is not None:
+            self.input.job_closed()
+
     def status_received(self, data: bytes) -> None:
         self._report = (self._report + data)[:MAX_REPORT]
 
@@ -306,6 +318,8 @@ class Job:
             # Whatever went wrong above, the job has ended: record it.
             self.ended_at = self._clock.seconds()
             self.usage = self._final_usage or Usage()
+            if self.input is not None:
+                self.input.job_closed()
             if how.signal is not None:
                 self.machine.killed(how.signal)
             else:

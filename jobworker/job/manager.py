@@ -20,8 +20,9 @@ from typing import cast
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.interfaces import IReactorProcess, IReactorTime
 
-from jobworker.defaults import MAX_GRACE, OUTPUT_CAP, STOP_GRACE
+from jobworker.defaults import INPUT_CAP, MAX_GRACE, OUTPUT_CAP, STOP_GRACE
 from jobworker.errors import (
+    InputClosed,
     InvalidRequest,
     IsolationFailed,
     JobNotFound,
@@ -37,6 +38,7 @@ from jobworker.job.events import JobEvents
 from jobworker.job.job import Job, JobRecord
 from jobworker.job.outputlog import OutputLog, OutputSource, read_chunks
 from jobworker.job.process.launcher import LaunchSpec
+from jobworker.job.stdin import JobInput
 from jobworker.job.users import JobUser, resolve_user
 from jobworker.limits import LimitPolicy
 from jobworker.model import JobStatus, Limits, OutputChunk, OutputState
@@ -60,6 +62,7 @@ class JobManager:
         job_user: str | None = None,
         stop_grace: float = STOP_GRACE,
         output_cap: int = OUTPUT_CAP,
+        input_cap: int = INPUT_CAP,
         events: JobEvents | None = None,
         reactor: IReactorProcess | None = None,
     ) -> None:
@@ -68,9 +71,9 @@ class JobManager:
         `job_user` is the account jobs run as (default: "nobody" when the
         server is root, else the server's own user); `stop_grace` is the
         default and shutdown TERM-to-KILL grace; `output_cap` the bytes of
-        output kept per job; `events` hears of every job event (the
-        server's logs them). The reactor also provides `IReactorTime` and
-        `IReactorThreads`.
+        output kept per job, `input_cap` the bytes of stdin a job takes;
+        `events` hears of every job event (the server's logs them). The
+        reactor also provides `IReactorTime` and `IReactorThreads`.
         """
         self._state_dir = state_dir
         self._policy = policy
@@ -80,6 +83,7 @@ class JobManager:
         if output_cap < 0:
             raise InvalidRequest(f"output cap must not be negative: {output_cap}")
         self._output_cap = output_cap
+        self._input_cap = input_cap
         self._events = events if events is not None else JobEvents()
         self._reactor = IReactorProcess(or_global(reactor))
         self._jobs: dict[str, Job] = {}
@@ -102,15 +106,19 @@ class JobManager:
         limits: Limits | None = None,
         *,
         env: Mapping[str, str] | None = None,
+        stdin: bool = False,
     ) -> Deferred[JobStatus]:
         """Start `command` for `owner`; fire once it has really been exec'd.
 
         `env` is set on top of the job's clean environment
-        (`environment.job_env`). Fails with a `StartFailed` subclass
+        (`environment.job_env`); with `stdin` the job's stdin is a pipe
+        (`write_input`), else /dev/null. Fails with a `StartFailed` subclass
         (nothing of the job is left), `InvalidRequest` (empty command, NUL
         byte, bad limits or environment) or `ShuttingDown`.
         """
-        return Deferred.fromCoroutine(self._start(owner, command, limits, env or {}))
+        return Deferred.fromCoroutine(
+            self._start(owner, command, limits, env or {}, stdin)
+        )
 
     async def _start(
         self,
@@ -118,9 +126,10 @@ class JobManager:
         command: Sequence[bytes],
         limits: Limits | None,
         env: Mapping[str, str],
+        stdin: bool,
     ) -> JobStatus:
         try:
-            job = await self._launch(owner, command, limits, env)
+            job = await self._launch(owner, command, limits, env, stdin)
         except Exception as error:
             self._events.start_refused(owner, command, error)
             raise
@@ -140,6 +149,7 @@ class JobManager:
         command: Sequence[bytes],
         limits: Limits | None,
         env: Mapping[str, str],
+        stdin: bool,
     ) -> Job:
         """Make the job's directories, log and cgroup, and spawn its helper."""
         if self._closing:
@@ -176,6 +186,7 @@ class JobManager:
                 user,
                 cgroup.procs_files if cgroup is not None else (),
                 self._isolation is not None and self._isolation.namespaces,
+                stdin=stdin,
                 **(
                     sandbox.launch_options(
                         self._state_dir, dirs.work_dir, user, resolved
@@ -193,6 +204,7 @@ class JobManager:
                 reactor=self._reactor,
                 on_change=self.board.publish,
                 on_cleanup_failed=lambda: self._events.cleanup_failed(record.id),
+                input_cap=self._input_cap,
             )
         except BaseException:
             if output is not None:
@@ -290,6 +302,33 @@ class JobManager:
             return []
         source = self.output_source(job_id)
         return read_chunks(source.path, offset, state.size, max_bytes, source.index)
+
+    def claim_input(self, job_id: str) -> None:
+        """Take the job's stdin for one writer; `InputClosed` if it cannot be."""
+        self._input(job_id).claim()
+
+    def write_input(self, job_id: str, data: bytes) -> Deferred[bool]:
+        """Write to the job's stdin; fire once more may be written.
+
+        Fires with False once the job has closed its stdin (or ended);
+        fails with `InputTooLarge` past the input cap. Cancellable.
+        """
+        try:
+            return self._input(job_id).write(data)
+        except (JobNotFound, InputClosed) as e:
+            return fail(e)
+
+    def close_input(self, job_id: str) -> None:
+        """End the job's input: it reads EOF once it has read what was written."""
+        self._input(job_id).close()
+
+    def _input(self, job_id: str) -> JobInput:
+        job = self._job(job_id)
+        if job.input is None:
+            raise InputClosed(
+                f"job {job_id} has no stdin to write to (it was started without one)"
+            )
+        return job.input
 
     def shutdown(self) -> Deferred[None]:
         """Refuse new jobs, stop every job, fire when all have ended."""

@@ -197,6 +197,11 @@ class StartRequest(_message.Message):
     LIMITS_FIELD_NUMBER: _builtins.int
     COMMAND_TEXT_FIELD_NUMBER: _builtins.int
     ENV_FIELD_NUMBER: _builtins.int
+    STDIN_FIELD_NUMBER: _builtins.int
+    stdin: _builtins.bool
+    """The job's stdin is a pipe, written with WriteInput (EOF when that call
+    ends); otherwise it is /dev/null.
+    """
     @_builtins.property
     def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
         """argv: the program (looked up in the job's PATH) and its arguments."""
@@ -226,10 +231,11 @@ class StartRequest(_message.Message):
         limits: Global___Limits | None = ...,
         command_text: _abc.Iterable[_builtins.str] | None = ...,
         env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        stdin: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "command_text", b"command_text", "env", b"env", "limits", b"limits"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "command_text", b"command_text", "env", b"env", "limits", b"limits", "stdin", b"stdin"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -680,3 +686,53 @@ class OutputChunk(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OutputChunk: _TypeAlias = OutputChunk  # noqa: Y015
+
+@_typing.final
+class InputChunk(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The job, in the first message (later ones may leave it empty)."""
+    data: _builtins.bytes
+    """The next bytes of the job's stdin; a job takes at most 1 GiB in all
+    (RESOURCE_EXHAUSTED past it).
+    """
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InputChunk: _TypeAlias = InputChunk  # noqa: Y015
+
+@_typing.final
+class WriteInputResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BYTES_WRITTEN_FIELD_NUMBER: _builtins.int
+    CLOSED_BY_JOB_FIELD_NUMBER: _builtins.int
+    bytes_written: _builtins.int
+    """Bytes handed to the job's stdin pipe."""
+    closed_by_job: _builtins.bool
+    """The job closed its stdin (or ended) before all the input was written."""
+    def __init__(
+        self,
+        *,
+        bytes_written: _builtins.int = ...,
+        closed_by_job: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_written", b"bytes_written", "closed_by_job", b"closed_by_job"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WriteInputResponse: _TypeAlias = WriteInputResponse  # noqa: Y015

@@ -69,6 +69,11 @@ class JobWorkerStub:
                 request_serializer=jobworker_dot_v1_dot_jobworker__pb2.StreamOutputRequest.SerializeToString,
                 response_deserializer=jobworker_dot_v1_dot_jobworker__pb2.OutputChunk.FromString,
                 _registered_method=True)
+        self.WriteInput = channel.stream_unary(
+                '/jobworker.v1.JobWorker/WriteInput',
+                request_serializer=jobworker_dot_v1_dot_jobworker__pb2.InputChunk.SerializeToString,
+                response_deserializer=jobworker_dot_v1_dot_jobworker__pb2.WriteInputResponse.FromString,
+                _registered_method=True)
 
 
 class JobWorkerServicer:
@@ -130,6 +135,18 @@ class JobWorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WriteInput(self, request_iterator, context):
+        """Write to the stdin of a job started with `stdin`: the first message
+        names the job, each carries data; the end of the call, however it ends,
+        closes the job's stdin (EOF). One call per job, ever, and only by the
+        job's owner (an admin gets PERMISSION_DENIED). A job that does not read
+        holds the call back (flow control), never the server's memory. Held
+        open like an output stream, and counted as one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobWorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -167,6 +184,11 @@ def add_JobWorkerServicer_to_server(servicer, server):
                     servicer.StreamOutput,
                     request_deserializer=jobworker_dot_v1_dot_jobworker__pb2.StreamOutputRequest.FromString,
                     response_serializer=jobworker_dot_v1_dot_jobworker__pb2.OutputChunk.SerializeToString,
+            ),
+            'WriteInput': grpc.stream_unary_rpc_method_handler(
+                    servicer.WriteInput,
+                    request_deserializer=jobworker_dot_v1_dot_jobworker__pb2.InputChunk.FromString,
+                    response_serializer=jobworker_dot_v1_dot_jobworker__pb2.WriteInputResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -358,6 +380,33 @@ class JobWorker:
             '/jobworker.v1.JobWorker/StreamOutput',
             jobworker_dot_v1_dot_jobworker__pb2.StreamOutputRequest.SerializeToString,
             jobworker_dot_v1_dot_jobworker__pb2.OutputChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WriteInput(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/jobworker.v1.JobWorker/WriteInput',
+            jobworker_dot_v1_dot_jobworker__pb2.InputChunk.SerializeToString,
+            jobworker_dot_v1_dot_jobworker__pb2.WriteInputResponse.FromString,
             options,
             channel_credentials,
             insecure,

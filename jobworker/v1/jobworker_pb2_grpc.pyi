@@ -65,6 +65,14 @@ class JobWorkerStub:
     stream ends when the job has ended and all its output has been sent
     (or, with `no_follow`, at the output there was when the call began).
     """
+    WriteInput: _grpc.StreamUnaryMultiCallable[_jobworker_pb2.InputChunk, _jobworker_pb2.WriteInputResponse]
+    """Write to the stdin of a job started with `stdin`: the first message
+    names the job, each carries data; the end of the call, however it ends,
+    closes the job's stdin (EOF). One call per job, ever, and only by the
+    job's owner (an admin gets PERMISSION_DENIED). A job that does not read
+    holds the call back (flow control), never the server's memory. Held
+    open like an output stream, and counted as one.
+    """
 
 @_typing.type_check_only
 class JobWorkerAsyncStub(JobWorkerStub):
@@ -94,6 +102,14 @@ class JobWorkerAsyncStub(JobWorkerStub):
     lines or what came since a time, then new output as it is written; the
     stream ends when the job has ended and all its output has been sent
     (or, with `no_follow`, at the output there was when the call began).
+    """
+    WriteInput: _aio.StreamUnaryMultiCallable[_jobworker_pb2.InputChunk, _jobworker_pb2.WriteInputResponse]  # type: ignore[assignment]
+    """Write to the stdin of a job started with `stdin`: the first message
+    names the job, each carries data; the end of the call, however it ends,
+    closes the job's stdin (EOF). One call per job, ever, and only by the
+    job's owner (an admin gets PERMISSION_DENIED). A job that does not read
+    holds the call back (flow control), never the server's memory. Held
+    open like an output stream, and counted as one.
     """
 
 class JobWorkerServicer(metaclass=_abc_1.ABCMeta):
@@ -163,6 +179,20 @@ class JobWorkerServicer(metaclass=_abc_1.ABCMeta):
         lines or what came since a time, then new output as it is written; the
         stream ends when the job has ended and all its output has been sent
         (or, with `no_follow`, at the output there was when the call began).
+        """
+
+    @_abc_1.abstractmethod
+    def WriteInput(
+        self,
+        request_iterator: _MaybeAsyncIterator[_jobworker_pb2.InputChunk],
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobworker_pb2.WriteInputResponse, _abc.Awaitable[_jobworker_pb2.WriteInputResponse]]:
+        """Write to the stdin of a job started with `stdin`: the first message
+        names the job, each carries data; the end of the call, however it ends,
+        closes the job's stdin (EOF). One call per job, ever, and only by the
+        job's owner (an admin gets PERMISSION_DENIED). A job that does not read
+        holds the call back (flow control), never the server's memory. Held
+        open like an output stream, and counted as one.
         """
 
 def add_JobWorkerServicer_to_server(servicer: JobWorkerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -323,6 +323,7 @@ def _act_as_init(config: dict[str, Any], argv: list[bytes]) -> int:
     if main == 0:
         _exec_command(config, argv)
     os.close(STATUS_FD)
+    _close_stdin()
     status: int | None = None
     while status is None:
         sig = signal.sigwaitinfo(_WATCHED).si_signo
@@ -337,6 +338,14 @@ def _act_as_init(config: dict[str, Any], argv: list[bytes]) -> int:
         except ChildProcessError:
             pass
     return _kill_and_reap_all(main, status)
+
+
+def _close_stdin() -> None:
+    """Leave the job's stdin to the command: it sees EOF or EPIPE as it should."""
+    try:  # noqa: SIM105 - contextlib is slow to import
+        os.close(0)
+    except OSError:
+        pass
 
 
 def _mirror(status: int) -> NoReturn:
@@ -385,6 +394,7 @@ def _run_namespaced(config: dict[str, Any], argv: list[bytes]) -> NoReturn:
         os.close(report_r)
         _namespace_init(config, argv, alive_r, report_w)
     os.close(STATUS_FD)
+    _close_stdin()
     os.close(alive_r)
     os.close(report_w)
     while True:

@@ -3,7 +3,8 @@
 The helper (jobworker/job/process/helper.py) is started as Twisted's `Process` (a
 `JobProcess`, which reads output in large pieces) and never with uid, gid
 or path, so Twisted stays on its `posix_spawnp` path (a fork() of a process
-running grpcio is unsafe). Stdin is /dev/null; fds 1
+running grpcio is unsafe). Stdin is /dev/null, or a pipe from the server
+for a job started with stdin (`job/stdin.py`); fds 1
 and 2 are the output pipes, fd 3 the close-on-exec status pipe: EOF with no
 data means the command was exec'd, a line "<kind> <detail>" says why not.
 """
@@ -68,6 +69,8 @@ class LaunchSpec:
     """The job's private root (jobworker.isolation.rootfs.helper_rootfs)."""
     seccomp: bytes | None = None
     """The syscall filter, a BPF program (jobworker.isolation.seccomp)."""
+    stdin: bool = False
+    """A pipe from the server as the job's stdin, rather than /dev/null."""
 
     def helper_config(self) -> str:
         """The helper's configuration (its first argument).
@@ -125,7 +128,8 @@ def spawn(
     devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     try:
         argv = spec.helper_argv()
-        child_fds: dict[int, int | str] = {0: devnull, 1: "r", 2: "r", STATUS_FD: "r"}
+        stdin: int | str = "w" if spec.stdin else devnull
+        child_fds: dict[int, int | str] = {0: stdin, 1: "r", 2: "r", STATUS_FD: "r"}
         if isinstance(reactor, PosixReactorBase):
             return JobProcess(  # type: ignore[no-untyped-call]  # Twisted: unannotated
                 reactor,

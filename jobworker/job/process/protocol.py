@@ -2,7 +2,8 @@
 
 It holds no policy: it turns Twisted's process callbacks into calls on a
 `ProcessEvents` (the job): output of fds 1 and 2, the status pipe on fd 3,
-and the helper's exit with its real exit code or signal.
+the end of its stdin pipe (fd 0, when it has one), and the helper's exit
+with its real exit code or signal.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ class ProcessEvents(Protocol):
 
     def output_closed(self, stream: Stream) -> None:
         """Nothing holds `stream` open any more."""
+
+    def input_closed(self) -> None:
+        """The job's stdin pipe is closed (by the job, or by us)."""
 
     def status_received(self, data: bytes) -> None:
         """The helper reported (part of) a start failure on the status pipe."""
@@ -53,6 +57,8 @@ class JobProcessProtocol(ProcessProtocol):
             self.events.status_closed()
         elif childFD in (Stream.STDOUT, Stream.STDERR):
             self.events.output_closed(Stream(childFD))
+        elif childFD == 0:
+            self.events.input_closed()
 
     def processExited(self, reason: Failure) -> None:
         # ProcessDone or ProcessTerminated; both carry exitCode and signal.

@@ -52,6 +52,10 @@ class Bridge:
         finally:
             self.done(waiter)
 
+    def post(self, function: Callable[..., object], *args: Any) -> None:
+        """Call `function(*args)` on the reactor, without waiting for it."""
+        self._reactor.callFromThread(function, *args)
+
     def check_open(self) -> None:
         """Raise `ShuttingDown` once the server has begun to close."""
         if self.closed:

@@ -24,6 +24,8 @@ _CODES: tuple[tuple[type[errors.JobWorkerError], grpc.StatusCode], ...] = (
     (errors.JobNotFound, grpc.StatusCode.NOT_FOUND),
     (errors.StartFailed, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.TooManyJobs, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.InputClosed, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.InputTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.ShuttingDown, grpc.StatusCode.UNAVAILABLE),
 )
 

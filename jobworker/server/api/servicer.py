@@ -8,7 +8,9 @@ Start/Stop budget, through a `CallWaiter` (bounded or cancellable waits):
 `on_reactor`; Status and List read the statuses the jobs publish on the
 grpc thread: `on_board`; `StreamOutput` holds a follower slot and waits on
 the reactor only for "there is more" (`wait_output`), reading the log file
-itself, in its own thread, with a `LogReader`. Whether the caller may see a
+itself, in its own thread, with a `LogReader`; `WriteInput` holds one too,
+reads the client's messages in its thread and waits on the reactor only
+while the job's stdin pipe is full. Whether the caller may see a
 job is read from the board (`Caller.may_see` on the published status).
 """
 
@@ -49,6 +51,8 @@ from jobworker.server.api.convert import (
 from jobworker.server.api.errors import (
     EXPECTED,
     AlreadyLogged,
+    ClientGone,
+    Refused,
     abort,
     refuse,
     status_for,
@@ -153,6 +157,10 @@ class JobWorkerService:
                 "StreamOutput": grpc.unary_stream_rpc_method_handler(
                     self.stream_output
                 ),
+                "WriteInput": grpc.stream_unary_rpc_method_handler(
+                    self.write_input,
+                    response_serializer=pb.WriteInputResponse.SerializeToString,
+                ),
             },
         )
 
@@ -198,7 +206,9 @@ class JobWorkerService:
             )
             try:
                 status = waiter.wait(
-                    partial(self._manager.start, env=dict(request.env)),
+                    partial(
+                        self._manager.start, env=dict(request.env), stdin=request.stdin
+                    ),
                     caller.identity,
                     command,
                     limits,
@@ -273,6 +283,48 @@ class JobWorkerService:
             with self._following(), self._bridge.waiting(context) as waiter:
                 yield from self._chunks(caller, request, waiter)
 
+    def write_input(
+        self, requests: Iterator[bytes], context: grpc.ServicerContext
+    ) -> pb.WriteInputResponse:
+        with answering("WriteInput", context, self.metrics) as caller:
+            first = parse(pb.InputChunk, _next_message(requests) or b"")
+            status = self._visible(caller, first.job_id)
+            if status.owner != caller.identity:
+                raise Refused(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"only the job's owner ({status.owner}) may write its stdin",
+                )
+            with self._following("input streams"), self._bridge.waiting(context) as w:
+                w.wait(self._manager.claim_input, status.id, timeout=QUERY_TIMEOUT)
+                try:
+                    return self._copy_input(status.id, first, requests, w)
+                finally:
+                    # However the call ends, the job's input has ended.
+                    self._bridge.post(self._manager.close_input, status.id)
+
+    def _copy_input(
+        self,
+        job_id: str,
+        first: pb.InputChunk,
+        requests: Iterator[bytes],
+        waiter: CallWaiter,
+    ) -> pb.WriteInputResponse:
+        written, chunk = 0, first
+        while True:
+            if chunk.job_id not in ("", first.job_id):
+                raise InvalidRequest("every message of a WriteInput is for one job")
+            if chunk.data:
+                # Fires once the pipe has room: the client waits, not our memory.
+                if not waiter.wait(self._manager.write_input, job_id, chunk.data):
+                    return pb.WriteInputResponse(
+                        bytes_written=written, closed_by_job=True
+                    )
+                written += len(chunk.data)
+            data = _next_message(requests)
+            if data is None:
+                return pb.WriteInputResponse(bytes_written=written)
+            chunk = parse(pb.InputChunk, data)
+
     @contextmanager
     def _following(self, what: str = "output streams") -> Iterator[None]:
         """Count one follower for the `with`; TooManyJobs past the cap."""
@@ -343,3 +395,11 @@ def start_of(
     if request.HasField("tail_lines"):
         start = max(start, tail_start(log, size, request.tail_lines))
     return start
+
+
+def _next_message(requests: Iterator[bytes]) -> bytes | None:
+    """The client's next message; None at the end of its stream."""
+    try:
+        return next(requests, None)
+    except grpc.RpcError:  # what grpc raises for a client that went away
+        raise ClientGone("the client went away") from None
