@@ -14,8 +14,8 @@ import builtins
 import math
 import os
 import uuid
-from collections.abc import Mapping, Sequence
-from typing import cast
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.interfaces import IReactorProcess, IReactorTime
@@ -116,20 +116,14 @@ class JobManager:
         (nothing of the job is left), `InvalidRequest` (empty command, NUL
         byte, bad limits or environment) or `ShuttingDown`.
         """
-        return Deferred.fromCoroutine(
-            self._start(owner, command, limits, env or {}, stdin)
-        )
+        launch = self._launch(owner, command, limits, env or {}, stdin)
+        return Deferred.fromCoroutine(self._start(owner, command, launch))
 
     async def _start(
-        self,
-        owner: str,
-        command: Sequence[bytes],
-        limits: Limits | None,
-        env: Mapping[str, str],
-        stdin: bool,
+        self, owner: str, command: Sequence[bytes], launch: Coroutine[Any, Any, Job]
     ) -> JobStatus:
         try:
-            job = await self._launch(owner, command, limits, env, stdin)
+            job = await launch
         except Exception as error:
             self._events.start_refused(owner, command, error)
             raise
