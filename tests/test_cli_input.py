@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import grpc
+from twisted.trial import unittest
 
 from jobworker.v1 import jobworker_pb2 as pb
 from tests.apiutil import APITestCase
@@ -192,3 +194,37 @@ class StdinAPITests(APITestCase):
         await self.call("alice", "Stop", pb.StopRequest(job_id=job_id, grace_seconds=0))
         reply = await self.in_thread(call.result)
         self.assertTrue(reply.closed_by_job)
+
+
+class IsolatedInputTests(CLITestCase):
+    """-i and -e in a sandboxed job: new namespaces, private root, own uid."""
+
+    server_options = ()
+
+    def setUp(self) -> None:
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("isolating jobs needs root")
+        super().setUp()
+
+    async def test_stdin_and_environment_reach_an_isolated_job(self) -> None:
+        script = 'read line; echo "$GREETING $line"; cat'
+        result = await self.harness.cli(
+            "run",
+            "-i",
+            "-e",
+            "GREETING=hi",
+            "--",
+            "sh",
+            "-c",
+            script,
+            stdin=b"there\nrest\n",
+        )
+        self.assertEqual(
+            (result.out, result.err, result.code), (b"hi there\nrest\n", b"", 0)
+        )
+
+    async def test_an_isolated_job_closing_its_stdin_is_seen_at_once(self) -> None:
+        result = await self.harness.cli(
+            "run", "-i", "--", "head", "-c", "2", stdin=b"q" * (8 << 20)
+        )
+        self.assertEqual((result.out, result.code), (b"qq", 0), result.err)
