@@ -18,7 +18,8 @@ from twisted.internet import reactor as _reactor
 from twisted.trial import unittest
 
 from jobworker.job.environment import job_env
-from jobworker.job.process.launcher import HELPER, LaunchSpec
+from jobworker.job.process.launcher import HELPER, LaunchSpec, config_file
+from jobworker.job.process.protocol import CONFIG_FD
 from jobworker.job.users import JobUser, resolve_user
 from jobworker.model import Limits
 from tests.procutil import (
@@ -248,14 +249,30 @@ class HelperTests(unittest.TestCase):
         run = await self.run_spec(replace(spec, user=nobody))
         self.assertEqual(run.stdout.strip(), str(nobody.uid).encode())
 
+    async def test_ps_shows_the_job_id_not_the_configuration(self) -> None:
+        job_id = "0123456789abcdef-job"
+        script = b'cat /proc/$PPID/comm; tr "\\0" " " </proc/$PPID/cmdline'
+        spec = replace(self.spec(b"sh", b"-c", script), job_id=job_id)
+        run = await self.run_spec(spec)
+        self.assertEqual(run.exit_code, 0, run.stderr)
+        comm, _, cmdline = run.stdout.decode().partition("\n")
+        parent = "jw-init-0123456" if self.namespaces else "jw-0123456789ab"
+        self.assertEqual(comm, parent)
+        self.assertIn(f" job={job_id} -- sh -c ", cmdline)
+        self.assertLess(len(cmdline), 400)  # no configuration on it
+
     async def test_helper_exits_when_its_parent_is_not_the_server(self) -> None:
         spec = self.spec(b"true")
-        argv = spec.helper_argv()
-        config = marshal.loads(bytes.fromhex(argv[4].decode()))
-        argv[4] = marshal.dumps(config | {"parent": 1}).hex().encode()
+        config = marshal.loads(spec.helper_config())
+        fd = config_file(marshal.dumps(config | {"parent": 1}))
+        self.addCleanup(os.close, fd)
         run = HelperRun()
         reactor.spawnProcess(
-            run, sys.executable, argv, env={}, childFDs={1: "r", 2: "r", 3: "r"}
+            run,
+            sys.executable,
+            spec.helper_argv(),
+            env={},
+            childFDs={1: "r", 2: "r", 3: "r", CONFIG_FD: fd},
         )
         await run.ended
         self.assertEqual((run.exit_code, run.stdout), (127, b""))

@@ -181,6 +181,7 @@ class JobManager:
                 cgroup.procs_files if cgroup is not None else (),
                 self._isolation is not None and self._isolation.namespaces,
                 stdin=stdin,
+                job_id=record.id,
                 **(
                     sandbox.launch_options(
                         self._state_dir, dirs.work_dir, user, resolved

@@ -1,7 +1,8 @@
 """The exec'd helper between the server and a job's command (stdlib only).
 
-Run as `python -I -S helper.py CONFIG -- ARGV...` (CONFIG: the hex of a
-`marshal`led dict, from the same interpreter), status pipe on fd 3; it must
+Run as `python -I -S helper.py job=ID -- ARGV...`, its configuration (a
+`marshal`led dict, from the same interpreter) on fd 4, the status pipe on
+fd 3; it must
 not import jobworker, and imports only what loads fast: every job start
 waits for this interpreter (no json, re, typing, socket or contextlib).
 H (this process): dies with the server, new session, joins the job's
@@ -42,6 +43,7 @@ else:  # `signal` without the enums it wraps it in, which load slowly
     import _signal as signal
 
 STATUS_FD = 3
+CONFIG_FD = 4
 SETUP_FAILED = 127
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
@@ -371,7 +373,7 @@ def _namespace_init(
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         if select.select([alive], [], [], 0)[0]:
             os._exit(SETUP_FAILED)  # H is already gone
-        _libc.prctl(_PR_SET_NAME, b"jobworker-init", 0, 0, 0)
+        _set_name(b"jw-init-", config.get("job_id", ""))
         _setup_namespace(config.get("rootfs"))
         for sig in (*_FORWARDED, signal.SIGUSR2):
             signal.signal(sig, lambda *_: None)  # a PID-ns init needs handlers
@@ -408,16 +410,35 @@ def _run_namespaced(config: dict[str, Any], argv: list[bytes]) -> NoReturn:
     _mirror(int(reported) if reported else init_status)
 
 
+def _read_config() -> dict[str, Any]:
+    """The configuration on fd `CONFIG_FD`, which is then closed."""
+    chunks = []
+    try:
+        while chunk := os.read(CONFIG_FD, 1 << 20):
+            chunks.append(chunk)
+    finally:
+        os.close(CONFIG_FD)
+    # The server's own data, from the same interpreter (not a client's).
+    config: dict[str, Any] = marshal.loads(b"".join(chunks))  # noqa: S302
+    return config
+
+
+def _set_name(prefix: bytes, job_id: str) -> None:
+    """Name this process (comm, 15 bytes) after its job, for `ps` and `top`."""
+    name = (prefix + job_id.encode("ascii", "replace"))[:15]
+    _libc.prctl(_PR_SET_NAME, name, 0, 0, 0)
+
+
 def main(args: list[str]) -> NoReturn:
-    """Entry point: `helper.py CONFIG -- ARGV...`."""
+    """Entry point: `helper.py job=ID -- ARGV...`, configuration on fd 4."""
     os.set_inheritable(STATUS_FD, False)
     try:
-        # The server's own data, from the same interpreter (not a client's).
-        config = marshal.loads(bytes.fromhex(args[0]))  # noqa: S302
+        config = _read_config()
         # The job's environment: for the command's exec only (launcher.JOB_ENV).
         job_env = os.environ.pop("JOBWORKER_JOB_ENV", "")
         config["env"] = marshal.loads(bytes.fromhex(job_env))  # noqa: S302
         argv = [os.fsencode(arg) for arg in args[2:]]
+        _set_name(b"jw-", config.get("job_id", ""))
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # die with the server
         if os.getppid() != config["parent"]:
             os._exit(SETUP_FAILED)  # the server is already gone

@@ -31,7 +31,7 @@ from jobworker.errors import (
 )
 from jobworker.job.environment import JOB_PATH
 from jobworker.job.process.pipes import JobProcess
-from jobworker.job.process.protocol import STATUS_FD
+from jobworker.job.process.protocol import CONFIG_FD, STATUS_FD
 from jobworker.job.users import JobUser
 
 HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helper.py")
@@ -71,19 +71,24 @@ class LaunchSpec:
     """The syscall filter, a BPF program (jobworker.isolation.seccomp)."""
     stdin: bool = False
     """A pipe from the server as the job's stdin, rather than /dev/null."""
+    job_id: str = ""
+    """Named in the helper's argv and process names, for `ps` and `top`."""
 
-    def helper_config(self) -> str:
-        """The helper's configuration (its first argument).
+    def helper_config(self) -> bytes:
+        """The helper's configuration, which it reads from fd `CONFIG_FD`.
 
-        The hex of a `marshal`led dict: the helper runs on this same
-        interpreter (`sys.executable`), and `marshal` is built in, where
-        `json` would cost every start its import (about 8 ms here).
+        A `marshal`led dict: the helper runs on this same interpreter
+        (`sys.executable`), and `marshal` is built in, where `json` would
+        cost every start its import (about 8 ms here). It is not on the
+        command line, so `ps` shows the job id and command, not kilobytes of
+        configuration.
         """
         config: dict[str, object] = {
             "parent": os.getpid(),
             "workdir": self.work_dir,
             "cgroup_procs": list(self.cgroup_procs),
             "namespaces": self.namespaces,
+            "job_id": self.job_id,
         }
         if self.namespaces and self.rootfs is not None:
             config["rootfs"] = self.rootfs
@@ -96,23 +101,39 @@ class LaunchSpec:
                 "gid": self.user.gid,
                 "groups": list(self.user.groups),
             }
-        return marshal.dumps(config).hex()
+        return marshal.dumps(config)
 
     def helper_env(self) -> dict[str, str]:
         """The helper's own environment, with the job's marshalled in `JOB_ENV`."""
         return {**HELPER_ENV, JOB_ENV: marshal.dumps(self.env).hex()}
 
     def helper_argv(self) -> list[bytes]:
-        """The helper's full argv: interpreter, helper, config, `--`, command."""
+        """The helper's argv: interpreter, helper, `job=ID`, `--`, command."""
         return [
             os.fsencode(sys.executable),
             b"-I",
             b"-S",
             os.fsencode(HELPER),
-            self.helper_config().encode(),
+            b"job=" + self.job_id.encode("ascii", "replace"),
             b"--",
             *self.command,
         ]
+
+
+def config_file(config: bytes) -> int:
+    """An anonymous in-memory file holding `config`, read from its start.
+
+    Given to the helper as fd `CONFIG_FD`; the caller closes its own copy
+    once the helper is spawned. Nothing is left on disk.
+    """
+    fd = os.memfd_create("jobworker-helper-config", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, config)
+        os.lseek(fd, 0, os.SEEK_SET)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 def spawn(
@@ -126,10 +147,18 @@ def spawn(
     `StartFailed` if the helper itself cannot be started.
     """
     devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    config = -1
     try:
+        config = config_file(spec.helper_config())
         argv = spec.helper_argv()
         stdin: int | str = "w" if spec.stdin else devnull
-        child_fds: dict[int, int | str] = {0: stdin, 1: "r", 2: "r", STATUS_FD: "r"}
+        child_fds: dict[int, int | str] = {
+            0: stdin,
+            1: "r",
+            2: "r",
+            STATUS_FD: "r",
+            CONFIG_FD: config,
+        }
         if isinstance(reactor, PosixReactorBase):
             return JobProcess(  # type: ignore[no-untyped-call]  # Twisted: unannotated
                 reactor,
@@ -149,6 +178,8 @@ def spawn(
         raise StartFailed(f"cannot start the job helper: {e.strerror}") from None
     finally:
         os.close(devnull)
+        if config >= 0:
+            os.close(config)
 
 
 def start_error(report: bytes, command: Sequence[bytes]) -> StartFailed:

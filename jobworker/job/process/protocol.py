@@ -16,6 +16,8 @@ from twisted.python.failure import Failure
 from jobworker.model import Stream
 
 STATUS_FD = 3
+# The helper's configuration (an in-memory file), read at once and closed.
+CONFIG_FD = 4
 
 
 class ProcessEvents(Protocol):
