@@ -1,8 +1,13 @@
 """The exceptions jobworker raises.
 
+A message that names a client-supplied value shows it cut and escaped
+(`jobworker.untrusted.shown`): it ends up in a reply and in the log.
+
 Each is raised where the fault is known and translated once at each boundary:
 library -> gRPC status (`jobworker.server.api.errors`) -> CLI message.
 """
+
+from jobworker.untrusted import shown
 
 
 class JobWorkerError(Exception):
@@ -17,7 +22,7 @@ class JobNotFound(JobWorkerError):
     """No job with this id (or not one the caller may see)."""
 
     def __init__(self, job_id: str) -> None:
-        super().__init__(f"job {job_id!r} not found")
+        super().__init__(f"job '{shown(str(job_id))}' not found")
         self.job_id = job_id
 
 

@@ -6,20 +6,48 @@ asked to shut down. `JobEvents` itself does nothing; `LoggingJobEvents`,
 which the server passes (`jobworker.server.tap`), logs one line for each
 through `twisted.logger`, with the job's owner. Its events carry the same
 fields as the API's refusals, for `--log-format json`: `job_id`, `caller`
-(who asked: the owner, for a start) and `outcome`.
+(who asked: the owner, for a start) and `outcome`. The command and the
+owner come from the client: each line shows them cut and escaped
+(`jobworker.untrusted`), and refused starts are logged at most a few at a
+time per owner (`jobworker.logbursts`).
 """
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 from dataclasses import asdict
 
 from twisted.logger import Logger
 
 from jobworker.limits import limits_for_log
-from jobworker.model import JobStatus, command_text
+from jobworker.logbursts import Bursts
+from jobworker.model import JobStatus
+from jobworker.untrusted import SHOWN_CHARS, shown
 
 log = Logger()
+
+
+def command_for_log(command: Sequence[bytes]) -> str:
+    """The command as one shell-quoted string (invalid UTF-8 as \\xXX), cut.
+
+    Only the arguments that can show are decoded and quoted: logging a 1 MiB
+    argv costs no more than logging a short one.
+    """
+    words: list[str] = []
+    used = 0
+    for arg in command:
+        if used > SHOWN_CHARS:
+            break
+        word = arg[: SHOWN_CHARS + 1].decode("utf-8", "backslashreplace")
+        words.append(shlex.quote(word))
+        used += len(words[-1]) + 1
+    size = sum(len(arg) for arg in command)
+    complete = len(words) == len(command) and all(
+        len(arg) <= SHOWN_CHARS for arg in command
+    )
+    whole = None if complete else f"{len(command)} arguments, {size} bytes"
+    return shown(" ".join(words), head_of=whole)
 
 
 def outcome_for_log(status: JobStatus) -> str:
@@ -107,34 +135,39 @@ class JobEventsFanOut(JobEvents):
 class LoggingJobEvents(JobEvents):
     """Logs every job event, with the job's owner: the server's observer."""
 
+    def __init__(self) -> None:
+        self._refused_starts = Bursts(log, "refused job starts")
+
     def started(self, status: JobStatus) -> None:
         log.info(
             "job {job_id} started by {caller}: {command} ({limits})",
             job_id=status.id,
-            caller=status.owner,
-            owner=status.owner,
+            caller=shown(status.owner),
+            owner=shown(status.owner),
             outcome="started",
-            command=command_text(status.command),
+            command=command_for_log(status.command),
             limits=limits_for_log(status.limits),
         )
 
     def start_refused(
         self, owner: str, command: Sequence[bytes], error: BaseException
     ) -> None:
-        log.info(
-            "job start refused for {caller}: {command}: {error}",
-            caller=owner,
-            owner=owner,
-            outcome="refused",
-            command=command_text(command),
-            error=str(error),
-        )
+        who, reason = shown(owner), shown(str(error))
+        if self._refused_starts.admit(who, reason):
+            log.info(
+                "job start refused for {caller}: {command}: {error}",
+                caller=who,
+                owner=who,
+                outcome="refused",
+                command=command_for_log(command),
+                error=reason,
+            )
 
     def stop_requested(self, status: JobStatus, grace: float | None) -> None:
         log.info(
             "job {job_id} of {owner}: stop requested (grace {grace})",
             job_id=status.id,
-            owner=status.owner,
+            owner=shown(status.owner),
             grace="default" if grace is None else f"{grace:g}s",
         )
 
@@ -142,10 +175,11 @@ class LoggingJobEvents(JobEvents):
         log.info(
             "job {job_id} of {owner} ended: {outcome}",
             job_id=status.id,
-            owner=status.owner,
+            owner=shown(status.owner),
             outcome=outcome_for_log(status),
             **asdict(status.usage),
         )
 
     def shutdown_requested(self, running: int) -> None:
+        self._refused_starts.flush()
         log.info("shutting down: stopping {count} running job(s)", count=running)

@@ -109,7 +109,14 @@ class JobWorkerServer(Service):
         server = grpc.server(
             executor,
             handlers=[self.service.handler()],
-            interceptors=[Gate(SERVICE_NAME, SIDE_STREAMS, self.metrics.refused)],
+            interceptors=[
+                Gate(
+                    SERVICE_NAME,
+                    SIDE_STREAMS,
+                    self.metrics.refused,
+                    self.service.refusals,
+                )
+            ],
             maximum_concurrent_rpcs=workers,
             # Without this, a second server could silently share the port.
             options=[("grpc.so_reuseport", 0)],
@@ -154,6 +161,7 @@ class JobWorkerServer(Service):
             calls=self.bridge.active,
         )
         self.bridge.close()
+        self.service.refusals.flush()
         if self._health is not None:
             self._health.enter_graceful_shutdown()
         done: Deferred[None] = Deferred.fromCoroutine(self._stop())

@@ -24,6 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from jobworker.model import JobStatus
 from jobworker.server.api.errors import Refused
+from jobworker.untrusted import shown
 
 TLS_VERSION = b"TLSv1.3"
 
@@ -76,7 +77,9 @@ def _parse(pem: bytes) -> Caller | Refused:
     try:
         role = Role(units[0])
     except ValueError:
-        return _denied(f"has an unknown role (OU) {units[0]!r}; use one of {roles}")
+        return _denied(
+            f"has an unknown role (OU) '{shown(str(units[0]))}'; use one of {roles}"
+        )
     return Caller(identity=names[0], role=role)
 
 

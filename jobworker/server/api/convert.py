@@ -11,9 +11,13 @@ from jobworker.errors import InvalidRequest
 from jobworker.job.outputlog import Run
 from jobworker.limits import limits_to_pb
 from jobworker.model import JobState, JobStatus
+from jobworker.untrusted import shown
 from jobworker.v1 import jobworker_pb2 as pb
 
 M = TypeVar("M", bound=Message)
+# A job id is a UUID's text (`jobworker.job.manager`): anything longer is no
+# id (nor a prefix of one), and is refused without being echoed.
+JOB_ID_CHARS = 36
 
 _STATES = {
     JobState.RUNNING: pb.JOB_STATE_RUNNING,
@@ -31,9 +35,19 @@ def parse(message_type: type[M], data: bytes) -> M:
         message.ParseFromString(data)
     except (DecodeError, RuntimeWarning) as error:
         raise InvalidRequest(
-            f"malformed {message_type.DESCRIPTOR.name}: {error}"
+            f"malformed {message_type.DESCRIPTOR.name}: {shown(str(error))}"
         ) from None
     return message
+
+
+def check_job_id(job_id: str) -> str:
+    """`job_id` if it can be an id; `InvalidRequest`, not echoing it, if not."""
+    if len(job_id) > JOB_ID_CHARS:
+        raise InvalidRequest(
+            f"a job id has at most {JOB_ID_CHARS} characters; this one has"
+            f" {len(job_id)}"
+        )
+    return job_id
 
 
 def start_command(request: pb.StartRequest) -> list[bytes]:

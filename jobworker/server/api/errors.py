@@ -3,8 +3,10 @@
 A `JobWorkerError` becomes its precise code with its own message; `Refused`
 carries the code chosen by the authentication layer; anything else is a
 server bug: `INTERNAL` with a reference, the traceback only in the log.
-`refuse` is the one place a refused call is logged. This module knows
-nothing of callers (`auth` imports it, not the other way round).
+`refuse` is the one place a refused call is logged: its client-supplied
+parts cut and escaped (`jobworker.untrusted`), and a burst of refusals of
+one caller summarised (`jobworker.logbursts`). This module knows nothing of
+callers (`auth` imports it, not the other way round).
 """
 
 from __future__ import annotations
@@ -16,8 +18,19 @@ import grpc
 from twisted.logger import Logger
 
 from jobworker import errors
+from jobworker.logbursts import Bursts
+from jobworker.untrusted import shown
 
 log = Logger()
+# A refusal's message is the server's words with client values already cut;
+# the whole is bounded again, more loosely, for the log.
+LOGGED_TEXT_CHARS = 600
+
+
+def refusal_bursts() -> Bursts:
+    """A server's summariser of refusal bursts, shared by all its calls."""
+    return Bursts(log, "refused calls")
+
 
 _CODES: tuple[tuple[type[errors.JobWorkerError], grpc.StatusCode], ...] = (
     (errors.InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
@@ -81,25 +94,29 @@ def status_for(error: BaseException, method: str) -> tuple[grpc.StatusCode, str]
 
 
 def refuse(
-    method: str, identity: str, peer: str, error: BaseException
+    method: str, identity: str, peer: str, error: BaseException, bursts: Bursts
 ) -> tuple[grpc.StatusCode, str]:
     """The status for `error`, the refusal logged once with who was refused.
 
     A bug is logged by `status_for` (with its traceback), a client that
     went away is not a refusal, and an `AlreadyLogged` error was logged.
+    Past a burst of refusals of one caller, `bursts` counts them instead.
     """
     code, text = status_for(error, method)
     quiet = (grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED)
     if code not in quiet and not isinstance(error, AlreadyLogged):
-        log.info(
-            "{method} by {caller} ({peer}) refused: {code}: {text}",
-            method=method,
-            caller=identity,
-            peer=peer,
-            code=code.name,
-            outcome="refused",
-            text=text,
-        )
+        who = shown(identity)
+        what = f"{shown(method)}: {code.name}: {shown(text, LOGGED_TEXT_CHARS)}"
+        if bursts.admit(who, what):
+            log.info(
+                "{method} by {caller} ({peer}) refused: {code}: {text}",
+                method=shown(method),
+                caller=who,
+                peer=shown(peer),
+                code=code.name,
+                outcome="refused",
+                text=shown(text, LOGGED_TEXT_CHARS),
+            )
     return code, text
 
 

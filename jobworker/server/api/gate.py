@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 
+from jobworker.logbursts import Bursts
 from jobworker.server.api.auth import AuthenticatedContext, authenticate
-from jobworker.server.api.errors import Refused, abort, refuse
+from jobworker.server.api.errors import Refused, abort, refusal_bursts, refuse
 
 Behavior = Callable[[Any, grpc.ServicerContext], Any]
 # Admission: the context to hand the handler and how to release the call.
@@ -75,11 +76,14 @@ class Gate(_Interceptor):
         own_service: str,
         side_streams: int,
         on_refused: Callable[[str, str], None] = lambda method, code: None,
+        refusals: Bursts | None = None,
     ) -> None:
         """`on_refused(method, code name)` hears of every call refused here
-        (`own_service`'s methods by name, the others by their whole path)."""
+        (`own_service`'s methods by name, the others by their whole path);
+        `refusals` summarises bursts of them in the log."""
         self._own = f"/{own_service}/"
         self._on_refused = on_refused
+        self._refusals = refusals or refusal_bursts()
         self._slots = threading.BoundedSemaphore(side_streams)
         self.side_streams = side_streams
 
@@ -107,7 +111,9 @@ class Gate(_Interceptor):
             identity = caller.identity
             release = self._take_slot() if capped else _nothing
         except Refused as refused:
-            code, text = refuse(method, identity, context.peer(), refused)
+            code, text = refuse(
+                method, identity, context.peer(), refused, self._refusals
+            )
             # JobWorker's methods by name, as the servicer counts them.
             self._on_refused(method.removeprefix(self._own), code.name)
             abort(context, code, text)

@@ -13,6 +13,7 @@ from jobworker.errors import InvalidRequest, JobNotFound
 from jobworker.job.board import StatusBoard
 from jobworker.model import JobStatus
 from jobworker.server.api.auth import Caller
+from jobworker.untrusted import shown
 
 MIN_PREFIX = 4
 # An ambiguous prefix's error names at most this many of its matches.
@@ -44,12 +45,12 @@ def resolve(board: StatusBoard, caller: Caller, job_id: str) -> JobStatus:
     if not matches:
         raise JobNotFound(job_id)
     if len(matches) > 1:
-        shown = ", ".join(job.id for job in matches[:SHOWN_MATCHES])
+        listed = ", ".join(job.id for job in matches[:SHOWN_MATCHES])
         more = len(matches) - SHOWN_MATCHES
         if more > 0:
-            shown += f" and {more} more"
+            listed += f" and {more} more"
         raise AmbiguousJobId(
-            f"job id prefix {job_id!r} matches {len(matches)} jobs: {shown};"
+            f"job id prefix '{shown(job_id)}' matches {len(matches)} jobs: {listed};"
             " give more of the id"
         )
     return matches[0]

@@ -39,10 +39,12 @@ from jobworker.job.manager import JobManager
 from jobworker.job.outputlog import LogReader
 from jobworker.job.outputseek import since_start, tail_start
 from jobworker.limits import MINIMUMS, limits_from_pb, limits_to_pb
+from jobworker.logbursts import Bursts
 from jobworker.model import JobStatus
 from jobworker.server.api.auth import Caller, caller_of
 from jobworker.server.api.bridge import Bridge, CallWaiter
 from jobworker.server.api.convert import (
+    check_job_id,
     encode_chunk,
     parse,
     start_command,
@@ -54,6 +56,7 @@ from jobworker.server.api.errors import (
     ClientGone,
     Refused,
     abort,
+    refusal_bursts,
     refuse,
     status_for,
 )
@@ -79,11 +82,15 @@ COALESCE_PAUSE = 0.002
 
 @contextmanager
 def answering(
-    method: str, context: grpc.ServicerContext, metrics: ServerMetrics
+    method: str,
+    context: grpc.ServicerContext,
+    metrics: ServerMetrics,
+    refusals: Bursts,
 ) -> Iterator[Caller]:
     """The call's caller; a failure in the `with` ends the call with its status.
 
-    Every call is counted in `metrics` with its code, a refusal also as one.
+    Every call is counted in `metrics` with its code, a refusal also as one;
+    `refusals` summarises bursts of refusals in the log.
     """
     identity = "?"
     try:
@@ -91,7 +98,7 @@ def answering(
         identity = caller.identity
         yield caller
     except EXPECTED as error:
-        status = refuse(method, identity, context.peer(), error)
+        status = refuse(method, identity, context.peer(), error, refusals)
         if status[0] not in (grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL):
             metrics.refused(method, status[0].name)
     except Exception as error:  # the last resort, and only at the boundary:
@@ -114,7 +121,9 @@ class JobWorkerService:
         bridge: Bridge,
         max_followers: int,
         metrics: ServerMetrics,
+        refusals: Bursts | None = None,
     ) -> None:
+        self.refusals = refusals or refusal_bursts()
         self._manager = manager
         self._bridge = bridge
         self.max_followers = max_followers
@@ -170,7 +179,7 @@ class JobWorkerService:
     ) -> Iterator[tuple[Caller, CallWaiter]]:
         """A call that waits on the reactor: budgeted, with its waiter."""
         with (
-            answering(method, context, self.metrics) as caller,
+            answering(method, context, self.metrics, self.refusals) as caller,
             self.waiting_calls.hold(caller.identity),
             self._bridge.waiting(context) as waiter,
         ):
@@ -185,7 +194,7 @@ class JobWorkerService:
         No trip to the reactor, nothing to wait for, so no waiter either;
         like every call, it is refused once the server is shutting down.
         """
-        with answering(method, context, self.metrics) as caller:
+        with answering(method, context, self.metrics, self.refusals) as caller:
             self._bridge.check_open()
             yield caller, self._manager.board
 
@@ -194,7 +203,7 @@ class JobWorkerService:
 
         Only jobs the caller may see count (`ids.resolve`); any thread.
         """
-        return resolve(self._manager.board, caller, job_id)
+        return resolve(self._manager.board, caller, check_job_id(job_id))
 
     def start(self, data: bytes, context: grpc.ServicerContext) -> pb.StartResponse:
         with self.on_reactor("Start", context) as (caller, waiter):
@@ -244,7 +253,7 @@ class JobWorkerService:
             return pb.StatusResponse(job=status_to_pb(board.live(job_id)))
 
     def wait(self, data: bytes, context: grpc.ServicerContext) -> pb.WaitResponse:
-        with answering("Wait", context, self.metrics) as caller:
+        with answering("Wait", context, self.metrics, self.refusals) as caller:
             request = parse(pb.WaitRequest, data)
             job_id = self._visible(caller, request.job_id).id
             # As long as a follower, so it takes a follower's slot and thread;
@@ -278,7 +287,7 @@ class JobWorkerService:
     def stream_output(
         self, data: bytes, context: grpc.ServicerContext
     ) -> Iterator[bytes]:
-        with answering("StreamOutput", context, self.metrics) as caller:
+        with answering("StreamOutput", context, self.metrics, self.refusals) as caller:
             request = parse(pb.StreamOutputRequest, data)
             with self._following(), self._bridge.waiting(context) as waiter:
                 yield from self._chunks(caller, request, waiter)
@@ -286,7 +295,7 @@ class JobWorkerService:
     def write_input(
         self, requests: Iterator[bytes], context: grpc.ServicerContext
     ) -> pb.WriteInputResponse:
-        with answering("WriteInput", context, self.metrics) as caller:
+        with answering("WriteInput", context, self.metrics, self.refusals) as caller:
             first = parse(pb.InputChunk, _next_message(requests) or b"")
             status = self._visible(caller, first.job_id)
             if status.owner != caller.identity:
