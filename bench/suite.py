@@ -22,12 +22,12 @@ from bench.common import GIB, MIB
 from bench.report import Row, ratio_row
 from bench.servers import BareProcess, JobWorkerProcess
 from bench.stats import Summary, percentile
-from jobworker.server.api.quota import WAITING_CALLS
+from jobworker.server.api.quota import CALL_THREADS
 from jobworker.server.service import UNARY_HEADROOM
 
 MAX_FOLLOWERS = 256
 # grpc threads of the jobworker server, which the bare server gets too.
-SERVER_THREADS = MAX_FOLLOWERS + WAITING_CALLS + UNARY_HEADROOM
+SERVER_THREADS = MAX_FOLLOWERS + CALL_THREADS + UNARY_HEADROOM
 # Runs past the second are skipped when they would take the suite past
 # this many seconds (`make bench` must stay under 10 minutes on a busy
 # machine), given what the later parts need (measured here, with margin).

@@ -51,7 +51,17 @@ class IsolationFailed(StartFailed):
 
 
 class TooManyJobs(JobWorkerError):
-    """The server's limit on running jobs (or followers) is reached."""
+    """A cap is reached: running jobs per user, followers, a quota.
+
+    Retrying at once will not help; the message names the cap.
+    """
+
+
+class ServerBusy(TooManyJobs):
+    """No turn for the call right now; the same call may well succeed shortly.
+
+    Clients retry it (with backoff); it is raised before anything was done.
+    """
 
 
 class ShuttingDown(JobWorkerError):

@@ -54,6 +54,7 @@ class APITestCase(unittest.TestCase):
     """One server per test; `stub(user)` talks to it as that certificate."""
 
     max_followers = 8
+    max_followers_per_user: int | None = None
     stop_grace = 2.0
     events_class: type[JobEvents] = JobEvents
     """What the manager tells job events to (the server's: LoggingJobEvents)."""
@@ -77,6 +78,7 @@ class APITestCase(unittest.TestCase):
             listen="127.0.0.1:0",
             tls=tls,
             max_followers=self.max_followers,
+            max_followers_per_user=self.max_followers_per_user,
         )
         self.server.startService()
         self.server_stopped = False

@@ -129,6 +129,7 @@ class StreamTests(APITestCase):
 
 class FollowerCapTests(APITestCase):
     max_followers = 2
+    max_followers_per_user = 2
 
     async def test_followers_past_the_cap_are_resource_exhausted(self) -> None:
         job_id = await self.start_job("alice", shell(SILENT))

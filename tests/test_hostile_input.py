@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jobworker.job.environment import job_env
-from jobworker.server.api.quota import WAITING_CALLS
+from jobworker.server.api.quota import CALL_THREADS
 from jobworker.server.service import UNARY_HEADROOM
 from jobworker.v1 import jobworker_pb2 as pb
 from tests.apiutil import APITestCase, shell
@@ -354,7 +354,7 @@ class HostileInputTests(APITestCase):
         # asks for as many as the server has threads, on a job that ignores
         # SIGTERM, with a grace long enough to outlast alice's List.
         job_id = await self.start_job("bob", shell("trap '' TERM; sleep 1000"))
-        threads = self.max_followers + WAITING_CALLS + UNARY_HEADROOM  # the pool
+        threads = self.max_followers + CALL_THREADS + UNARY_HEADROOM  # the pool
         stub = self.stub("bob")
         request = pb.StopRequest(job_id=job_id, grace_seconds=6)
         stops = [stub.Stop.future(request, timeout=30) for _ in range(threads)]

@@ -4,10 +4,18 @@
 `Client` makes the calls and turns every `grpc.RpcError` into a
 `ClientError` whose message a user can act on: server down, untrusted server
 certificate, name mismatch, client certificate refused, job not found...
+
+A "server busy" refusal (`RESOURCE_EXHAUSTED`) is retried with backoff by
+grpc itself, from the channel's service config (`RETRY_POLICY`); the server
+marks the refusals that must not be retried (a cap that stays reached) with
+a negative retry pushback. Only refusals are retried: the server answers
+`RESOURCE_EXHAUSTED` before it has done anything, so a retried Start cannot
+start a job twice.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -23,6 +31,25 @@ from jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 
 # Jobs per List call (the server may cap it, and ends pages early by size).
 LIST_PAGE_SIZE = 1000
+# Every JobWorker call retries "busy" refusals: up to 5 attempts (grpc's
+# most), waiting a random time below 1, 2, 4 then 8 s between them.
+RETRY_POLICY = {
+    "maxAttempts": 5,
+    "initialBackoff": "1s",
+    "maxBackoff": "8s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["RESOURCE_EXHAUSTED"],
+}
+SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{"service": "jobworker.v1.JobWorker"}],
+                "retryPolicy": RETRY_POLICY,
+            }
+        ]
+    }
+)
 _ENV = {
     "server": "JOBWORKER_SERVER",
     "ca": "JOBWORKER_CA",
@@ -131,6 +158,8 @@ def open_channel(config: ClientConfig) -> grpc.Channel:
         ("grpc.min_reconnect_backoff_ms", timeout_ms),
         ("grpc.initial_reconnect_backoff_ms", timeout_ms),
         ("grpc.max_reconnect_backoff_ms", timeout_ms),
+        ("grpc.enable_retries", 1),
+        ("grpc.service_config", SERVICE_CONFIG),
     ]
     return grpc.secure_channel(config.server, credentials, options=options)
 

@@ -28,9 +28,11 @@ from jobworker.errors import (
     JobNotFound,
     ShuttingDown,
     StartFailed,
+    TooManyJobs,
 )
 from jobworker.isolation.interfaces import IsolationConfig, JobCgroup
 from jobworker.isolation.uids import UidPool
+from jobworker.job.admission import MAX_JOBS_PER_OWNER, RunningJobs
 from jobworker.job.board import StatusBoard
 from jobworker.job.dirs import create_job_dirs, remove_tree
 from jobworker.job.environment import check_env, job_env
@@ -64,6 +66,7 @@ class JobManager:
         output_cap: int = OUTPUT_CAP,
         input_cap: int = INPUT_CAP,
         events: JobEvents | None = None,
+        max_jobs_per_owner: int | None = MAX_JOBS_PER_OWNER,
         reactor: IReactorProcess | None = None,
     ) -> None:
         """Jobs live below `state_dir`; `isolation=None` runs them bare.
@@ -72,8 +75,10 @@ class JobManager:
         server is root, else the server's own user); `stop_grace` is the
         default and shutdown TERM-to-KILL grace; `output_cap` the bytes of
         output kept per job, `input_cap` the bytes of stdin a job takes;
-        `events` hears of every job event (the server's logs them). The
-        reactor also provides `IReactorTime` and `IReactorThreads`.
+        `events` hears of every job event (the server's logs them);
+        `max_jobs_per_owner` the jobs one owner may have starting or running
+        at once (`None`: no cap). The reactor also provides `IReactorTime`
+        and `IReactorThreads`.
         """
         self._state_dir = state_dir
         self._policy = policy
@@ -87,6 +92,8 @@ class JobManager:
         self._events = events if events is not None else JobEvents()
         self._reactor = IReactorProcess(or_global(reactor))
         self._jobs: dict[str, Job] = {}
+        self.running = RunningJobs(max_jobs_per_owner)
+        """Starting and running jobs per owner, within the cap."""
         self.board = StatusBoard()
         """Every started job's latest status, for readers on any thread."""
         self._starting: dict[str, Job] = {}
@@ -114,7 +121,8 @@ class JobManager:
         (`environment.job_env`); with `stdin` the job's stdin is a pipe
         (`write_input`), else /dev/null. Fails with a `StartFailed` subclass
         (nothing of the job is left), `InvalidRequest` (empty command, NUL
-        byte, bad limits or environment) or `ShuttingDown`.
+        byte, bad limits or environment), `TooManyJobs` (the owner's running
+        jobs at the cap) or `ShuttingDown`.
         """
         launch = self._launch(owner, command, limits, env or {}, stdin)
         return Deferred.fromCoroutine(self._start(owner, command, launch))
@@ -123,11 +131,21 @@ class JobManager:
         self, owner: str, command: Sequence[bytes], launch: Coroutine[Any, Any, Job]
     ) -> JobStatus:
         try:
-            job = await launch
+            try:
+                self.running.admit(str(owner))
+            except TooManyJobs:
+                launch.close()  # never started: nothing to undo
+                raise
+            try:
+                job = await launch
+            except BaseException:
+                self.running.release(str(owner))
+                raise
         except Exception as error:
             self._events.start_refused(owner, command, error)
             raise
         job_id = job.record.id
+        Deferred.fromCoroutine(self._release_at_end(job))
         # Registered when exec'd even if our caller stopped waiting (cancel).
         self._starting[job_id] = job
         job.when_started().addCallbacks(
@@ -215,6 +233,16 @@ class JobManager:
         if pool is not None:
             Deferred.fromCoroutine(_give_back_after(job, pool, user, cgroup))
         return job
+
+    async def _release_at_end(self, job: Job) -> None:
+        """Free the owner's slot once the start failed or the job ended."""
+        try:
+            await job.when_started()
+            await job.ended()
+        except StartFailed:
+            pass
+        finally:
+            self.running.release(job.record.owner)
 
     def _register(self, job: Job) -> None:
         """The job was exec'd (and published its status): it is listed."""

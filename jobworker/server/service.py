@@ -1,8 +1,9 @@
 """The API server as a Twisted service: grpcio over mutual TLS around a JobManager.
 
 `startService` binds grpcio (its own thread pool, sized for the follower
-cap, the Start/Stop budget and headroom for quick calls) with the JobWorker
-service, health and reflection, all behind one interceptor (`Gate`:
+cap, the Start/Stop calls in progress and in line, and headroom for quick
+calls) with the JobWorker service, health and reflection, all behind one
+interceptor (`Gate`:
 authentication, and a cap on health watches and reflection streams).
 `stopService` closes the bridge (new calls are refused; every call still
 waiting, open streams included, ends with UNAVAILABLE "server shutting
@@ -36,7 +37,7 @@ from jobworker.job.manager import JobManager
 from jobworker.reactors import or_global
 from jobworker.server.api.bridge import Bridge
 from jobworker.server.api.gate import Gate
-from jobworker.server.api.quota import WAITING_CALLS
+from jobworker.server.api.quota import CALL_THREADS
 from jobworker.server.api.servicer import SERVICE_NAME, JobWorkerService
 from jobworker.server.metrics import ServerMetrics
 from jobworker.server.reload import ReloadableCredentials
@@ -44,7 +45,7 @@ from jobworker.server.tls import ServerTLS
 
 log = Logger()
 
-# Threads beyond the follower cap and the Start/Stop budget (WAITING_CALLS),
+# Threads beyond the follower cap and the Start/Stop calls (CALL_THREADS),
 # for Status/List, health and reflection; grpcio refuses calls past the pool
 # (RESOURCE_EXHAUSTED) instead of queueing them behind followers.
 UNARY_HEADROOM = 16
@@ -69,6 +70,7 @@ class JobWorkerServer(Service):
         tls: ServerTLS,
         max_followers: int = MAX_FOLLOWERS,
         metrics: ServerMetrics | None = None,
+        max_followers_per_user: int | None = None,
         reactor: IReactorThreads | None = None,
     ) -> None:
         """`metrics` (a new, unserved set when None) counts what it serves."""
@@ -87,7 +89,11 @@ class JobWorkerServer(Service):
         self.bridge = Bridge(self._reactor)
         self.metrics = metrics if metrics is not None else ServerMetrics()
         self.service = JobWorkerService(
-            manager, self.bridge, max_followers, self.metrics
+            manager,
+            self.bridge,
+            max_followers,
+            self.metrics,
+            max_followers_per_user=max_followers_per_user,
         )
         self.metrics.watch(manager.board.all, lambda: self.service.followers)
 
@@ -104,7 +110,7 @@ class JobWorkerServer(Service):
         return self._port
 
     def startService(self) -> None:
-        workers = self.max_followers + WAITING_CALLS + UNARY_HEADROOM
+        workers = self.max_followers + CALL_THREADS + UNARY_HEADROOM
         executor = ThreadPoolExecutor(workers, thread_name_prefix="jobworker-grpc")
         server = grpc.server(
             executor,
@@ -147,10 +153,11 @@ class JobWorkerServer(Service):
         super().startService()  # type: ignore[no-untyped-call]
         log.info(
             "API listening on {listen} (port {port}), mutual TLS 1.3,"
-            " {followers} followers at most",
+            " {followers} followers at most ({share} per user)",
             listen=self.listen,
             port=port,
             followers=self.max_followers,
+            share=self.service.max_followers_per_user,
         )
 
     def stopService(self) -> Deferred[None]:

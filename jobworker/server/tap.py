@@ -43,6 +43,7 @@ from jobworker.job.manager import JobManager
 from jobworker.limits import LIMITS, Limit, LimitPolicy
 from jobworker.model import Limits
 from jobworker.reactors import or_global
+from jobworker.server import levers
 from jobworker.server.logformat import JSON_OBSERVER, LOG_FORMATS, json_logger_problem
 from jobworker.server.metrics import MetricsJobEvents, MetricsListener, ServerMetrics
 from jobworker.server.notify import Readiness, sd_notify
@@ -116,6 +117,8 @@ class Options(usage.Options):
         ],
         ["no-seccomp", None, "Run jobs without the syscall filter (doc/sandbox.md)."],
     ]
+    # Per-user caps and host totals (jobworker.server.levers).
+    optParameters: ClassVar[list[list[Any]]] = levers.PARAMETERS
 
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
@@ -362,6 +365,7 @@ def build_service(
             stop_grace=config["stop-grace"],
             output_cap=config["output-cap"],
             events=JobEventsFanOut(LoggingJobEvents(), MetricsJobEvents(metrics)),
+            max_jobs_per_owner=config["max-jobs-per-user"],
             reactor=IReactorProcess(reactor),
         )
     except BaseException:
@@ -375,6 +379,7 @@ def build_service(
         tls=tls,
         max_followers=config["max-followers"],
         metrics=metrics,
+        max_followers_per_user=config["max-followers-per-user"],
         reactor=IReactorThreads(reactor),
     )
     server.setName(API_SERVICE)  # type: ignore[no-untyped-call]

@@ -109,6 +109,24 @@ class CallWaiter:
     def _reason(self) -> BaseException | None:
         return self._ended
 
+    def park(self, ready: threading.Event, timeout: float) -> None:
+        """Block until `ready` is set or `timeout` passes (on this thread).
+
+        Raises the reason if the call ends first (client gone, closing).
+        """
+        with self._lock:
+            if self._ended is not None:
+                raise self._ended
+            self._wake = ready
+        try:
+            ready.wait(timeout)
+        finally:
+            with self._lock:
+                self._wake = None
+                ended = self._ended
+        if ended is not None:
+            raise ended
+
     @overload
     def wait(
         self,

@@ -120,7 +120,36 @@ def refuse(
     return code, text
 
 
-def abort(context: grpc.ServicerContext, code: grpc.StatusCode, text: str) -> NoReturn:
-    """End the call with this status (grpc raises to unwind the handler)."""
+def final(error: BaseException) -> bool:
+    """Whether a `RESOURCE_EXHAUSTED` refusal is one clients must not retry.
+
+    A cap (`TooManyJobs`: running jobs per user, a follower share, a
+    quota) stays reached for a while; only `ServerBusy` is worth retrying.
+    """
+    if isinstance(error, AlreadyLogged):
+        error = error.error
+    return isinstance(error, errors.TooManyJobs) and not isinstance(
+        error, errors.ServerBusy
+    )
+
+
+# grpc's retry policy does not retry a call whose trailers carry this
+# pushback with a negative value (gRFC A6).
+NO_RETRY = (("grpc-retry-pushback-ms", "-1"),)
+
+
+def abort(
+    context: grpc.ServicerContext,
+    code: grpc.StatusCode,
+    text: str,
+    *,
+    retry: bool = True,
+) -> NoReturn:
+    """End the call with this status (grpc raises to unwind the handler).
+
+    `retry=False` tells a client's retry policy not to retry it.
+    """
+    if not retry:
+        context.set_trailing_metadata(NO_RETRY)
     context.abort(code, text)
     raise AssertionError("grpc's abort returned")  # pragma: no cover

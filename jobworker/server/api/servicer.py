@@ -33,7 +33,7 @@ from jobworker.defaults import (
     STOP_DEFAULT_BOUND,
     STOP_MARGIN,
 )
-from jobworker.errors import InvalidRequest, JobWorkerError, TooManyJobs
+from jobworker.errors import InvalidRequest, JobWorkerError, ServerBusy, TooManyJobs
 from jobworker.job.board import StatusBoard
 from jobworker.job.manager import JobManager
 from jobworker.job.outputlog import LogReader
@@ -56,6 +56,7 @@ from jobworker.server.api.errors import (
     ClientGone,
     Refused,
     abort,
+    final,
     refusal_bursts,
     refuse,
     status_for,
@@ -64,6 +65,7 @@ from jobworker.server.api.ids import resolve
 from jobworker.server.api.paging import PageRequest, list_filter
 from jobworker.server.api.quota import WaitingCalls
 from jobworker.server.metrics import ServerMetrics
+from jobworker.untrusted import shown
 from jobworker.v1 import jobworker_pb2 as pb
 
 SERVICE_NAME = "jobworker.v1.JobWorker"
@@ -99,17 +101,18 @@ def answering(
         yield caller
     except EXPECTED as error:
         status = refuse(method, identity, context.peer(), error, refusals)
+        retry = not final(error)
         if status[0] not in (grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL):
             metrics.refused(method, status[0].name)
     except Exception as error:  # the last resort, and only at the boundary:
         # a bug must reach the client as INTERNAL with a reference (the
         # traceback logged), not as grpc's UNKNOWN carrying its text.
-        status = status_for(error, method)
+        status, retry = status_for(error, method), True
     else:
         metrics.calls.labels(method, "OK").inc()
         return
     metrics.calls.labels(method, status[0].name).inc()
-    abort(context, *status)
+    abort(context, *status, retry=retry)
 
 
 class JobWorkerService:
@@ -121,15 +124,21 @@ class JobWorkerService:
         bridge: Bridge,
         max_followers: int,
         metrics: ServerMetrics,
+        *,
         refusals: Bursts | None = None,
+        max_followers_per_user: int | None = None,
     ) -> None:
         self.refusals = refusals or refusal_bursts()
         self._manager = manager
         self._bridge = bridge
         self.max_followers = max_followers
         self.metrics = metrics
+        self.max_followers_per_user = max_followers_per_user or max(
+            1, max_followers // 2
+        )
         self._lock = threading.Lock()
         self._followers = 0
+        self._followers_of: dict[str, int] = {}
         self.waiting_calls = WaitingCalls()
 
     @property
@@ -177,11 +186,13 @@ class JobWorkerService:
     def on_reactor(
         self, method: str, context: grpc.ServicerContext
     ) -> Iterator[tuple[Caller, CallWaiter]]:
-        """A call that waits on the reactor: budgeted, with its waiter."""
+        """A call that waits on the reactor: its turn (in line), and its waiter."""
         with (
             answering(method, context, self.metrics, self.refusals) as caller,
-            self.waiting_calls.hold(caller.identity),
             self._bridge.waiting(context) as waiter,
+            self.waiting_calls.hold(
+                caller.identity, waiter.park, context.time_remaining()
+            ),
         ):
             yield caller, waiter
 
@@ -258,7 +269,10 @@ class JobWorkerService:
             job_id = self._visible(caller, request.job_id).id
             # As long as a follower, so it takes a follower's slot and thread;
             # it ends with the job, the client going away or the server.
-            with self._following("waits"), self._bridge.waiting(context) as waiter:
+            with (
+                self._following(caller.identity, "waits"),
+                self._bridge.waiting(context) as waiter,
+            ):
                 status = waiter.wait(self._manager.wait_ended, job_id)
             return pb.WaitResponse(job=status_to_pb(status))
 
@@ -289,7 +303,10 @@ class JobWorkerService:
     ) -> Iterator[bytes]:
         with answering("StreamOutput", context, self.metrics, self.refusals) as caller:
             request = parse(pb.StreamOutputRequest, data)
-            with self._following(), self._bridge.waiting(context) as waiter:
+            with (
+                self._following(caller.identity),
+                self._bridge.waiting(context) as waiter,
+            ):
                 yield from self._chunks(caller, request, waiter)
 
     def write_input(
@@ -303,7 +320,10 @@ class JobWorkerService:
                     grpc.StatusCode.PERMISSION_DENIED,
                     f"only the job's owner ({status.owner}) may write its stdin",
                 )
-            with self._following("input streams"), self._bridge.waiting(context) as w:
+            with (
+                self._following(caller.identity, "input streams"),
+                self._bridge.waiting(context) as w,
+            ):
                 w.wait(self._manager.claim_input, status.id, timeout=QUERY_TIMEOUT)
                 try:
                     return self._copy_input(status.id, first, requests, w)
@@ -335,21 +355,39 @@ class JobWorkerService:
             chunk = parse(pb.InputChunk, data)
 
     @contextmanager
-    def _following(self, what: str = "output streams") -> Iterator[None]:
-        """Count one follower for the `with`; TooManyJobs past the cap."""
+    def _following(self, identity: str, what: str = "output streams") -> Iterator[None]:
+        """Count one follower of `identity` for the `with`, within the caps.
+
+        Past the server's cap the call is `ServerBusy` (others' streams
+        end); past the caller's share, `TooManyJobs` (its own streams hold it).
+        Waits count as followers: they hold a thread as long.
+        """
         with self._lock:
-            if self._followers >= self.max_followers:
+            mine = self._followers_of.get(identity, 0)
+            if mine >= self.max_followers_per_user:
                 raise TooManyJobs(
+                    f"{shown(identity)} has {mine} {what} open, the most one user"
+                    f" may have of output streams and waits (max-followers-per-user"
+                    f" {self.max_followers_per_user}); close one first"
+                )
+            if self._followers >= self.max_followers:
+                raise ServerBusy(
                     f"too many {what} open (the server allows"
                     f" {self.max_followers} output streams and waits); try again"
                     " later"
                 )
             self._followers += 1
+            self._followers_of[identity] = mine + 1
         try:
             yield
         finally:
             with self._lock:
                 self._followers -= 1
+                left = self._followers_of[identity] - 1
+                if left:
+                    self._followers_of[identity] = left
+                else:
+                    del self._followers_of[identity]
 
     def _chunks(
         self, caller: Caller, request: pb.StreamOutputRequest, waiter: CallWaiter
