@@ -51,7 +51,9 @@ MIN_IO_BPS = 1 << 20
 # throttle, and how much, depends on the machine.
 DEFAULT_LIMITS = Limits(cpu=1.0, memory_bytes=512 << 20, pids=1024)
 # The most a job may ask for; the CPU maximum is all CPUs (`max_limits`).
-_MAX_LIMITS = Limits(memory_bytes=4 << 30, pids=32768)
+# A job needs far fewer tasks than the host's pid_max (32768 here); the
+# users' and the total pids limits (jobworker.server.levers) bound all jobs.
+_MAX_LIMITS = Limits(memory_bytes=4 << 30, pids=4096)
 # How the options' help shows that maximum.
 MAX_CPU_TEXT = "all CPUs"
 

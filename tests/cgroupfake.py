@@ -63,7 +63,7 @@ class FakeKernel(Kernel):
     """cgroupfs as far as the drivers can see it, with a log of changes."""
 
     def __init__(self, files: dict[str, str], busy: int = 0) -> None:
-        self.files = files
+        self.files = dict(files)  # a test may change its copy
         self.busy = busy
         self.writes: list[tuple[str, str]] = []
         self.kills: list[tuple[str, ...]] = []

@@ -11,6 +11,7 @@ from twisted.trial import unittest
 
 from jobworker.isolation.cgroups import V1Driver, V2Driver, detect
 from jobworker.isolation.interfaces import CgroupDriver, JobCgroup
+from jobworker.model import Limits
 
 EXPECT_ENV = "JOBWORKER_EXPECT_CGROUP"
 
@@ -20,10 +21,12 @@ def require_root() -> None:
         raise unittest.SkipTest("needs root to create cgroups and namespaces")
 
 
-def real_driver(case: unittest.TestCase, state_dir: str) -> CgroupDriver:
+def real_driver(
+    case: unittest.TestCase, state_dir: str, per_user: Limits | None = None
+) -> CgroupDriver:
     """Detect this kernel's cgroups; remove the state dir's parent afterwards."""
     require_root()
-    driver = detect(state_dir)
+    driver = detect(state_dir, per_user=per_user or Limits())
     expected = os.environ.get(EXPECT_ENV)
     if expected:
         case.assertEqual(str(driver.version), expected, f"{EXPECT_ENV}={expected}")
@@ -46,14 +49,18 @@ def remove_parents(driver: CgroupDriver) -> None:
 
 
 def job_dirs(driver: CgroupDriver) -> list[str]:
-    """The job cgroups currently below the driver's parents."""
-    return [
-        entry.path
-        for parent in parent_dirs(driver)
-        if os.path.isdir(parent)
-        for entry in os.scandir(parent)
-        if entry.is_dir()
-    ]
+    """The job cgroups currently below the driver's parents, in users' cgroups.
+
+    A user's cgroup left without jobs counts as one too: it should be gone.
+    """
+    found = []
+    for parent in parent_dirs(driver):
+        if not os.path.isdir(parent):
+            continue
+        for user in (entry for entry in os.scandir(parent) if entry.is_dir()):
+            jobs = [entry.path for entry in os.scandir(user.path) if entry.is_dir()]
+            found.extend(jobs or [user.path])
+    return found
 
 
 def spawn_in(cgroup: JobCgroup, argv: Sequence[str]) -> subprocess.Popen[bytes]:

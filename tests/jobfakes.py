@@ -123,7 +123,9 @@ class FakeDriver:
         self.cgroups: list[FakeCgroup] = []
         self.broken = False
 
-    def create(self, job_id: str, limits: Limits, workdir: str) -> JobCgroup:
+    def create(
+        self, job_id: str, limits: Limits, workdir: str, *, owner: str
+    ) -> JobCgroup:
         if self.broken:
             raise PermissionError(13, "Permission denied")
         self.cgroups.append(FakeCgroup())

@@ -50,8 +50,10 @@ class RecordingDriver:
     def version(self) -> int:
         return self.driver.version
 
-    def create(self, job_id: str, limits: Limits, workdir: str) -> JobCgroup:
-        cgroup = self.driver.create(job_id, limits, workdir)
+    def create(
+        self, job_id: str, limits: Limits, workdir: str, *, owner: str
+    ) -> JobCgroup:
+        cgroup = self.driver.create(job_id, limits, workdir, owner=owner)
         self.created[job_id] = cgroup
         return cgroup
 

@@ -24,6 +24,7 @@ from twisted.trial import unittest
 
 from jobworker.errors import InvalidRequest
 from jobworker.model import Limits
+from jobworker.server import levers
 from jobworker.server.notify import Readiness
 from jobworker.server.reload import CertificateReload
 from jobworker.server.service import JobWorkerServer
@@ -58,7 +59,7 @@ class OptionsTests(unittest.TestCase):
         )
         self.assertEqual(policy.maximums.memory_bytes, 4 << 30)
         self.assertEqual(policy.maximums.cpu, float(len(os.sched_getaffinity(0))))
-        self.assertEqual(policy.maximums.pids, 32768)
+        self.assertEqual(policy.maximums.pids, 4096)  # not the host's pid_max
         self.assertIsNone(policy.maximums.io_read_bps)
 
     def test_tls_files_are_required(self) -> None:
@@ -199,6 +200,17 @@ class PluginTests(unittest.TestCase):
         self.assertEqual(code, 0, err)
         for option in (b"--listen", b"--tls-cert", b"--no-isolation", b"--max-cpu"):
             self.assertIn(option, out)
+        for lever in (
+            b"--max-jobs-per-user",
+            b"--max-followers-per-user",
+            b"--user-memory",
+            b"--user-pids",
+            b"--user-cpu",
+            b"--total-memory",
+            b"--total-pids",
+            b"--total-cpu",
+        ):
+            self.assertIn(lever, out)
 
 
 class MakeServiceTests(unittest.TestCase):
@@ -277,3 +289,61 @@ class MakeServiceTests(unittest.TestCase):
             [type(child) for child in service],
             [StateDirLock, JobWorkerServer, CertificateReload, Readiness],
         )
+
+
+class LeverTests(unittest.TestCase):
+    """Per-user caps and host totals: the options, their defaults, their checks."""
+
+    def test_totals_default_to_the_hosts_figures(self) -> None:
+        options = parse()
+        totals = options["totals"]
+        self.assertEqual(totals.cpu, float(len(os.sched_getaffinity(0))))
+        self.assertEqual(totals.memory_bytes, int(levers.host_memory() * 0.9))
+        self.assertEqual(totals.pids, levers.pid_max() // 2)
+        self.assertEqual(options["per-user"], Limits())
+        self.assertEqual(options["max-jobs-per-user"], 128)
+        self.assertIsNone(options["max-followers-per-user"])
+
+    def test_user_limits_and_totals_are_parsed(self) -> None:
+        options = parse(
+            "--user-memory=2G",
+            "--user-pids=500",
+            "--user-cpu=1.5",
+            "--total-memory=8G",
+            "--total-pids=5000",
+            "--total-cpu=2",
+            "--max-jobs-per-user=3",
+            "--max-followers-per-user=5",
+        )
+        self.assertEqual(
+            options["per-user"], Limits(cpu=1.5, memory_bytes=2 << 30, pids=500)
+        )
+        self.assertEqual(
+            options["totals"], Limits(cpu=2.0, memory_bytes=8 << 30, pids=5000)
+        )
+        self.assertEqual(
+            (options["max-jobs-per-user"], options["max-followers-per-user"]), (3, 5)
+        )
+
+    def test_a_jobs_maximum_is_lowered_to_its_users_limit(self) -> None:
+        policy = parse("--user-memory=256M", "--user-pids=100")["policy"]
+        self.assertEqual(policy.maximums.memory_bytes, 256 << 20)
+        self.assertEqual(policy.maximums.pids, 100)
+        self.assertEqual(policy.defaults.memory_bytes, 256 << 20)  # follows it
+        self.assertEqual(policy.defaults.pids, 100)
+
+    def test_a_user_limit_above_the_total_is_refused(self) -> None:
+        error = self.assertRaises(
+            usage.UsageError, parse, "--user-memory=4G", "--total-memory=2G"
+        )
+        self.assertIn("--user-memory 4G is above --total-memory 2G", str(error))
+
+    def test_bad_lever_values_name_their_option(self) -> None:
+        for flag, value in (
+            ("--max-jobs-per-user", "0"),
+            ("--user-memory", "lots"),
+            ("--total-pids", "-3"),
+            ("--user-cpu", "0"),
+        ):
+            error = self.assertRaises(usage.UsageError, parse, f"{flag}={value}")
+            self.assertIn(flag, str(error))

@@ -68,8 +68,13 @@ class CgroupDriver(Protocol):
         """1 or 2."""
         ...
 
-    def create(self, job_id: str, limits: Limits, workdir: str) -> JobCgroup:
-        """Create the job's cgroup with its limits; raise `IsolationFailed`."""
+    def create(
+        self, job_id: str, limits: Limits, workdir: str, *, owner: str
+    ) -> JobCgroup:
+        """Create the job's cgroup, in its owner's, with its limits.
+
+        Raise `IsolationFailed`.
+        """
         ...
 
     def cleanup_stale(self) -> int:

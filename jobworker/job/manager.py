@@ -187,7 +187,7 @@ class JobManager:
             if self._isolation is not None:
                 try:
                     cgroup = self._isolation.cgroups.create(
-                        record.id, resolved, dirs.work_dir
+                        record.id, resolved, dirs.work_dir, owner=record.owner
                     )
                 except OSError as e:
                     raise IsolationFailed(f"cannot create the job's cgroup: {e}") from e

@@ -40,7 +40,7 @@ from jobworker.isolation.uids import DEFAULT_RANGE as DEFAULT_UID_RANGE
 from jobworker.isolation.uids import parse_range
 from jobworker.job.events import JobEventsFanOut, LoggingJobEvents
 from jobworker.job.manager import JobManager
-from jobworker.limits import LIMITS, Limit, LimitPolicy
+from jobworker.limits import LIMITS, Limit, LimitPolicy, limits_for_log
 from jobworker.model import Limits
 from jobworker.reactors import or_global
 from jobworker.server import levers
@@ -269,9 +269,11 @@ class Options(usage.Options):
         ]
         if missing:
             raise usage.UsageError(f"missing {', '.join(missing)}")
+        total, user = levers.cgroup_limits(self)
+        self["totals"], self["per-user"] = total, user
         self["policy"] = _policy(
             self["defaults"],
-            self["maximums"],
+            levers.job_ceiling(self["maximums"], user),
             self["explicit-defaults"],
             self["min-io-bps"],
         )
@@ -444,15 +446,24 @@ def _isolation(
         seccomp=not config["no-seccomp"],
         uid_range=None if config["job-user"] else config["job-uid-range"],
     )
-    driver = detect(state_dir, io_devices=config["io-devices"] or None, reactor=reactor)
+    driver = detect(
+        state_dir,
+        io_devices=config["io-devices"] or None,
+        reactor=reactor,
+        totals=config["totals"],
+        per_user=config["per-user"],
+    )
     stale = driver.cleanup_stale()
     if stale:
         log.info("removed {count} stale job cgroup(s) of an earlier run", count=stale)
     log.info(
-        "isolating jobs with cgroup v{version}, namespaces, a private root{more}",
+        "isolating jobs with cgroup v{version}, namespaces, a private root{more};"
+        " all jobs: {totals}; one user's jobs: {per_user}",
         version=driver.version,
         more=(", a syscall filter" if sandbox.seccomp else "")
         + (", a uid each" if sandbox.uids else ""),
+        totals=limits_for_log(config["totals"]),
+        per_user=limits_for_log(config["per-user"]),
     )
     return IsolationConfig(cgroups=driver, namespaces=True, sandbox=sandbox)
 

@@ -4,8 +4,10 @@
 when the server's own v2 cgroup offers cpu, memory, io and pids, else the v1
 hierarchies of cpu, cpuacct, memory, blkio and pids, and otherwise raises
 `IsolationUnavailable` saying what is missing. Job cgroups live in
-`<own cgroup>/jobworker-<12 hex of sha256(realpath(state_dir))>/<job id>`, so
-two servers with different state directories never touch each other's jobs.
+`<own cgroup>/jobworker-<12 hex of sha256(realpath(state_dir))>/u-<user>/<job
+id>` (`base.user_name`), so two servers with different state directories
+never touch each other's jobs, and each user's jobs share a cgroup with the
+user's limits.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from jobworker.isolation.mountinfo import (
     parse_mountinfo,
     parse_proc_cgroup,
 )
+from jobworker.model import Limits
 
 __all__ = [
     "CgroupBusy",
@@ -54,11 +57,24 @@ def detect(
     *,
     io_devices: Sequence[str] | None = None,
     reactor: IReactorTime | None = None,
+    totals: Limits = Limits(),  # noqa: B008 - frozen, shared
+    per_user: Limits = Limits(),  # noqa: B008 - frozen, shared
 ) -> CgroupDriver:
-    """The driver for this kernel's cgroups; raise `IsolationUnavailable`."""
+    """The driver for this kernel's cgroups; raise `IsolationUnavailable`.
+
+    `totals` bound all jobs together, `per_user` all of one user's jobs.
+    """
     with open("/proc/self/mountinfo") as mountinfo, open("/proc/self/cgroup") as own:
         mounts, paths = parse_mountinfo(mountinfo.read()), parse_proc_cgroup(own.read())
-    return detect_in(mounts, paths, state_dir, io_devices=io_devices, reactor=reactor)
+    return detect_in(
+        mounts,
+        paths,
+        state_dir,
+        io_devices=io_devices,
+        reactor=reactor,
+        totals=totals,
+        per_user=per_user,
+    )
 
 
 def _v2_own(mounts: Sequence[Mount], paths: Mapping[str, str]) -> str | None:
@@ -98,6 +114,8 @@ def detect_in(
     reactor: IReactorTime | None = None,
     kernel: Kernel | None = None,
     sys_root: str = "/sys",
+    totals: Limits = Limits(),  # noqa: B008 - frozen, shared
+    per_user: Limits = Limits(),  # noqa: B008 - frozen, shared
 ) -> CgroupDriver:
     """`detect` over given mounts and own cgroup paths (for fake trees)."""
     kernel = kernel or Kernel()
@@ -121,6 +139,8 @@ def detect_in(
                 reactor=reactor,
                 kernel=kernel,
                 sys_root=sys_root,
+                totals=totals,
+                per_user=per_user,
             )
         problems.append(
             f"cgroup v2 at {own} lacks the {', '.join(missing)} controller(s)"
@@ -135,6 +155,8 @@ def detect_in(
             reactor=reactor,
             kernel=kernel,
             sys_root=sys_root,
+            totals=totals,
+            per_user=per_user,
         )
     problems.append(f"cgroup v1 has no {', '.join(absent)} hierarchy for this process")
     raise IsolationUnavailable("no usable cgroups: " + "; ".join(problems))

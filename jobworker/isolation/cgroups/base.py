@@ -1,12 +1,15 @@
-"""What the v1 and v2 cgroup drivers share: the kernel calls, killing
-everything in a cgroup, and removing cgroup directories while the kernel
-still reports them busy.
+"""What the v1 and v2 cgroup drivers share: the kernel calls, the layout
+(a parent per state directory, a cgroup per user in it, a cgroup per job in
+that), killing everything in a cgroup, and removing cgroup directories
+while the kernel still reports them busy.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
+import re
 import signal
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -19,9 +22,12 @@ from twisted.internet.task import deferLater
 from jobworker.errors import IsolationFailed
 from jobworker.isolation.blockdev import job_disks
 from jobworker.isolation.interfaces import CgroupBusy
+from jobworker.model import Limits
 from jobworker.reactors import or_global
 
 PARENT_PREFIX = "jobworker-"
+USER_PREFIX = "u-"
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 REMOVE_TIMEOUT = 10.0  # seconds remove() keeps retrying a busy cgroup
 _FIRST_DELAY = 0.01
 _MAX_DELAY = 0.5
@@ -101,6 +107,18 @@ def read_int(path: str) -> int | None:
         return None
 
 
+def user_name(owner: str) -> str:
+    """The cgroup name of `owner`'s jobs: "u-<readable part>-<12 hex>".
+
+    A CN may hold any character (a slash, a newline, "..") and any length;
+    the name keeps at most 24 safe characters of it for people and a hash
+    of all of it for uniqueness.
+    """
+    digest = hashlib.sha256(owner.encode("utf-8", "surrogatepass")).hexdigest()
+    readable = _UNSAFE.sub("_", owner[:24])
+    return f"{USER_PREFIX}{readable}-{digest[:12]}"
+
+
 def check_job_id(job_id: str) -> None:
     """Refuse a job id that is not a plain directory name."""
     if not job_id or "/" in job_id or job_id in (".", "..") or "\0" in job_id:
@@ -148,8 +166,20 @@ def _removal(
 
 
 def prune_parents(kernel: Kernel, directories: Sequence[str]) -> None:
-    """Remove the parents of `directories` if no job is left in them."""
-    remove_if_empty(kernel, [os.path.dirname(d) for d in directories])
+    """Remove the user and state-dir cgroups above `directories` once empty.
+
+    Only directories named as ours are tried: never the server's own cgroup.
+    """
+    users, parents = [], []
+    for directory in directories:
+        above = os.path.dirname(directory)
+        if os.path.basename(above).startswith(USER_PREFIX):
+            users.append(above)
+            above = os.path.dirname(above)
+        if os.path.basename(above).startswith(PARENT_PREFIX):
+            parents.append(above)
+    remove_if_empty(kernel, users)
+    remove_if_empty(kernel, parents)
 
 
 def remove_if_empty(kernel: Kernel, parents: Iterable[str]) -> None:
@@ -215,19 +245,43 @@ class JobCgroupBase:
             prune_parents(self._kernel, self.directories)
 
 
+def _subdirs(parent: str) -> list[os.DirEntry[str]]:
+    with suppress(FileNotFoundError):
+        return [e for e in os.scandir(parent) if e.is_dir(follow_symlinks=False)]
+    return []
+
+
 def stale_job_dirs(parents: Iterable[str]) -> dict[str, list[str]]:
-    """Job cgroups below the parent directories: job id -> its directories."""
+    """Job cgroups below the parent directories: job id -> its directories.
+
+    Jobs are in the users' cgroups; one right in a parent is of a run from
+    before there were users' cgroups.
+    """
     jobs: dict[str, list[str]] = {}
     for parent in dict.fromkeys(parents):
-        with suppress(FileNotFoundError):
-            for entry in os.scandir(parent):
-                if entry.is_dir(follow_symlinks=False):
-                    jobs.setdefault(entry.name, []).append(entry.path)
+        for entry in _subdirs(parent):
+            if not entry.name.startswith(USER_PREFIX):
+                jobs.setdefault(entry.name, []).append(entry.path)
+                continue
+            for job in _subdirs(entry.path):
+                jobs.setdefault(job.name, []).append(job.path)
     return jobs
 
 
+def stale_user_dirs(parents: Iterable[str]) -> list[str]:
+    """The users' cgroups below the parents (empty once their jobs are gone)."""
+    return [
+        entry.path
+        for parent in dict.fromkeys(parents)
+        for entry in _subdirs(parent)
+        if entry.name.startswith(USER_PREFIX)
+    ]
+
+
 class DriverBase:
-    """What both drivers hold: the kernel, the clock, and the IO devices."""
+    """What both drivers hold: the kernel, the clock, the IO devices, and the
+    limits of all jobs together (`totals`, on the parent) and of all of one
+    user's jobs together (`per_user`, on each user's cgroup)."""
 
     def __init__(
         self,
@@ -237,12 +291,16 @@ class DriverBase:
         kernel: Kernel | None,
         mountinfo_path: str,
         sys_root: str,
+        totals: Limits,
+        per_user: Limits,
     ) -> None:
         self._io_devices = list(io_devices) if io_devices is not None else None
         self._clock = IReactorTime(or_global(reactor))
         self._kernel = kernel or Kernel()
         self._mountinfo_path = mountinfo_path
         self._sys_root = sys_root
+        self.totals = totals
+        self.per_user = per_user
 
     def io_devices(self, workdir: str) -> list[str]:
         """The disks a job's IO limits are written for: the override, or the

@@ -1,6 +1,9 @@
 """The cgroup v1 driver: one directory per controller for each job.
 
-Files written (all in the job's directory of each hierarchy):
+In each hierarchy jobs live in `<parent>/u-<user>/<job>`: the totals are
+written on the parent, a user's limits on the user's directory, the job's
+on its own, and the kernel holds each below the one above. Files written
+(the same on all three levels, IO throttles on jobs only):
 cpu.cfs_period_us and cpu.cfs_quota_us; memory.limit_in_bytes, then
 memory.memsw.limit_in_bytes to the same value so swap cannot extend it
 (memory.swappiness 0 when swap accounting is off); one line per disk in
@@ -29,6 +32,8 @@ from jobworker.isolation.cgroups.base import (
     remove_if_empty,
     remove_now,
     stale_job_dirs,
+    stale_user_dirs,
+    user_name,
 )
 from jobworker.model import Limits, Usage
 
@@ -84,7 +89,11 @@ class V1JobCgroup(JobCgroupBase):
 
 
 class V1Driver(DriverBase):
-    """Creates job cgroups in the v1 hierarchies, below the server's own."""
+    """Creates job cgroups in the v1 hierarchies, below the server's own.
+
+    In each hierarchy: `<parent>/u-<user>/<job>`, the totals written on the
+    parent when it is made, a user's limits on the user's cgroup.
+    """
 
     def __init__(
         self,
@@ -95,6 +104,8 @@ class V1Driver(DriverBase):
         kernel: Kernel | None = None,
         mountinfo_path: str = "/proc/self/mountinfo",
         sys_root: str = "/sys",
+        totals: Limits = Limits(),  # noqa: B008 - frozen, shared
+        per_user: Limits = Limits(),  # noqa: B008 - frozen, shared
     ) -> None:
         super().__init__(
             io_devices=io_devices,
@@ -102,67 +113,98 @@ class V1Driver(DriverBase):
             kernel=kernel,
             mountinfo_path=mountinfo_path,
             sys_root=sys_root,
+            totals=totals,
+            per_user=per_user,
         )
         self.parents = dict(parents)
-        self._make_parents()  # proves we may, at start-up
+        self._make(self.parents, self.totals)  # proves we may, at start-up
         remove_if_empty(self._kernel, self.parents.values())
 
     @property
     def version(self) -> int:
         return 1
 
-    def _make_parents(self) -> None:
-        for controller, parent in self.parents.items():
-            if not os.path.isdir(parent):
+    def _make(self, dirs: Mapping[str, str], limits: Limits) -> None:
+        """Make the directories that are missing, each with `limits`.
+
+        Controllers mounted together (cpu,cpuacct) share a directory: it is
+        made once and gets the limits of each.
+        """
+        made: set[str] = set()
+        for controller, directory in dirs.items():
+            if directory not in made:
+                if os.path.isdir(directory):
+                    continue
                 try:
-                    self._kernel.mkdir(parent)
+                    self._kernel.mkdir(directory)
                 except FileExistsError:
-                    pass
+                    continue
                 except OSError as error:
                     raise IsolationUnavailable(
-                        f"cannot create the {controller} cgroup {parent}: {error}"
+                        f"cannot create the {controller} cgroup {directory}: {error}"
                     ) from error
+                made.add(directory)
+            self._hierarchical(controller, directory)
+            self._limit(controller, directory, limits, None)
 
-    def create(self, job_id: str, limits: Limits, workdir: str) -> V1JobCgroup:
+    def _hierarchical(self, controller: str, directory: str) -> None:
+        """Kernels before 5.12 may keep memory accounting flat: ask for a tree."""
+        flag = os.path.join(directory, "memory.use_hierarchy")
+        if controller == "memory" and os.path.exists(flag):
+            with open(flag) as value:
+                if value.read().strip() == "0":
+                    self._kernel.write(flag, "1")
+
+    def create(
+        self, job_id: str, limits: Limits, workdir: str, *, owner: str
+    ) -> V1JobCgroup:
         check_job_id(job_id)
-        dirs = {c: os.path.join(p, job_id) for c, p in self.parents.items()}
+        users = {c: os.path.join(p, user_name(owner)) for c, p in self.parents.items()}
+        dirs = {c: os.path.join(u, job_id) for c, u in users.items()}
         cgroup = V1JobCgroup(dirs, self._kernel, self._clock)
         try:
-            self._make_parents()
+            self._make(self.parents, self.totals)
+            self._make(users, self.per_user)
             for directory in cgroup.directories:
                 self._kernel.mkdir(directory)
-            self._apply(cgroup, limits, workdir)
+            for controller, directory in dirs.items():
+                self._limit(controller, directory, limits, workdir)
         except (OSError, IsolationUnavailable) as error:
             cgroup.discard()
             raise IsolationFailed(f"cannot set up the job's cgroup: {error}") from error
         return cgroup
 
-    def _apply(self, cgroup: V1JobCgroup, limits: Limits, workdir: str) -> None:
+    def _limit(
+        self, controller: str, directory: str, limits: Limits, workdir: str | None
+    ) -> None:
+        """Write `limits` to `controller`'s files in `directory` (IO: jobs only)."""
         write = self._kernel.write
-        if limits.cpu is not None:
+
+        def file(name: str) -> str:
+            return os.path.join(directory, name)
+
+        if controller == "cpu" and limits.cpu is not None:
             quota = max(_MIN_QUOTA_US, round(limits.cpu * CFS_PERIOD_US))
-            write(cgroup.file("cpu", "cpu.cfs_period_us"), str(CFS_PERIOD_US))
-            write(cgroup.file("cpu", "cpu.cfs_quota_us"), str(quota))
-        if limits.memory_bytes is not None:
-            write(
-                cgroup.file("memory", "memory.limit_in_bytes"), str(limits.memory_bytes)
-            )
-            memsw = cgroup.file("memory", "memory.memsw.limit_in_bytes")
-            if os.path.exists(memsw):
-                write(memsw, str(limits.memory_bytes))
+            write(file("cpu.cfs_period_us"), str(CFS_PERIOD_US))
+            write(file("cpu.cfs_quota_us"), str(quota))
+        if controller == "memory" and limits.memory_bytes is not None:
+            write(file("memory.limit_in_bytes"), str(limits.memory_bytes))
+            if os.path.exists(file("memory.memsw.limit_in_bytes")):
+                write(file("memory.memsw.limit_in_bytes"), str(limits.memory_bytes))
             else:
-                write(cgroup.file("memory", "memory.swappiness"), "0")
+                write(file("memory.swappiness"), "0")
         throttles = (
             ("blkio.throttle.read_bps_device", limits.io_read_bps),
             ("blkio.throttle.write_bps_device", limits.io_write_bps),
         )
-        if any(bps is not None for _, bps in throttles):
+        throttled = any(bps is not None for _, bps in throttles)
+        if controller == "blkio" and workdir is not None and throttled:
             for device in self.io_devices(workdir):
                 for name, bps in throttles:
                     if bps is not None:
-                        write(cgroup.file("blkio", name), f"{device} {bps}")
-        if limits.pids is not None:
-            write(cgroup.file("pids", "pids.max"), str(limits.pids))
+                        write(file(name), f"{device} {bps}")
+        if controller == "pids" and limits.pids is not None:
+            write(file("pids.max"), str(limits.pids))
 
     def cleanup_stale(self) -> int:
         jobs = stale_job_dirs(self.parents.values())
@@ -170,4 +212,6 @@ class V1Driver(DriverBase):
             procs = [os.path.join(d, "cgroup.procs") for d in dirs]
             kill = partial(self._kernel.kill_listed, procs)
             remove_now(self._kernel, dirs, kill, STALE_TIMEOUT)
+        remove_if_empty(self._kernel, stale_user_dirs(self.parents.values()))
+        remove_if_empty(self._kernel, self.parents.values())
         return len(jobs)

@@ -4,9 +4,12 @@ Set-up: the controllers are enabled in the server's own cgroup's
 cgroup.subtree_control; if the kernel refuses because that cgroup holds
 processes (the no-internal-processes rule), they are first moved into a leaf
 `<own>/jobworker-server`. The per-state-dir parent enables them again for
-its children. Files written per job: cpu.max, memory.max, memory.swap.max 0
-(swap cannot extend memory), one io.max line per disk (rbps=, wbps=),
-pids.max. CPU time comes from cpu.stat usage_usec, the OOM flag from
+its children, and so does each user's cgroup in it: jobs live in
+`<parent>/u-<user>/<job>`, the totals on the parent, a user's limits on the
+user's cgroup, and the kernel holds each level below the one above. Files
+written on each level: cpu.max, memory.max, memory.swap.max 0 (swap cannot
+extend memory), pids.max; for jobs also one io.max line per disk (rbps=,
+wbps=). CPU time comes from cpu.stat usage_usec, the OOM flag from
 memory.events oom_kill; usage from memory.peak (kernel 5.19 and later;
 before, the highest memory.current seen when usage was read), io.stat
 (rbytes, wbytes, every device) and pids.peak (where the kernel has it);
@@ -36,6 +39,8 @@ from jobworker.isolation.cgroups.base import (
     remove_if_empty,
     remove_now,
     stale_job_dirs,
+    stale_user_dirs,
+    user_name,
 )
 from jobworker.model import Limits, Usage
 
@@ -147,7 +152,12 @@ class V2JobCgroup(JobCgroupBase):
 
 
 class V2Driver(DriverBase):
-    """Creates job cgroups in the unified hierarchy, below the server's own."""
+    """Creates job cgroups in the unified hierarchy, below the server's own.
+
+    Jobs live in `<parent>/u-<user>/<job>`: the totals are written on the
+    parent when it is made, a user's limits on the user's cgroup; both
+    enable the controllers for their children.
+    """
 
     def __init__(
         self,
@@ -158,6 +168,8 @@ class V2Driver(DriverBase):
         kernel: Kernel | None = None,
         mountinfo_path: str = "/proc/self/mountinfo",
         sys_root: str = "/sys",
+        totals: Limits = Limits(),  # noqa: B008 - frozen, shared
+        per_user: Limits = Limits(),  # noqa: B008 - frozen, shared
     ) -> None:
         super().__init__(
             io_devices=io_devices,
@@ -165,52 +177,64 @@ class V2Driver(DriverBase):
             kernel=kernel,
             mountinfo_path=mountinfo_path,
             sys_root=sys_root,
+            totals=totals,
+            per_user=per_user,
         )
         self.parent = parent
-        self._make_parent()  # proves we may, at start-up
+        self._make(parent, self.totals, again=True)  # proves we may, at start-up
         remove_if_empty(self._kernel, [parent])
 
     @property
     def version(self) -> int:
         return 2
 
-    def _make_parent(self) -> None:
+    def _make(self, directory: str, limits: Limits, *, again: bool = False) -> None:
+        """Make an inner cgroup if it is missing (`again`: set it up anyway):
+        its limits, then its children's controllers."""
+        if os.path.isdir(directory) and not again:
+            return
         try:
-            if not os.path.isdir(self.parent):
-                with suppress(FileExistsError):
-                    self._kernel.mkdir(self.parent)
+            with suppress(FileExistsError):
+                self._kernel.mkdir(directory)
+            self._limit(directory, limits, None)
             self._kernel.write(
-                os.path.join(self.parent, "cgroup.subtree_control"), _ENABLE
+                os.path.join(directory, "cgroup.subtree_control"), _ENABLE
             )
         except OSError as error:
             raise IsolationUnavailable(
-                f"cannot create the cgroup {self.parent} with {_ENABLE}: {error}"
+                f"cannot create the cgroup {directory} with {_ENABLE}: {error}"
             ) from error
 
-    def create(self, job_id: str, limits: Limits, workdir: str) -> V2JobCgroup:
+    def create(
+        self, job_id: str, limits: Limits, workdir: str, *, owner: str
+    ) -> V2JobCgroup:
         check_job_id(job_id)
-        cgroup = V2JobCgroup(
-            os.path.join(self.parent, job_id), self._kernel, self._clock
-        )
+        user = os.path.join(self.parent, user_name(owner))
+        cgroup = V2JobCgroup(os.path.join(user, job_id), self._kernel, self._clock)
         try:
-            if not os.path.isdir(self.parent):
-                self._make_parent()
+            self._make(self.parent, self.totals)
+            self._make(user, self.per_user)
             self._kernel.mkdir(cgroup.directory)
-            self._apply(cgroup, limits, workdir)
+            self._limit(cgroup.directory, limits, workdir)
         except (OSError, IsolationUnavailable) as error:
             cgroup.discard()
             raise IsolationFailed(f"cannot set up the job's cgroup: {error}") from error
         return cgroup
 
-    def _apply(self, cgroup: V2JobCgroup, limits: Limits, workdir: str) -> None:
+    def _limit(self, directory: str, limits: Limits, workdir: str | None) -> None:
+        """Write `limits` to the cgroup `directory` (IO: jobs only)."""
         write = self._kernel.write
+
+        def file(name: str) -> str:
+            return os.path.join(directory, name)
+
         if limits.cpu is not None:
             quota = max(_MIN_QUOTA_US, round(limits.cpu * CPU_PERIOD_US))
-            write(cgroup.file("cpu.max"), f"{quota} {CPU_PERIOD_US}")
+            write(file("cpu.max"), f"{quota} {CPU_PERIOD_US}")
         if limits.memory_bytes is not None:
-            write(cgroup.file("memory.max"), str(limits.memory_bytes))
-            if os.path.exists(cgroup.file("memory.swap.max")):
-                write(cgroup.file("memory.swap.max"), "0")
+            write(file("memory.max"), str(limits.memory_bytes))
+            if os.path.exists(file("memory.swap.max")):
+                write(file("memory.swap.max"), "0")
         rates = [
             f"{key}={bps}"
             for key, bps in (
@@ -219,15 +243,17 @@ class V2Driver(DriverBase):
             )
             if bps is not None
         ]
-        if rates:
+        if rates and workdir is not None:
             for device in self.io_devices(workdir):
-                write(cgroup.file("io.max"), " ".join([device, *rates]))
+                write(file("io.max"), " ".join([device, *rates]))
         if limits.pids is not None:
-            write(cgroup.file("pids.max"), str(limits.pids))
+            write(file("pids.max"), str(limits.pids))
 
     def cleanup_stale(self) -> int:
         jobs = stale_job_dirs([self.parent])
         for dirs in jobs.values():
             kill = partial(kill_cgroup, self._kernel, dirs[0])
             remove_now(self._kernel, dirs, kill, STALE_TIMEOUT)
+        remove_if_empty(self._kernel, stale_user_dirs([self.parent]))
+        remove_if_empty(self._kernel, [self.parent])
         return len(jobs)
