@@ -5,12 +5,25 @@ client and may be megabytes long or hold newlines and terminal escapes.
 `shown` cuts it to `SHOWN_CHARS` characters (with "…" and the full length)
 and escapes every non-printable character, so one call can add at most a
 few hundred bytes to a message or the log, and cannot forge a log line.
+`printable` escapes without cutting (the CLI's output to a terminal).
 """
 
 from __future__ import annotations
 
 SHOWN_CHARS = 200
 ELLIPSIS = "…"
+
+
+def printable(text: str) -> str:
+    """`text` with every non-printable character escaped: ESC as "\\x1b".
+
+    Control characters (C0, DEL, C1) become "\\xXX", other non-printable
+    ones (line and paragraph separators, bidirectional overrides, unassigned
+    code points) "\\uXXXX"; everything else, spaces included, is kept.
+    """
+    if text.isprintable():
+        return text
+    return "".join(_escape(char) for char in text)
 
 
 def _escape(char: str) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import jobworker.server.api  # noqa: F401 - grpc-core settings before grpc is imported
 
@@ -22,6 +22,7 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.python.threadpool import ThreadPool
 from twisted.trial import unittest
 
@@ -164,6 +165,18 @@ class APITestCase(unittest.TestCase):
             ]
 
         return await self.in_thread(collect)
+
+    def capture_log(self) -> list[str]:
+        """Every log line from now to the end of the test, formatted."""
+        lines: list[str] = []
+
+        def observe(event: LogEvent) -> None:
+            lines.append(formatEvent(event))
+
+        observer = cast(ILogObserver, observe)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        return lines
 
     async def eventually(self, predicate: Callable[[], bool], what: str) -> None:
         """Let the reactor turn until `predicate()` holds (at most 10 s)."""

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from typing import cast
 
 import grpc
-from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from jobworker.cli.client import Client, ClientConfig, ClientError
@@ -33,14 +31,7 @@ class AdmissionTestCase(APITestCase):
     def setUp(self) -> None:
         super().setUp()
         self.manager.running.cap = self.max_jobs_per_user
-        self.lines: list[str] = []
-
-        def observe(event: LogEvent) -> None:
-            self.lines.append(formatEvent(event))
-
-        observer = cast(ILogObserver, observe)
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.lines = self.capture_log()
 
     def client(self, user: str) -> Client:
         config = ClientConfig(

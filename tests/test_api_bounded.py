@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from typing import cast
-
 import grpc
-from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 
 from jobworker.job.events import LoggingJobEvents
 from jobworker.logbursts import BURST
@@ -18,14 +15,7 @@ class BoundedTests(APITestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        self.lines: list[str] = []
-
-        def observe(event: LogEvent) -> None:
-            self.lines.append(formatEvent(event))
-
-        observer = cast(ILogObserver, observe)
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.lines = self.capture_log()
 
     def logged(self) -> int:
         return sum(len(line) for line in self.lines)

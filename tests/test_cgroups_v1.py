@@ -18,6 +18,7 @@ LIMITS = Limits(
     cpu=0.2, memory_bytes=64 << 20, io_read_bps=1000, io_write_bps=2000, pids=32
 )
 JOB = "0e0e0e0e-1111-2222-3333-444444444444"
+NO_LIMITS = Limits()
 BOB = user_name("bob")
 
 
@@ -32,7 +33,12 @@ class V1Fixture(unittest.TestCase):
         self.kernel = FakeKernel(V1_FILES)
         self.clock = Clock()
 
-    def driver(self, io_devices: list[str] | None = None) -> V1Driver:
+    def driver(
+        self,
+        io_devices: list[str] | None = None,
+        totals: Limits = NO_LIMITS,
+        per_user: Limits = NO_LIMITS,
+    ) -> V1Driver:
         driver = detect_in(
             self.mounts,
             self.paths,
@@ -40,6 +46,8 @@ class V1Fixture(unittest.TestCase):
             io_devices=io_devices,
             reactor=self.clock,
             kernel=self.kernel,
+            totals=totals,
+            per_user=per_user,
         )
         assert isinstance(driver, V1Driver)
         return driver
@@ -250,17 +258,7 @@ class V1UserTests(V1Fixture):
     PER_USER = Limits(cpu=0.5, memory_bytes=128 << 20, pids=100)
 
     def limited(self) -> V1Driver:
-        driver = detect_in(
-            self.mounts,
-            self.paths,
-            self.state_dir,
-            reactor=self.clock,
-            kernel=self.kernel,
-            totals=self.TOTALS,
-            per_user=self.PER_USER,
-        )
-        assert isinstance(driver, V1Driver)
-        return driver
+        return self.driver(totals=self.TOTALS, per_user=self.PER_USER)
 
     def written_in(self, directory: str) -> dict[str, str]:
         return {

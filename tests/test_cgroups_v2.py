@@ -19,6 +19,7 @@ LIMITS = Limits(
     cpu=1.5, memory_bytes=64 << 20, io_read_bps=1000, io_write_bps=2000, pids=32
 )
 JOB = "0e0e0e0e-1111-2222-3333-444444444444"
+NO_LIMITS = Limits()
 ENABLE = "+cpu +memory +io +pids"
 
 
@@ -34,7 +35,12 @@ class V2Fixture(unittest.TestCase):
         self.kernel = FakeKernel(V2_FILES)
         self.clock = Clock()
 
-    def driver(self, io_devices: list[str] | None = None) -> V2Driver:
+    def driver(
+        self,
+        io_devices: list[str] | None = None,
+        totals: Limits = NO_LIMITS,
+        per_user: Limits = NO_LIMITS,
+    ) -> V2Driver:
         driver = detect_in(
             self.mounts,
             self.paths,
@@ -43,6 +49,8 @@ class V2Fixture(unittest.TestCase):
             reactor=self.clock,
             kernel=self.kernel,
             sys_root=make_sysfs(self.mktemp()),
+            totals=totals,
+            per_user=per_user,
         )
         assert isinstance(driver, V2Driver)
         return driver
@@ -193,16 +201,10 @@ class V2UserTests(V2Fixture):
     """Each user's jobs in a cgroup of their own, between the parent and jobs."""
 
     def test_totals_go_on_the_parent_and_a_users_limits_on_its_cgroup(self) -> None:
-        driver = detect_in(
-            self.mounts,
-            self.paths,
-            self.state_dir,
-            reactor=self.clock,
-            kernel=self.kernel,
+        driver = self.driver(
             totals=Limits(cpu=2.0, memory_bytes=1 << 30, pids=1000),
             per_user=Limits(memory_bytes=128 << 20, pids=100),
         )
-        assert isinstance(driver, V2Driver)
         cgroup = driver.create(JOB, Limits(memory_bytes=64 << 20), "/", owner="bob")
         user = os.path.dirname(cgroup.directory)
         self.assertEqual(os.path.basename(user), user_name("bob"))

@@ -492,12 +492,12 @@ class LimitsTests(CLITestCase):
                 ["--memory", "512M", "4G", "1M"],
                 ["--io-read-bps", "unlimited", "unlimited", "1/s"],
                 ["--io-write-bps", "unlimited", "unlimited", "1/s"],
-                ["--pids", "1024", "32768", "1"],
+                ["--pids", "1024", "4096", "1"],  # issue 14: not pid_max
             ],
         )
         reply = json.loads((await self.harness.cli("limits", "--json")).out)
         self.assertEqual(reply["defaults"]["memory_bytes"], 512 << 20)
-        self.assertEqual(reply["maximums"]["pids"], 32768)
+        self.assertEqual(reply["maximums"]["pids"], 4096)
         self.assertIsNone(reply["maximums"]["io_read_bps"])
         self.assertEqual(reply["minimums"]["memory_bytes"], 1 << 20)
 

@@ -24,31 +24,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from jobworker.limits import LIMITS, limits_from_pb, limits_text
 from jobworker.model import command_text
 from jobworker.units import format_size, round_size
+from jobworker.untrusted import printable
 from jobworker.v1 import jobworker_pb2 as pb
-
-
-def printable(text: str) -> str:
-    """`text` with every non-printable character escaped: ESC as "\\x1b".
-
-    Control characters (C0, DEL, C1) become "\\xXX", other non-printable
-    ones (line and paragraph separators, bidirectional overrides, unassigned
-    code points) "\\uXXXX"; everything else, spaces included, is kept.
-    """
-    if text.isprintable():
-        return text
-    return "".join(_escaped(char) for char in text)
-
-
-def _escaped(char: str) -> str:
-    if char.isprintable():
-        return char
-    code = ord(char)
-    if code < 0x100:
-        return f"\\x{code:02x}"
-    if code < 0x10000:
-        return f"\\u{code:04x}"
-    return f"\\U{code:08x}"
-
 
 _STATES = {
     pb.JOB_STATE_RUNNING: "running",

@@ -30,6 +30,7 @@ from jobworker.cli.logs import LinePrefixer
 from jobworker.cli.parser import build_parser, help_hint, parse_command_line
 from jobworker.limits import LIMITS, limits_to_pb
 from jobworker.model import Limits, Stream
+from jobworker.untrusted import printable
 from jobworker.v1 import jobworker_pb2 as pb
 
 EXIT_FAILED = 1
@@ -39,7 +40,7 @@ EXIT_INTERRUPTED = 130
 
 def _say(message: str) -> None:
     """One line on stderr; what the server or a job said is made printable."""
-    print(f"jobworker: {cli_format.printable(message)}", file=sys.stderr, flush=True)
+    print(f"jobworker: {printable(message)}", file=sys.stderr, flush=True)
 
 
 def _limits(args: argparse.Namespace) -> pb.Limits:
