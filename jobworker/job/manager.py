@@ -237,10 +237,7 @@ class JobManager:
     async def _release_at_end(self, job: Job) -> None:
         """Free the owner's slot once the start failed or the job ended."""
         try:
-            await job.when_started()
-            await job.ended()
-        except StartFailed:
-            pass
+            await _over(job)
         finally:
             self.running.release(job.record.owner)
 
@@ -400,12 +397,18 @@ async def _give_back_after(
 ) -> None:
     """Return the job's uid once it has ended (or failed to start)."""
     try:
+        await _over(job)
+    finally:
+        _give_back(pool, user, cgroup)
+
+
+async def _over(job: Job) -> None:
+    """Return once the job has ended, or has failed to start."""
+    try:
         await job.when_started()
         await job.ended()
     except StartFailed:
         pass
-    finally:
-        _give_back(pool, user, cgroup)
 
 
 def _check_grace(grace: float) -> float:
