@@ -57,6 +57,10 @@ class TooManyJobs(JobWorkerError):
     """
 
 
+class StorageExhausted(TooManyJobs):
+    """No room for more output: the owner's output quota, or the disk's floor."""
+
+
 class ServerBusy(TooManyJobs):
     """No turn for the call right now; the same call may well succeed shortly.
 

@@ -252,6 +252,23 @@ class Job:
 
     def output_received(self, stream: Stream, data: bytes) -> None:
         self.output.append(stream, data)  # publishes (before_wake)
+        if self.output.truncated:
+            self._close_output()
+
+    def _close_output(self) -> None:
+        """Past a cap, close the output pipes: the job's writes get EPIPE.
+
+        Its next write fails at once (SIGPIPE, as `cmd | head` does) rather
+        than the server reading, and dropping, its output at full speed
+        (doc/output.md, "Past a cap").
+        """
+        _log.info(
+            "job {id}: output truncated ({cap}); its output pipes are closed",
+            id=self.record.id,
+            cap=self.output.truncated_by,
+        )
+        for stream in list(self._open_streams):
+            self.transport.closeChildFD(stream)
 
     def output_closed(self, stream: Stream) -> None:
         self._open_streams.discard(stream)

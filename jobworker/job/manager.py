@@ -41,6 +41,7 @@ from jobworker.job.job import Job, JobRecord
 from jobworker.job.outputlog import OutputLog, OutputSource, read_chunks
 from jobworker.job.process.launcher import LaunchSpec
 from jobworker.job.stdin import JobInput
+from jobworker.job.storage import StorageGuard
 from jobworker.job.users import JobUser, resolve_user
 from jobworker.limits import LimitPolicy
 from jobworker.model import JobStatus, Limits, OutputChunk, OutputState
@@ -67,6 +68,7 @@ class JobManager:
         input_cap: int = INPUT_CAP,
         events: JobEvents | None = None,
         max_jobs_per_owner: int | None = MAX_JOBS_PER_OWNER,
+        storage: StorageGuard | None = None,
         reactor: IReactorProcess | None = None,
     ) -> None:
         """Jobs live below `state_dir`; `isolation=None` runs them bare.
@@ -77,8 +79,9 @@ class JobManager:
         output kept per job, `input_cap` the bytes of stdin a job takes;
         `events` hears of every job event (the server's logs them);
         `max_jobs_per_owner` the jobs one owner may have starting or running
-        at once (`None`: no cap). The reactor also provides `IReactorTime`
-        and `IReactorThreads`.
+        at once (`None`: no cap); `storage` the owners' output quota and the
+        free-disk floor (`None`: neither). The reactor also provides
+        `IReactorTime` and `IReactorThreads`.
         """
         self._state_dir = state_dir
         self._policy = policy
@@ -94,6 +97,7 @@ class JobManager:
         self._jobs: dict[str, Job] = {}
         self.running = RunningJobs(max_jobs_per_owner)
         """Starting and running jobs per owner, within the cap."""
+        self._storage = storage
         self.board = StatusBoard()
         """Every started job's latest status, for readers on any thread."""
         self._starting: dict[str, Job] = {}
@@ -122,7 +126,8 @@ class JobManager:
         (`write_input`), else /dev/null. Fails with a `StartFailed` subclass
         (nothing of the job is left), `InvalidRequest` (empty command, NUL
         byte, bad limits or environment), `TooManyJobs` (the owner's running
-        jobs at the cap) or `ShuttingDown`.
+        jobs at the cap; `StorageExhausted`: its output quota used up, or the
+        disk below its floor) or `ShuttingDown`.
         """
         launch = self._launch(owner, command, limits, env or {}, stdin)
         return Deferred.fromCoroutine(self._start(owner, command, launch))
@@ -166,6 +171,8 @@ class JobManager:
         """Make the job's directories, log and cgroup, and spawn its helper."""
         if self._closing:
             raise ShuttingDown("the job manager is shutting down")
+        if self._storage is not None:
+            self._storage.admit(str(owner))
         argv = _check_command(command)
         extra_env = check_env(env)
         resolved = self._policy.resolve(limits)
@@ -182,7 +189,10 @@ class JobManager:
         cgroup: JobCgroup | None = None
         try:
             output = OutputLog(
-                dirs.output_path, self._output_cap, IReactorTime(self._reactor)
+                dirs.output_path,
+                self._output_cap,
+                IReactorTime(self._reactor),
+                None if self._storage is None else self._storage.account(record.owner),
             )
             if self._isolation is not None:
                 try:

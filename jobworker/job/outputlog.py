@@ -22,9 +22,11 @@ import os
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
 from jobworker.errors import InvalidRequest
 from jobworker.job.outputindex import LogIndex
@@ -41,6 +43,17 @@ MAX_RECORD = 64 * 1024
 # Read beyond the data budget by this much, for the headers of its records.
 _HEADER_ROOM = 4096
 _IOV_MAX = os.sysconf("SC_IOV_MAX")
+_log = Logger()
+
+
+class StorageRoom(Protocol):
+    """What else bounds a log: its owner's quota, the free disk."""
+
+    def room(self) -> tuple[int, str]:
+        """How many more bytes may be stored, and the cap that limits them."""
+
+    def stored(self, count: int) -> None:
+        """`count` more bytes were stored."""
 
 
 @dataclass(frozen=True)
@@ -55,11 +68,20 @@ class OutputSource:
 class OutputLog:
     """The writing side of one job's output log, plus its waiting readers."""
 
-    def __init__(self, path: str, cap: int, clock: IReactorTime | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        cap: int,
+        clock: IReactorTime | None = None,
+        storage: StorageRoom | None = None,
+    ) -> None:
         """Create the log file at `path` (it must not exist yet).
 
-        At most `cap` bytes of output data are stored; the rest is dropped
-        and `truncated` becomes true. `clock` times the records.
+        At most `cap` bytes of output data are stored, and no more than
+        `storage` (the owner's quota, the free disk) has room for; the rest
+        is dropped, `truncated` becomes true and `truncated_by` names the
+        cap. A write the filesystem refuses (ENOSPC) truncates the log
+        too, at its last whole record. `clock` times the records.
         """
         if cap < 0:
             raise InvalidRequest(f"output cap must not be negative, got {cap}")
@@ -68,6 +90,9 @@ class OutputLog:
         self.size = 0
         self.data_bytes = 0
         self.truncated = False
+        self.truncated_by = ""
+        """Why output was dropped: the cap's option, or the write's error."""
+        self._storage = storage
         self.complete = False
         self._fd: int | None = os.open(
             path,
@@ -92,35 +117,75 @@ class OutputLog:
 
     def append(self, stream: Stream, data: bytes) -> None:
         """Store `data` from `stream` (within the cap) and wake the waiters."""
-        if self._fd is None:
+        if self._fd is None or self.truncated:
             return
-        room = self.cap - self.data_bytes
+        room, cap = self._room()
         if len(data) > room:
-            newly_truncated, self.truncated = not self.truncated, True
-            data = data[:room]
-            if not data and newly_truncated:
+            data = data[: max(room, 0)]
+            self.truncated, self.truncated_by = True, cap
+            if not data:
                 self._changed()  # nothing to read, but the flag is news
-        if not data:
-            return
+                return
         view = memoryview(data)
         parts: list[bytes | memoryview] = []
+        starts: list[tuple[int, int]] = []  # for the index, once written
         at = self.size
         # Never backwards: a clock set back repeats the last mark's time.
         now = max(self._mark, round(self._clock.seconds() * 1e9), 0)
-        if self._mark < 0 or now // MARK_NS != self._mark // MARK_NS:
-            self.index.record_at(at, self._mark)
+        mark = self._mark
+        if mark < 0 or now // MARK_NS != mark // MARK_NS:
+            starts.append((at, mark))
             parts += (HEADER.pack(TIME, TIME_DATA.size), TIME_DATA.pack(now))
             at += HEADER.size + TIME_DATA.size
-            self._mark = now
+            mark = now
         for start in range(0, len(view), MAX_RECORD):
             piece = view[start : start + MAX_RECORD]
-            self.index.record_at(at, self._mark)
+            starts.append((at, mark))
             parts += (HEADER.pack(stream, len(piece)), piece)
             at += HEADER.size + len(piece)
-        _write_all(self._fd, parts)
+        try:
+            _write_all(self._fd, parts)
+        except OSError as error:
+            self._write_failed(self._fd, error)
+            return
+        for offset, in_force in starts:
+            self.index.record_at(offset, in_force)
+        self._mark = mark
         self.size = at
         self.data_bytes += len(data)
+        if self._storage is not None:
+            self._storage.stored(len(data))
         self._wake()
+
+    def _room(self) -> tuple[int, str]:
+        """Bytes that may still be stored, and the cap that limits them."""
+        room, cap = self.cap - self.data_bytes, "output-cap"
+        if self._storage is not None:
+            shared, shared_cap = self._storage.room()
+            if shared < room:
+                room, cap = shared, shared_cap
+        return room, cap
+
+    def _write_failed(self, fd: int, error: OSError) -> None:
+        """Cut a partly written record off, and store nothing more.
+
+        The file ends at the last whole record, as advertised: readers never
+        see half a record, and the log stays readable after a full disk.
+        """
+        try:
+            os.ftruncate(fd, self.size)
+        except OSError as cut:
+            # The advertised size is still what readers read up to.
+            _log.warn(
+                "{path}: cannot cut back to {size}: {e}",
+                path=self.path,
+                size=self.size,
+                e=cut,
+            )
+        _log.warn("{path}: output truncated: {e}", path=self.path, e=error)
+        self.truncated = True
+        self.truncated_by = error.strerror or type(error).__name__
+        self._changed()  # nothing more to read, but the flag is news
 
     def finish(self) -> None:
         """No more output will come: close the file and wake every waiter."""

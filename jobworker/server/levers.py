@@ -18,6 +18,7 @@ from typing import Any
 from twisted.python import usage
 
 from jobworker.job.admission import MAX_JOBS_PER_OWNER
+from jobworker.job.storage import MIN_FREE_DISK, USER_OUTPUT_QUOTA
 from jobworker.model import Limits
 from jobworker.units import InvalidSize, format_size, parse_size
 
@@ -63,13 +64,24 @@ def _or_unlimited(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 def _size(text: str) -> int:
-    try:
-        size = parse_size(text)
-    except InvalidSize as error:
-        raise usage.UsageError(str(error)) from None
+    size = _bytes(text)
     if size < 1 << 20:
         raise usage.UsageError(f"{text!r} is below 1M")
     return size
+
+
+class _Size(int):
+    """A size default that the help shows as a size (10G, not 10737418240)."""
+
+    def __str__(self) -> str:
+        return format_size(self)
+
+
+def _bytes(text: str) -> int:
+    try:
+        return parse_size(text)
+    except InvalidSize as error:
+        raise usage.UsageError(str(error)) from None
 
 
 def _cpus(text: str) -> float:
@@ -98,6 +110,20 @@ PARAMETERS: list[list[Any]] = [
         None,
         "Output streams one user may have open [default: half of --max-followers].",
         _count(1, 10_000),
+    ),
+    _option(
+        "user-output-quota",
+        _Size(USER_OUTPUT_QUOTA),
+        "Output one user's jobs may hold together: Start is refused once it"
+        " is used up, and a running job reaching it is truncated.",
+        _or_unlimited(_bytes),
+    ),
+    _option(
+        "min-free-disk",
+        _Size(MIN_FREE_DISK),
+        "Free space the state directory's disk keeps: below it Start is"
+        " refused and running jobs' output is truncated.",
+        _bytes,
     ),
     _option(
         "user-memory",

@@ -40,6 +40,7 @@ from jobworker.isolation.uids import DEFAULT_RANGE as DEFAULT_UID_RANGE
 from jobworker.isolation.uids import parse_range
 from jobworker.job.events import JobEventsFanOut, LoggingJobEvents
 from jobworker.job.manager import JobManager
+from jobworker.job.storage import StorageGuard
 from jobworker.limits import LIMITS, Limit, LimitPolicy, limits_for_log
 from jobworker.model import Limits
 from jobworker.reactors import or_global
@@ -368,6 +369,9 @@ def build_service(
             output_cap=config["output-cap"],
             events=JobEventsFanOut(LoggingJobEvents(), MetricsJobEvents(metrics)),
             max_jobs_per_owner=config["max-jobs-per-user"],
+            storage=StorageGuard(
+                state_dir, config["user-output-quota"], config["min-free-disk"]
+            ),
             reactor=IReactorProcess(reactor),
         )
     except BaseException:
