@@ -16,6 +16,7 @@ from jobworker.cli.client import Client, ClientConfig, ClientError
 from jobworker.errors import ExecutableNotFound, TooManyJobs
 from jobworker.job.events import LoggingJobEvents
 from jobworker.job.manager import JobManager
+from jobworker.job.storage import StorageGuard
 from jobworker.server.api.quota import WaitingCalls
 from jobworker.v1 import jobworker_pb2 as pb
 from tests import pkiutil
@@ -103,6 +104,29 @@ class JobCapTests(AdmissionTestCase):
         await self.start_job("carol", SLEEP)  # another user is not held back
         await self.call("bob", "Stop", pb.StopRequest(job_id=first, grace_seconds=0))
         await self.start_job("bob", SLEEP)  # an ended job frees its slot
+
+
+class StorageTests(AdmissionTestCase):
+    async def test_a_start_past_the_users_output_quota_is_refused_naming_it(
+        self,
+    ) -> None:
+        quota = StorageGuard("/", 1000, 1 << 30, free=lambda: 1 << 40)
+        self.manager.storage = quota
+        job_id = await self.start_job("bob", shell("cat /dev/zero"))
+        await self.manager.wait_ended(job_id)
+        client = self.client("bob")
+        error = await self.assertFailure(
+            self.in_thread(client.start, SLEEP, pb.Limits()), ClientError
+        )
+        self.assertIn("(user-output-quota 1000)", str(error))
+        self.assertEqual(self.refusals("user-output-quota"), 1)  # not retried
+        await self.start_job("carol", SLEEP)  # another user's quota is untouched
+        quota.min_free = 1 << 41  # the disk below its floor: nobody starts
+        error = await self.assertFailure(
+            self.in_thread(self.client("carol").start, SLEEP, pb.Limits()),
+            ClientError,
+        )
+        self.assertIn("below min-free-disk 2T free", str(error))
 
 
 class FollowerShareTests(AdmissionTestCase):

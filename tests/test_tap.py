@@ -209,6 +209,8 @@ class PluginTests(unittest.TestCase):
             b"--total-memory",
             b"--total-pids",
             b"--total-cpu",
+            b"--user-output-quota",
+            b"--min-free-disk",
         ):
             self.assertIn(lever, out)
 
@@ -303,6 +305,20 @@ class LeverTests(unittest.TestCase):
         self.assertEqual(options["per-user"], Limits())
         self.assertEqual(options["max-jobs-per-user"], 128)
         self.assertIsNone(options["max-followers-per-user"])
+        self.assertEqual(options["user-output-quota"], 10 << 30)
+        self.assertEqual(options["min-free-disk"], 1 << 30)
+
+    def test_storage_levers_are_parsed_and_shown_as_sizes(self) -> None:
+        options = parse("--user-output-quota=unlimited", "--min-free-disk=0")
+        self.assertEqual(
+            (options["user-output-quota"], options["min-free-disk"]), (None, 0)
+        )
+        options = parse("--user-output-quota=2G", "--min-free-disk=512M")
+        self.assertEqual(options["user-output-quota"], 2 << 30)
+        self.assertEqual(options["min-free-disk"], 512 << 20)
+        text = " ".join(Options().getUsage().split())
+        self.assertIn("truncated. [default: 10G]", text)
+        self.assertIn("[default: 1G]", text)
 
     def test_user_limits_and_totals_are_parsed(self) -> None:
         options = parse(
@@ -344,6 +360,8 @@ class LeverTests(unittest.TestCase):
             ("--user-memory", "lots"),
             ("--total-pids", "-3"),
             ("--user-cpu", "0"),
+            ("--user-output-quota", "much"),
+            ("--min-free-disk", "-1G"),
         ):
             error = self.assertRaises(usage.UsageError, parse, f"{flag}={value}")
             self.assertIn(flag, str(error))

@@ -97,7 +97,8 @@ class JobManager:
         self._jobs: dict[str, Job] = {}
         self.running = RunningJobs(max_jobs_per_owner)
         """Starting and running jobs per owner, within the cap."""
-        self._storage = storage
+        self.storage = storage
+        """The owners' output quota and the disk's floor (None: neither)."""
         self.board = StatusBoard()
         """Every started job's latest status, for readers on any thread."""
         self._starting: dict[str, Job] = {}
@@ -171,8 +172,8 @@ class JobManager:
         """Make the job's directories, log and cgroup, and spawn its helper."""
         if self._closing:
             raise ShuttingDown("the job manager is shutting down")
-        if self._storage is not None:
-            self._storage.admit(str(owner))
+        if self.storage is not None:
+            self.storage.admit(str(owner))
         argv = _check_command(command)
         extra_env = check_env(env)
         resolved = self._policy.resolve(limits)
@@ -192,7 +193,7 @@ class JobManager:
                 dirs.output_path,
                 self._output_cap,
                 IReactorTime(self._reactor),
-                None if self._storage is None else self._storage.account(record.owner),
+                None if self.storage is None else self.storage.account(record.owner),
             )
             if self._isolation is not None:
                 try:

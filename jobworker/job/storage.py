@@ -25,8 +25,14 @@ MIN_FREE_DISK = 1 << 30
 
 
 def free_bytes(path: str) -> int:
-    """Bytes an unprivileged writer may still use on `path`'s filesystem."""
-    stat = os.statvfs(path)
+    """Bytes an unprivileged writer may still use on `path`'s filesystem.
+
+    0 when it cannot be read: rather refuse output than fill a disk unseen.
+    """
+    try:
+        stat = os.statvfs(path)
+    except OSError:
+        return 0
     return stat.f_bavail * stat.f_frsize
 
 
