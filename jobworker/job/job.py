@@ -151,6 +151,7 @@ class Job:
         self._backstop: IDelayedCall | None = None
         self._exit: _Exit | None = None
         self._open_streams = {Stream.STDOUT, Stream.STDERR}
+        self._output_closed = False  # by us, past a cap
         self._drained: Deferred[None] = Deferred()
         self._end_waiters: Waiters[JobStatus] = Waiters()
         self.core = JobCore(self._clock, self._terminate, self._kill)
@@ -252,7 +253,7 @@ class Job:
 
     def output_received(self, stream: Stream, data: bytes) -> None:
         self.output.append(stream, data)  # publishes (before_wake)
-        if self.output.truncated:
+        if self.output.truncated and not self._output_closed:
             self._close_output()
 
     def _close_output(self) -> None:
@@ -262,6 +263,7 @@ class Job:
         than the server reading, and dropping, its output at full speed
         (doc/output.md, "Past a cap").
         """
+        self._output_closed = True
         _log.info(
             "job {id}: output truncated ({cap}); its output pipes are closed",
             id=self.record.id,
