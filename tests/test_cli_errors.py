@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import socket
 
+import grpc
 from twisted.trial import unittest
 
+from jobworker.cli.client import ClientConfig, describe
 from tests.cliutil import CLITestCase
 
 
@@ -184,3 +186,30 @@ class CommandLineTests(CLITestCase):
             result.err.startswith(b"jobworker: JOBWORKER_SERVER=nohostport: "),
             result.err,
         )
+
+
+class _Refusal(grpc.RpcError):
+    """An RpcError as grpc raises it: a code and the server's details."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+class DescribeTests(unittest.TestCase):
+    config = ClientConfig("127.0.0.1:7443", "ca.pem", "cert.pem", "key.pem")
+
+    def test_a_cap_is_said_in_the_servers_words_not_as_busy(self) -> None:
+        cap = "bob holds 10G of output, the most one user may keep"
+        error = _Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, cap)
+        self.assertEqual(describe(error, self.config), cap)
+
+    def test_a_busy_server_is_said_once(self) -> None:
+        busy = "server busy: bob has 16 Start/Stop calls in progress"
+        error = _Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, busy)
+        self.assertEqual(describe(error, self.config), busy)

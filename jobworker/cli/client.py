@@ -353,7 +353,6 @@ _TEMPLATES = {
     grpc.StatusCode.DEADLINE_EXCEEDED: "{server} did not answer in time",
     grpc.StatusCode.UNAVAILABLE: "server {server} unavailable: {details}",
     grpc.StatusCode.INTERNAL: "server error: {details}",
-    grpc.StatusCode.RESOURCE_EXHAUSTED: "server busy: {details}",
     grpc.StatusCode.CANCELLED: "request cancelled: {details}",
 }
 
@@ -374,7 +373,8 @@ def describe(
         return _connect_failure(details, config, timed_out=timed_out)
     template = _TEMPLATES.get(code) if code is not None else None
     if template is None or (code == grpc.StatusCode.NOT_FOUND and not job_id):
-        # INVALID_ARGUMENT, FAILED_PRECONDITION...: the server's words say it.
+        # INVALID_ARGUMENT, FAILED_PRECONDITION, RESOURCE_EXHAUSTED (a cap or
+        # "server busy", the server says which): the server's words say it.
         return details or f"request failed ({getattr(code, 'name', 'unknown error')})"
     return template.format(
         job_id=job_id, server=config.server, details=details or "no details"
