@@ -144,6 +144,12 @@ class JobWorkerProcess(ServerProcess):
             f"--state-dir={self.state_dir}",
             "--stop-grace=2",
             f"--max-followers={max_followers}",
+            # The figures measure the server's cost per job, follower and
+            # byte, one client identity driving it all: the per-user caps
+            # (issue 14) would refuse the scale run, so they are lifted here.
+            "--max-jobs-per-user=100000",
+            f"--max-followers-per-user={max_followers}",
+            "--user-output-quota=unlimited",
         ]
         if not isolation:
             argv.append("--no-isolation")
