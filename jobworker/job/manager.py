@@ -1,16 +1,20 @@
 """The job library's facade: start, stop, query and read the output of jobs.
 
-`JobManager` is usable without the server. Every method runs on the reactor
-thread; only `board` (the jobs' published statuses) and the output log file
-may be used from other threads: a `jobworker.job.outputlog.LogReader` (or
-`read_chunks`) on the path and index `output_source(job_id)` gave, up to a
-size `wait_output` reported. Methods that return a Deferred report their
-errors through it; the others raise.
+`JobManager` is usable without the server. It journals every job
+(`jobworker.job.journal`) and, when made, restores the jobs an earlier
+manager on the same state directory left (`jobworker.job.restored`). Every
+method runs on the reactor thread; only `board` (the jobs' published
+statuses) and the output log file may be used from other threads: a
+`jobworker.job.outputlog.LogReader` (or `read_chunks`) on the path and
+index `output_source(job_id)` gave, up to a size `wait_output` reported.
+Methods that return a Deferred report their errors through it; the others
+raise.
 """
 
 from __future__ import annotations
 
 import builtins
+import functools
 import math
 import os
 import uuid
@@ -34,12 +38,14 @@ from jobworker.isolation.interfaces import IsolationConfig, JobCgroup
 from jobworker.isolation.uids import UidPool
 from jobworker.job.admission import MAX_JOBS_PER_OWNER, RunningJobs
 from jobworker.job.board import StatusBoard
-from jobworker.job.dirs import create_job_dirs, remove_tree
+from jobworker.job.dirs import create_job_dirs, job_dirs, remove_tree
 from jobworker.job.environment import check_env, job_env
 from jobworker.job.events import JobEvents
 from jobworker.job.job import Job, JobRecord
+from jobworker.job.journal import Journal
 from jobworker.job.outputlog import OutputLog, OutputSource, read_chunks
 from jobworker.job.process.launcher import LaunchSpec
+from jobworker.job.restored import RestoredJob, restore
 from jobworker.job.stdin import JobInput
 from jobworker.job.storage import StorageGuard
 from jobworker.job.users import JobUser, resolve_user
@@ -81,7 +87,10 @@ class JobManager:
         `max_jobs_per_owner` the jobs one owner may have starting or running
         at once (`None`: no cap); `storage` the owners' output quota and the
         free-disk floor (`None`: neither). The reactor also provides
-        `IReactorTime` and `IReactorThreads`.
+        `IReactorTime` and `IReactorThreads`. The jobs journaled in
+        `state_dir` are restored (ended; those whose end no manager saw as
+        `LOST`): only one manager may use a state directory at a time (the
+        server holds its lock).
         """
         self._state_dir = state_dir
         self._policy = policy
@@ -94,7 +103,7 @@ class JobManager:
         self._input_cap = input_cap
         self._events = events if events is not None else JobEvents()
         self._reactor = IReactorProcess(or_global(reactor))
-        self._jobs: dict[str, Job] = {}
+        self._jobs: dict[str, Job | RestoredJob] = {}
         self.running = RunningJobs(max_jobs_per_owner)
         """Starting and running jobs per owner, within the cap."""
         self.storage = storage
@@ -105,6 +114,27 @@ class JobManager:
         self._closing = False
         self._closed = False
         self._shutdown_waiters: builtins.list[Deferred[None]] = []
+        self.journal = Journal(state_dir)
+        """The jobs' records; `journal.remove(job_id)` forgets one (retention)."""
+        self._restore()
+
+    def _restore(self) -> None:
+        """List the journaled jobs; a job dir without a record is removed."""
+        loaded = self.journal.load()
+        unrecorded = [name for name in loaded.unrecorded if _is_job_id(name)]
+        for job_id in unrecorded:
+            remove_tree(job_dirs(self._state_dir, job_id).job_dir)
+        statuses = []
+        for entry in loaded.entries:
+            job, changed = restore(entry, job_dirs(self._state_dir, entry.status.id))
+            status = job.status()
+            if changed:
+                self.journal.save(status, job.output.size)
+            remove_tree(job.dirs.work_dir)  # left by a crash
+            self._jobs[status.id] = job
+            self.board.publish(status)
+            statuses.append(status)
+        self._events.restored(statuses, len(unrecorded))
 
     @property
     def policy(self) -> LimitPolicy:
@@ -226,7 +256,7 @@ class JobManager:
                 cgroup,
                 spec=spec,
                 reactor=self._reactor,
-                on_change=self.board.publish,
+                on_change=functools.partial(self._publish, output),
                 on_cleanup_failed=lambda: self._events.cleanup_failed(record.id),
                 input_cap=self._input_cap,
             )
@@ -251,6 +281,11 @@ class JobManager:
             await _over(job)
         finally:
             self.running.release(job.record.owner)
+
+    def _publish(self, output: OutputLog, status: JobStatus) -> None:
+        """A job's status changed: on the board, and in the journal."""
+        self.board.publish(status)
+        self.journal.save(status, output.size)
 
     def _register(self, job: Job) -> None:
         """The job was exec'd (and published its status): it is listed."""
@@ -355,6 +390,8 @@ class JobManager:
 
     def _input(self, job_id: str) -> JobInput:
         job = self._job(job_id)
+        if isinstance(job, RestoredJob):
+            raise InputClosed(f"job {job_id} has ended: its stdin is closed")
         if job.input is None:
             raise InputClosed(
                 f"job {job_id} has no stdin to write to (it was started without one)"
@@ -387,7 +424,7 @@ class JobManager:
                 if not waiter.called:  # a cancelled waiter has been called
                     waiter.callback(None)
 
-    def _job(self, job_id: str) -> Job:
+    def _job(self, job_id: str) -> Job | RestoredJob:
         job = self._jobs.get(job_id) if isinstance(job_id, str) else None
         if job is None:
             raise JobNotFound(str(job_id))
@@ -428,6 +465,13 @@ def _check_grace(grace: float) -> float:
     if not 0 <= grace <= MAX_GRACE:
         raise InvalidRequest(f"grace must be between 0 and {MAX_GRACE} seconds")
     return float(grace)
+
+
+def _is_job_id(name: str) -> bool:
+    try:
+        return str(uuid.UUID(name)) == name
+    except ValueError:
+        return False
 
 
 def _check_command(command: Sequence[bytes]) -> tuple[bytes, ...]:

@@ -39,6 +39,12 @@ class _JobStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobState.Val
     JOB_STATE_STOPPING: _JobState.ValueType  # 2
     JOB_STATE_EXITED: _JobState.ValueType  # 3
     JOB_STATE_KILLED: _JobState.ValueType  # 4
+    JOB_STATE_LOST: _JobState.ValueType  # 5
+    """Ended while no server watched it: the server crashed or was killed
+    while the job ran, so neither an exit status nor a kill by the server
+    is known. Its output is what was written before; `ended_at` is the
+    last sign of life known (its last output or record).
+    """
 
 class JobState(_JobState, metaclass=_JobStateEnumTypeWrapper): ...
 
@@ -47,6 +53,12 @@ JOB_STATE_RUNNING: JobState.ValueType  # 1
 JOB_STATE_STOPPING: JobState.ValueType  # 2
 JOB_STATE_EXITED: JobState.ValueType  # 3
 JOB_STATE_KILLED: JobState.ValueType  # 4
+JOB_STATE_LOST: JobState.ValueType  # 5
+"""Ended while no server watched it: the server crashed or was killed
+while the job ran, so neither an exit status nor a kill by the server
+is known. Its output is what was written before; `ended_at` is the
+last sign of life known (its last output or record).
+"""
 Global___JobState: _TypeAlias = JobState  # noqa: Y015
 
 class _Stream:

@@ -24,6 +24,7 @@ _STATES = {
     JobState.STOPPING: pb.JOB_STATE_STOPPING,
     JobState.EXITED: pb.JOB_STATE_EXITED,
     JobState.KILLED: pb.JOB_STATE_KILLED,
+    JobState.LOST: pb.JOB_STATE_LOST,
 }
 STATES_FROM_PB = {value: state for state, value in _STATES.items()}
 
