@@ -32,6 +32,7 @@ _STATES = {
     pb.JOB_STATE_STOPPING: "stopping",
     pb.JOB_STATE_EXITED: "exited",
     pb.JOB_STATE_KILLED: "killed",
+    pb.JOB_STATE_LOST: "lost",
 }
 STATE_NAMES = {name: state for state, name in _STATES.items()}
 """The states by the names `list --state` takes."""
@@ -41,7 +42,7 @@ _MIN_COMMAND = 10
 
 
 def state_name(job: pb.JobStatus) -> str:
-    """ "running", "stopping", "exited" or "killed" ("unknown" otherwise)."""
+    """ "running", "stopping", "exited", "killed" or "lost" ("unknown" otherwise)."""
     return _STATES.get(job.state, "unknown")
 
 
@@ -157,8 +158,13 @@ def ending_note(job: pb.JobStatus) -> str | None:
 
     "job ID was killed by the OOM killer (memory limit 64M)", "job ID was
     stopped by a stop request (killed by SIGTERM)", "job ID was killed by
-    SIGKILL"; None for an exit on its own.
+    SIGKILL", "job ID was lost: ..."; None for an exit on its own.
     """
+    if job.state == pb.JOB_STATE_LOST:
+        return (
+            f"job {job.id} was lost: the server stopped while it ran,"
+            " so how it ended is not known"
+        )
     if job.HasField("signal"):
         how = f"killed by {_signal_name(job.signal)}"
     elif job.HasField("exit_code"):

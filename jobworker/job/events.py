@@ -113,6 +113,10 @@ class JobEventsFanOut(JobEvents):
     def __init__(self, *observers: JobEvents) -> None:
         self._observers = observers
 
+    def restored(self, statuses: Sequence[JobStatus], removed: int) -> None:
+        for observer in self._observers:
+            observer.restored(statuses, removed)
+
     def started(self, status: JobStatus) -> None:
         for observer in self._observers:
             observer.started(status)
