@@ -3,11 +3,16 @@
 The server runs as a subprocess on one state directory (with cgroups and
 namespaces when root); the jobs of the killed run must come back from the
 journal with the truth: finished ones exact, with their output, running
-ones LOST, and jobs stopped by a graceful stop KILLED.
+ones LOST, and jobs stopped by a graceful stop KILLED; a retried Start
+(same caller, same request id) gets its job of the earlier run.
 """
 
 from __future__ import annotations
 
+# grpc-core reads its settings when grpc is first imported: ours go first.
+import jobworker.server.api  # noqa: F401
+
+# isort: split
 import os
 import queue
 import re
@@ -128,10 +133,10 @@ class RestartedServerTests(unittest.TestCase):
         ).job
         ended = stub.Wait(pb.WaitRequest(job_id=done.id), timeout=WAIT).job
         tag = marker()
-        running = stub.Start(
-            pb.StartRequest(command=shell(f"echo started; sleep {tag}")),
-            timeout=WAIT,
-        ).job
+        retried = pb.StartRequest(
+            command=shell(f"echo started; sleep {tag}"), request_id="r-1"
+        )
+        running = stub.Start(retried, timeout=WAIT).job
         wait_until(lambda: status(stub, running.id).output_bytes > 0, "output")
         first.end(signal.SIGKILL)
         wait_until(lambda: not processes_with(tag), "the job died with the server")
@@ -150,6 +155,11 @@ class RestartedServerTests(unittest.TestCase):
         listed = stub.List(pb.ListRequest(), timeout=WAIT).jobs
         self.assertEqual([job.id for job in listed], [done.id, running.id])
         self.assertIn("restored 2 job(s) of an earlier run, 1 lost", second.text)
+        # A retry of the Start the crash cut off gets its job, not a new one.
+        self.assertEqual(stub.Start(retried, timeout=WAIT).job, lost)
+        self.assertEqual(lost.request_id, "r-1")
+        bobs = second.stub("bob").Start(retried, timeout=WAIT).job
+        self.assertNotEqual(bobs.id, running.id)
         self.assertEqual(second.end(signal.SIGTERM), 0, second.text)
 
     def test_jobs_stopped_by_a_graceful_stop_come_back_killed(self) -> Any:

@@ -84,6 +84,7 @@ def job_json(job: pb.JobStatus) -> dict[str, Any]:
         "output_bytes": job.output_bytes,
         "output_truncated": job.output_truncated,
         "usage": usage_json(job.usage),
+        "request_id": job.request_id or None,
     }
 
 
@@ -200,6 +201,8 @@ def summary(job: pb.JobStatus) -> str:
         ("output", output),
         ("usage", usage_text(job.usage)),
     ]
+    if job.request_id:
+        rows.insert(3, ("request", printable(job.request_id)))
     return "\n".join(f"{name + ':':<9} {value}" for name, value in rows)
 
 

@@ -109,7 +109,9 @@ def _start(client: Client, args: argparse.Namespace) -> pb.JobStatus:
     if not args.stdin:
         _warn_about_stdin()
     try:
-        return client.start(command, limits, env, stdin=args.stdin)
+        return client.start(
+            command, limits, env, stdin=args.stdin, request_id=args.request_id
+        )
     except KeyboardInterrupt:
         _say("interrupted while starting; the job may be running (see: jobworker list)")
         raise SystemExit(EXIT_INTERRUPTED) from None

@@ -57,6 +57,7 @@ from jobworker.reactors import or_global
 MAX_ARGUMENT = 128 * 1024 - 1
 MAX_COMMAND = 1024 * 1024
 DEFAULT_READ = 64 * 1024
+MAX_REQUEST_ID = 128
 
 
 class JobManager:
@@ -111,6 +112,8 @@ class JobManager:
         self.board = StatusBoard()
         """Every started job's latest status, for readers on any thread."""
         self._starting: dict[str, Job] = {}
+        self._requests: dict[tuple[str, str], str] = {}
+        """(owner, request id) -> the id of the job that Start made."""
         self._closing = False
         self._closed = False
         self._shutdown_waiters: builtins.list[Deferred[None]] = []
@@ -132,6 +135,8 @@ class JobManager:
                 self.journal.save(status, job.output.size)
             remove_tree(job.dirs.work_dir)  # left by a crash
             self._jobs[status.id] = job
+            if status.request_id is not None:
+                self._requests[status.owner, status.request_id] = status.id
             self.board.publish(status)
             statuses.append(status)
         self._events.restored(statuses, len(unrecorded))
@@ -149,22 +154,38 @@ class JobManager:
         *,
         env: Mapping[str, str] | None = None,
         stdin: bool = False,
+        request_id: str | None = None,
     ) -> Deferred[JobStatus]:
         """Start `command` for `owner`; fire once it has really been exec'd.
 
         `env` is set on top of the job's clean environment
         (`environment.job_env`); with `stdin` the job's stdin is a pipe
-        (`write_input`), else /dev/null. Fails with a `StartFailed` subclass
-        (nothing of the job is left), `InvalidRequest` (empty command, NUL
-        byte, bad limits or environment), `TooManyJobs` (the owner's running
-        jobs at the cap; `StorageExhausted`: its output quota used up, or the
-        disk below its floor) or `ShuttingDown`.
+        (`write_input`), else /dev/null. With a `request_id`, a start
+        `owner` already made with it (now or in an earlier run, while the
+        job is kept) is not made again: its job's status is the answer (or
+        its start's failure, while no job has the id), and it counts
+        against no cap. Fails with a `StartFailed` subclass (nothing of the
+        job is left), `InvalidRequest` (empty command, NUL byte, bad limits,
+        environment or request id, the request id of another command),
+        `TooManyJobs` (the owner's running jobs at the cap;
+        `StorageExhausted`: its output quota used up, or the disk below its
+        floor) or `ShuttingDown`.
         """
-        launch = self._launch(owner, command, limits, env or {}, stdin)
-        return Deferred.fromCoroutine(self._start(owner, command, launch))
+        key = None if request_id is None else (str(owner), request_id)
+        if key is not None and key in self._requests:
+            before = self._started_before(self._requests[key], owner, command)
+            return Deferred.fromCoroutine(before)
+        launch = self._launch(
+            owner, command, limits, env=env or {}, stdin=stdin, request_id=request_id
+        )
+        return Deferred.fromCoroutine(self._start(owner, command, launch, key))
 
     async def _start(
-        self, owner: str, command: Sequence[bytes], launch: Coroutine[Any, Any, Job]
+        self,
+        owner: str,
+        command: Sequence[bytes],
+        launch: Coroutine[Any, Any, Job],
+        key: tuple[str, str] | None,
     ) -> JobStatus:
         try:
             try:
@@ -182,22 +203,48 @@ class JobManager:
             raise
         job_id = job.record.id
         Deferred.fromCoroutine(self._release_at_end(job))
-        # Registered when exec'd even if our caller stopped waiting (cancel).
+        # Registered when exec'd even if our caller stopped waiting (cancel);
+        # its request id is taken in the step that checked it was free.
         self._starting[job_id] = job
+        if key is not None:
+            self._requests[key] = job_id
         job.when_started().addCallbacks(
             lambda _: self._register(job),
-            lambda failure: self._events.start_refused(owner, command, failure.value),
+            lambda failure: self._start_failed(job, key, failure.value),
         ).addBoth(lambda _: self._starting.pop(job_id))
         await job.when_started()
         return job.status()
+
+    async def _started_before(
+        self, job_id: str, owner: str, command: Sequence[bytes]
+    ) -> JobStatus:
+        """The status of the job a repeated Start made (once it has started)."""
+        job = self._starting.get(job_id) or self._jobs[job_id]
+        try:
+            _check_same_command(job.status(), command)
+            if isinstance(job, Job):
+                await job.when_started()
+        except Exception as error:
+            self._events.start_refused(owner, command, error)
+            raise
+        return job.status()
+
+    def _start_failed(
+        self, job: Job, key: tuple[str, str] | None, error: BaseException
+    ) -> None:
+        if key is not None:
+            self._requests.pop(key, None)  # a retry may start it again
+        self._events.start_refused(job.record.owner, job.record.command, error)
 
     async def _launch(
         self,
         owner: str,
         command: Sequence[bytes],
         limits: Limits | None,
+        *,
         env: Mapping[str, str],
         stdin: bool,
+        request_id: str | None,
     ) -> Job:
         """Make the job's directories, log and cgroup, and spawn its helper."""
         if self._closing:
@@ -207,10 +254,11 @@ class JobManager:
         argv = _check_command(command)
         extra_env = check_env(env)
         resolved = self._policy.resolve(limits)
+        request_id = _check_request_id(request_id)
         sandbox = self._isolation.sandbox if self._isolation is not None else None
         pool = sandbox.uids if sandbox and self._job_user is None else None
         user = pool.lease() if pool is not None else resolve_user(self._job_user)
-        record = JobRecord(str(uuid.uuid4()), str(owner), argv, resolved)
+        record = JobRecord(str(uuid.uuid4()), str(owner), argv, resolved, request_id)
         try:
             dirs = create_job_dirs(self._state_dir, record.id, user)
         except BaseException:
@@ -465,6 +513,26 @@ def _check_grace(grace: float) -> float:
     if not 0 <= grace <= MAX_GRACE:
         raise InvalidRequest(f"grace must be between 0 and {MAX_GRACE} seconds")
     return float(grace)
+
+
+def _check_request_id(request_id: str | None) -> str | None:
+    if request_id is None:
+        return None
+    if not isinstance(request_id, str) or not request_id:
+        raise InvalidRequest("a request id must be a non-empty string")
+    if len(request_id) > MAX_REQUEST_ID or not request_id.isprintable():
+        raise InvalidRequest(
+            f"a request id must be at most {MAX_REQUEST_ID} printable characters"
+        )
+    return request_id
+
+
+def _check_same_command(status: JobStatus, command: Sequence[bytes]) -> None:
+    """A repeated Start must ask for its job's argv; `InvalidRequest` if not."""
+    if _check_command(command) != status.command:
+        raise InvalidRequest(
+            f"request id already used by job {status.id} for another command"
+        )
 
 
 def _is_job_id(name: str) -> bool:
