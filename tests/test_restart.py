@@ -20,6 +20,7 @@ from jobworker.errors import InvalidRequest
 from jobworker.job.journal import RECORD
 from jobworker.job.manager import JobManager
 from jobworker.job.outputlog import HEADER
+from jobworker.job.storage import StorageGuard
 from jobworker.model import JobState, JobStatus
 from tests.managerutil import (
     ManagerTestCase,
@@ -82,6 +83,14 @@ class RestartTests(ManagerTestCase):
         restored = self.again().output_source(status.id)
         self.assertEqual(restored.index.entries(), written)
         self.assertTrue(restored.state.complete)
+
+    async def test_restored_output_counts_against_its_owners_quota(self) -> None:
+        await self.run_sh(b"echo 123456789")
+        await self.manager.shutdown()
+        manager = self.make_manager(storage=StorageGuard(self.state_dir, quota=15))
+        assert manager.storage is not None
+        self.assertEqual(manager.storage.used("alice"), 10)
+        self.assertEqual(manager.storage.used("bob"), 0)
 
     async def test_job_stopped_at_shutdown_comes_back_killed(self) -> None:
         status = await self.manager.start("alice", [b"sleep", marker().encode()])

@@ -135,6 +135,8 @@ class JobManager:
                 self.journal.save(status, job.output.size)
             remove_tree(job.dirs.work_dir)  # left by a crash
             self._jobs[status.id] = job
+            if self.storage is not None:  # its log still holds that much
+                self.storage.stored(status.owner, status.output_bytes)
             if status.request_id is not None:
                 self._requests[status.owner, status.request_id] = status.id
             self.board.publish(status)

@@ -31,6 +31,8 @@ class FinishedOutput:
 
     waiter_count = 0
     """Nobody waits for more output: there is none to come."""
+    truncated_by = ""
+    """Which cap truncated it is not journaled (`output_truncated` is)."""
 
     def __init__(self, path: str, size: int, index: LogIndex) -> None:
         self.path = path
