@@ -82,7 +82,8 @@ unit: $(DEV_STAMP)
 test: sysdeps lint typecheck unit
 
 # cgroup v2 alone: boot a virtme-ng guest (qemu, no KVM needed, ~80 s) and
-# run tests.test_isolation and tests.test_cgroups_real in it. `make unit`
+# run tests.test_isolation, tests.test_cgroups_real and the namespaced
+# tests.test_restart in it. `make unit`
 # runs it too (tests/test_cgroup2_guest.py), skipping with the reason when
 # not root or qemu, a kernel or mkfs.ext4 is missing.
 test-cgroup2: $(DEV_STAMP) sysdeps

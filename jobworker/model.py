@@ -34,10 +34,13 @@ class JobState(enum.Enum):
     STOPPING = "stopping"
     EXITED = "exited"
     KILLED = "killed"
+    LOST = "lost"
+    """Ended while no server watched it: neither an exit status nor a kill
+    by the server is known (the server crashed, or was killed, while it ran)."""
 
     @property
     def ended(self) -> bool:
-        return self in (JobState.EXITED, JobState.KILLED)
+        return self in (JobState.EXITED, JobState.KILLED, JobState.LOST)
 
 
 class Stream(enum.IntEnum):
@@ -81,6 +84,8 @@ class JobStatus:
     output_truncated: bool = False
     usage: Usage = Usage()
     """So far while the job runs (on Status), final once it has ended."""
+    request_id: str | None = None
+    """The caller's key that made its Start idempotent, if it gave one."""
 
 
 def command_text(command: Sequence[bytes]) -> str:

@@ -187,12 +187,16 @@ class APITestCase(unittest.TestCase):
         self.fail(f"never happened: {what}")
 
 
-def twistd_argv(state_dir: str) -> list[str]:
-    """`twistd -n jobworker` on 127.0.0.1:0 with this run's PKI, no isolation."""
+def twistd_argv(state_dir: str, *, isolated: bool = False) -> list[str]:
+    """`twistd -n jobworker` on 127.0.0.1:0 with this run's PKI.
+
+    Without isolation unless `isolated` (which needs root).
+    """
     pki = pkiutil.pki_dir()
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
     return [
-        twistd, "-n", "--pidfile=", "jobworker", "--no-isolation",
+        twistd, "-n", "--pidfile=", "jobworker",
+        *([] if isolated else ["--no-isolation"]),
         "--listen", "127.0.0.1:0", "--state-dir", state_dir,
         "--tls-cert", os.path.join(pki, "server.pem"),
         "--tls-key", os.path.join(pki, "server.key"),

@@ -13,6 +13,7 @@ from twisted.trial import unittest
 
 from jobworker.server.api import paging
 from tests.cliutil import CLITestCase, start_server, started_job
+from tests.procutil import marker
 
 UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}\n")
 FIELDS = {
@@ -30,6 +31,7 @@ FIELDS = {
     "output_bytes",
     "output_truncated",
     "usage",
+    "request_id",
 }
 
 
@@ -116,6 +118,20 @@ class CommandTests(CLITestCase):
                 "pids_peak": None,
             },
         )
+        self.assertIsNone(status["request_id"])
+
+    async def test_start_with_a_request_id_twice_starts_one_job(self) -> None:
+        argv = ("start", "--request-id", "nightly-42", "--", "sleep", marker())
+        first = await self.harness.cli(*argv)
+        second = await self.harness.cli(*argv)
+        self.assertEqual((first.code, second.code), (0, 0), second.err)
+        self.assertEqual(first.out, second.out)
+        job_id = first.out.decode().strip()
+        self.assertEqual((await self.status(job_id))["request_id"], "nightly-42")
+        shown = await self.harness.cli("status", job_id)
+        self.assertIn(b"request:  nightly-42", shown.out)
+        other = await self.harness.cli(*argv, user="bob")
+        self.assertNotEqual(other.out, first.out)
 
     async def test_status_json_escapes_invalid_utf8_reversibly(self) -> None:
         result = await self.harness.cli("start", "--", "echo", b"caf\xc3\xa9\xff")

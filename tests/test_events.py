@@ -97,6 +97,22 @@ class LoggingJobEventsTests(unittest.TestCase):
             ],
         )
 
+    def test_restored_jobs_are_counted_and_each_lost_one_said(self) -> None:
+        statuses = [
+            _status(id="a", exit_code=0),
+            _status(id="b", state=JobState.LOST, stop_requested=True),
+        ]
+        LoggingJobEvents().restored(statuses, 2)
+        self.assertEqual(
+            self.lines,
+            [
+                "restored 2 job(s) of an earlier run, 1 lost",
+                "job b of alice: lost: the server stopped while it ran, being"
+                " stopped; how it ended is not known",
+                "removed 2 job directory(ies) without a journal record",
+            ],
+        )
+
     async def test_refused_start_is_logged_with_the_owner(self) -> None:
         with self.assertRaises(ExecutableNotFound):
             await self.manager.start("bob", [b"/nonexistent/program"])

@@ -271,8 +271,12 @@ class KillTests(IsolationTestCase):
         self.addCleanup(libc.prctl, _PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
         manager = self.manager()
         status = await manager.start(
-            "alice", [b"sh", b"-c", b"trap '' TERM; sleep 1000 & sleep 1000"]
+            "alice",
+            [b"sh", b"-c", b"trap '' TERM; echo ready; sleep 1000 & sleep 1000"],
         )
+        # Only the KILL may end it: a TERM before the trap would (a slow
+        # start in the guest, a stop's record written between TERM and KILL).
+        await until_output(manager, status.id, b"ready")
         final = await manager.stop(status.id, grace=0)
         self.assertEqual(final.signal, 9)
         await pause(0.5)

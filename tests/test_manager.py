@@ -62,10 +62,10 @@ class ManagerTests(ManagerTestCase):
         _, output = await self.run_sh(b"id -un")
         self.assertEqual(output, b"nobody\n")
 
-    async def test_work_dir_is_removed_and_output_kept(self) -> None:
+    async def test_work_dir_is_removed_and_output_and_record_kept(self) -> None:
         status, _ = await self.run_sh(b"echo data > file; pwd")
         job_dir = os.path.dirname(self.manager.output_path(status.id))
-        self.assertEqual(os.listdir(job_dir), ["output.log"])
+        self.assertEqual(sorted(os.listdir(job_dir)), ["job.json", "output.log"])
 
     async def test_missing_program_fails_and_leaves_nothing(self) -> None:
         tag = marker()

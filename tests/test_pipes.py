@@ -11,6 +11,7 @@ from typing import Any
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
@@ -38,11 +39,23 @@ class Recorder(ProcessProtocol):
         self.exited.callback(None)
 
 
+class ClosingRecorder(Recorder):
+    """Closes the stdout pipe on its first data, as a job past its cap does."""
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        super().childDataReceived(childFD, data)
+        if childFD == 1:
+            assert self.transport is not None
+            self.transport.closeChildFD(1)
+
+
 class JobProcessTests(unittest.TestCase):
     timeout = 30
 
-    def spawn(self, script: str) -> tuple[JobProcess, Recorder]:
-        recorder = Recorder()
+    def spawn(
+        self, script: str, recorder: Recorder | None = None
+    ) -> tuple[JobProcess, Recorder]:
+        recorder = recorder or Recorder()
         devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self.addCleanup(os.close, devnull)
         process = JobProcess(
@@ -70,3 +83,16 @@ class JobProcessTests(unittest.TestCase):
         reader.startReading()
         await recorder.closed
         self.assertEqual(recorder.sizes, [size])
+
+    async def test_closing_on_data_read_with_the_eof_closes_the_pipe_once(
+        self,
+    ) -> None:
+        process, recorder = self.spawn("echo hi", ClosingRecorder())
+        reader = process.pipes[1]
+        reader.stopReading()
+        await recorder.exited  # data and EOF wait in the pipe: one read
+        reader.startReading()
+        await recorder.closed
+        await deferLater(reactor, 0, lambda: None)  # a second close comes now
+        self.assertNotIn(1, process.pipes)
+        self.assertEqual(recorder.sizes, [3])

@@ -209,9 +209,14 @@ class Client:
         env: Mapping[str, str] | None = None,
         *,
         stdin: bool = False,
+        request_id: str | None = None,
     ) -> pb.JobStatus:
         request = pb.StartRequest(
-            command=list(command), limits=limits, env=env, stdin=stdin
+            command=list(command),
+            limits=limits,
+            env=env,
+            stdin=stdin,
+            request_id=request_id or "",
         )
         began = time.monotonic()
         try:

@@ -32,6 +32,7 @@ _STATES = {
     pb.JOB_STATE_STOPPING: "stopping",
     pb.JOB_STATE_EXITED: "exited",
     pb.JOB_STATE_KILLED: "killed",
+    pb.JOB_STATE_LOST: "lost",
 }
 STATE_NAMES = {name: state for state, name in _STATES.items()}
 """The states by the names `list --state` takes."""
@@ -41,7 +42,7 @@ _MIN_COMMAND = 10
 
 
 def state_name(job: pb.JobStatus) -> str:
-    """ "running", "stopping", "exited" or "killed" ("unknown" otherwise)."""
+    """ "running", "stopping", "exited", "killed" or "lost" ("unknown" otherwise)."""
     return _STATES.get(job.state, "unknown")
 
 
@@ -83,6 +84,7 @@ def job_json(job: pb.JobStatus) -> dict[str, Any]:
         "output_bytes": job.output_bytes,
         "output_truncated": job.output_truncated,
         "usage": usage_json(job.usage),
+        "request_id": job.request_id or None,
     }
 
 
@@ -157,8 +159,13 @@ def ending_note(job: pb.JobStatus) -> str | None:
 
     "job ID was killed by the OOM killer (memory limit 64M)", "job ID was
     stopped by a stop request (killed by SIGTERM)", "job ID was killed by
-    SIGKILL"; None for an exit on its own.
+    SIGKILL", "job ID was lost: ..."; None for an exit on its own.
     """
+    if job.state == pb.JOB_STATE_LOST:
+        return (
+            f"job {job.id} was lost: the server stopped while it ran,"
+            " so how it ended is not known"
+        )
     if job.HasField("signal"):
         how = f"killed by {_signal_name(job.signal)}"
     elif job.HasField("exit_code"):
@@ -194,6 +201,8 @@ def summary(job: pb.JobStatus) -> str:
         ("output", output),
         ("usage", usage_text(job.usage)),
     ]
+    if job.request_id:
+        rows.insert(3, ("request", printable(job.request_id)))
     return "\n".join(f"{name + ':':<9} {value}" for name, value in rows)
 
 

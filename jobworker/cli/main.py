@@ -3,7 +3,8 @@
 Exit codes: 0 success; 1 the server refused or failed the request, or could
 not be reached (one line `jobworker: ...` on stderr); 2 usage errors. `run`
 and `wait` exit with the job's own code, or 128+N when a signal N killed
-it, and say on stderr when it was OOM-killed, stopped or killed by a signal.
+it, and say on stderr when it was OOM-killed, stopped or killed by a signal;
+a job that was lost (its server died while it ran) is 1, said too.
 """
 
 from __future__ import annotations
@@ -108,7 +109,9 @@ def _start(client: Client, args: argparse.Namespace) -> pb.JobStatus:
     if not args.stdin:
         _warn_about_stdin()
     try:
-        return client.start(command, limits, env, stdin=args.stdin)
+        return client.start(
+            command, limits, env, stdin=args.stdin, request_id=args.request_id
+        )
     except KeyboardInterrupt:
         _say("interrupted while starting; the job may be running (see: jobworker list)")
         raise SystemExit(EXIT_INTERRUPTED) from None
@@ -174,10 +177,11 @@ def cmd_run(client: Client, args: argparse.Namespace) -> int:
 def _ended(job: pb.JobStatus) -> int:
     """The exit status `run` and `wait` give for a job, its note said."""
     code = cli_format.exit_status(job)
-    if code is None:
-        _say(f"job {job.id} is {cli_format.state_name(job)} but its output ended")
-        return EXIT_FAILED
     note = cli_format.ending_note(job)
+    if code is None:
+        state = cli_format.state_name(job)
+        _say(note or f"job {job.id} is {state} but its output ended")
+        return EXIT_FAILED
     if note is not None:
         _say(note)
     return code

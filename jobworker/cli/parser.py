@@ -256,11 +256,18 @@ def build_parser() -> Parser:
         ("start", "start a job, print its id"),
         ("run", "start a job, stream its output, exit with its code"),
     ):
-        command(
+        start = command(
             name,
             what,
             parents=[limits],
-            usage=f"jobworker {name} [-i] [-e NAME=VALUE]... [LIMITS] -- PROG [ARG...]",
+            usage=f"jobworker {name} [-i] [-e NAME=VALUE]... [LIMITS]"
+            " [--request-id ID] -- PROG [ARG...]",
+        )
+        start.add_argument(
+            "--request-id",
+            metavar="ID",
+            help="makes a retry safe: a start you made with this ID before"
+            " starts nothing and gives that job",
         )
     status = command("status", "show jobs")
     status.add_argument(

@@ -2,8 +2,9 @@
 
 Layout: `<state_dir>/jobs` (mode 0711, so jobs cannot list each other's
 ids), one `<job_id>` directory per job (0711) holding `output.log` (0600,
-the server's) and `work` (0700, owned by the job user): the job's working
-directory and HOME, removed when the job ends.
+the server's), `job.json` (0600, its journal record: `jobworker.job.journal`)
+and `work` (0700, owned by the job user): the job's working directory and
+HOME, removed when the job ends.
 """
 
 from __future__ import annotations
@@ -25,11 +26,18 @@ class JobDirs:
     output_path: str
 
 
+def job_dirs(state_dir: str, job_id: str) -> JobDirs:
+    """The paths of the job `job_id` below `state_dir` (nothing is created)."""
+    job_dir = os.path.join(os.path.abspath(state_dir), "jobs", job_id)
+    return JobDirs(
+        job_dir, os.path.join(job_dir, "work"), os.path.join(job_dir, "output.log")
+    )
+
+
 def create_job_dirs(state_dir: str, job_id: str, user: JobUser | None) -> JobDirs:
     """Create a new job's directories; raise `BadWorkingDirectory` if we cannot."""
-    jobs = os.path.join(os.path.abspath(state_dir), "jobs")
-    job_dir = os.path.join(jobs, job_id)
-    work_dir = os.path.join(job_dir, "work")
+    dirs = job_dirs(state_dir, job_id)
+    jobs, job_dir, work_dir = os.path.dirname(dirs.job_dir), dirs.job_dir, dirs.work_dir
     try:
         os.makedirs(jobs, mode=0o711, exist_ok=True)
         os.chmod(jobs, 0o711)  # noqa: S103 - traversable, not listable
@@ -43,7 +51,7 @@ def create_job_dirs(state_dir: str, job_id: str, user: JobUser | None) -> JobDir
         raise BadWorkingDirectory(
             f"cannot create the job's directory {job_dir}: {e.strerror}"
         ) from None
-    return JobDirs(job_dir, work_dir, os.path.join(job_dir, "output.log"))
+    return dirs
 
 
 def remove_tree(path: str) -> None:

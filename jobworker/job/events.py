@@ -1,15 +1,16 @@
 """Job events: the hook the job manager calls, and its logging observer.
 
-`JobManager` (jobworker.job.manager) calls a `JobEvents` when a job starts
-or is refused, when a stop is asked for, when a job ends and when it is
-asked to shut down. `JobEvents` itself does nothing; `LoggingJobEvents`,
-which the server passes (`jobworker.server.tap`), logs one line for each
-through `twisted.logger`, with the job's owner. Its events carry the same
-fields as the API's refusals, for `--log-format json`: `job_id`, `caller`
-(who asked: the owner, for a start) and `outcome`. The command and the
-owner come from the client: each line shows them cut and escaped
-(`jobworker.untrusted`), and refused starts are logged at most a few at a
-time per owner (`jobworker.logbursts`).
+`JobManager` (jobworker.job.manager) calls a `JobEvents` when it restores
+the jobs of an earlier run, when a job starts or is refused, when a stop is
+asked for, when a job ends and when it is asked to shut down. `JobEvents`
+itself does nothing; `LoggingJobEvents`, which the server passes
+(`jobworker.server.tap`), logs one line for each through `twisted.logger`,
+with the job's owner. Its events carry the same fields as the API's
+refusals, for `--log-format json`: `job_id`, `caller` (who asked: the
+owner, for a start) and `outcome`. The command and the owner come from the
+client: each line shows them cut and escaped (`jobworker.untrusted`), and
+refused starts are logged at most a few at a time per owner
+(`jobworker.logbursts`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from twisted.logger import Logger
 
 from jobworker.limits import limits_for_log
 from jobworker.logbursts import Bursts
-from jobworker.model import JobStatus
+from jobworker.model import JobState, JobStatus
 from jobworker.untrusted import SHOWN_CHARS, shown
 
 log = Logger()
@@ -78,6 +79,13 @@ class JobEvents:
     the caller that caused it hears of it. A hook must not raise.
     """
 
+    def restored(self, statuses: Sequence[JobStatus], removed: int) -> None:
+        """The manager listed the jobs of an earlier run its journal kept.
+
+        They have ended (`LOST` those whose end no manager saw); `removed`
+        job directories held no record and were removed.
+        """
+
     def started(self, status: JobStatus) -> None:
         """The job's command was exec'd: the job is listed, with `status`."""
 
@@ -104,6 +112,10 @@ class JobEventsFanOut(JobEvents):
 
     def __init__(self, *observers: JobEvents) -> None:
         self._observers = observers
+
+    def restored(self, statuses: Sequence[JobStatus], removed: int) -> None:
+        for observer in self._observers:
+            observer.restored(statuses, removed)
 
     def started(self, status: JobStatus) -> None:
         for observer in self._observers:
@@ -137,6 +149,30 @@ class LoggingJobEvents(JobEvents):
 
     def __init__(self) -> None:
         self._refused_starts = Bursts(log, "refused job starts")
+
+    def restored(self, statuses: Sequence[JobStatus], removed: int) -> None:
+        lost = [status for status in statuses if status.state is JobState.LOST]
+        if statuses:
+            log.info(
+                "restored {count} job(s) of an earlier run, {lost} lost",
+                count=len(statuses),
+                lost=len(lost),
+            )
+        for status in lost:
+            log.warn(
+                "job {job_id} of {owner}: lost: the server stopped while it ran"
+                "{stopping}; how it ended is not known",
+                job_id=status.id,
+                caller=shown(status.owner),
+                owner=shown(status.owner),
+                outcome="lost",
+                stopping=", being stopped" if status.stop_requested else "",
+            )
+        if removed:
+            log.info(
+                "removed {count} job directory(ies) without a journal record",
+                count=removed,
+            )
 
     def started(self, status: JobStatus) -> None:
         log.info(

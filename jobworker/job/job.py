@@ -65,6 +65,7 @@ class JobRecord:
     owner: str
     command: tuple[bytes, ...]
     limits: Limits
+    request_id: str | None = None
 
 
 class Waiters(Generic[T]):
@@ -184,6 +185,7 @@ class Job:
             output_bytes=self.output.data_bytes,
             output_truncated=self.output.truncated,
             usage=self.usage,
+            request_id=self.record.request_id,
         )
 
     def current_usage(self) -> Usage:

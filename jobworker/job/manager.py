@@ -1,16 +1,20 @@
 """The job library's facade: start, stop, query and read the output of jobs.
 
-`JobManager` is usable without the server. Every method runs on the reactor
-thread; only `board` (the jobs' published statuses) and the output log file
-may be used from other threads: a `jobworker.job.outputlog.LogReader` (or
-`read_chunks`) on the path and index `output_source(job_id)` gave, up to a
-size `wait_output` reported. Methods that return a Deferred report their
-errors through it; the others raise.
+`JobManager` is usable without the server. It journals every job
+(`jobworker.job.journal`) and, when made, restores the jobs an earlier
+manager on the same state directory left (`jobworker.job.restored`). Every
+method runs on the reactor thread; only `board` (the jobs' published
+statuses) and the output log file may be used from other threads: a
+`jobworker.job.outputlog.LogReader` (or `read_chunks`) on the path and
+index `output_source(job_id)` gave, up to a size `wait_output` reported.
+Methods that return a Deferred report their errors through it; the others
+raise.
 """
 
 from __future__ import annotations
 
 import builtins
+import functools
 import math
 import os
 import uuid
@@ -34,12 +38,14 @@ from jobworker.isolation.interfaces import IsolationConfig, JobCgroup
 from jobworker.isolation.uids import UidPool
 from jobworker.job.admission import MAX_JOBS_PER_OWNER, RunningJobs
 from jobworker.job.board import StatusBoard
-from jobworker.job.dirs import create_job_dirs, remove_tree
+from jobworker.job.dirs import create_job_dirs, job_dirs, remove_tree
 from jobworker.job.environment import check_env, job_env
 from jobworker.job.events import JobEvents
 from jobworker.job.job import Job, JobRecord
+from jobworker.job.journal import Journal
 from jobworker.job.outputlog import OutputLog, OutputSource, read_chunks
 from jobworker.job.process.launcher import LaunchSpec
+from jobworker.job.restored import RestoredJob, restore
 from jobworker.job.stdin import JobInput
 from jobworker.job.storage import StorageGuard
 from jobworker.job.users import JobUser, resolve_user
@@ -51,6 +57,7 @@ from jobworker.reactors import or_global
 MAX_ARGUMENT = 128 * 1024 - 1
 MAX_COMMAND = 1024 * 1024
 DEFAULT_READ = 64 * 1024
+MAX_REQUEST_ID = 128
 
 
 class JobManager:
@@ -81,7 +88,10 @@ class JobManager:
         `max_jobs_per_owner` the jobs one owner may have starting or running
         at once (`None`: no cap); `storage` the owners' output quota and the
         free-disk floor (`None`: neither). The reactor also provides
-        `IReactorTime` and `IReactorThreads`.
+        `IReactorTime` and `IReactorThreads`. The jobs journaled in
+        `state_dir` are restored (ended; those whose end no manager saw as
+        `LOST`): only one manager may use a state directory at a time (the
+        server holds its lock).
         """
         self._state_dir = state_dir
         self._policy = policy
@@ -94,7 +104,7 @@ class JobManager:
         self._input_cap = input_cap
         self._events = events if events is not None else JobEvents()
         self._reactor = IReactorProcess(or_global(reactor))
-        self._jobs: dict[str, Job] = {}
+        self._jobs: dict[str, Job | RestoredJob] = {}
         self.running = RunningJobs(max_jobs_per_owner)
         """Starting and running jobs per owner, within the cap."""
         self.storage = storage
@@ -102,9 +112,36 @@ class JobManager:
         self.board = StatusBoard()
         """Every started job's latest status, for readers on any thread."""
         self._starting: dict[str, Job] = {}
+        self._requests: dict[tuple[str, str], str] = {}
+        """(owner, request id) -> the id of the job that Start made."""
         self._closing = False
         self._closed = False
         self._shutdown_waiters: builtins.list[Deferred[None]] = []
+        self.journal = Journal(state_dir)
+        """The jobs' records; `journal.remove(job_id)` forgets one (retention)."""
+        self._restore()
+
+    def _restore(self) -> None:
+        """List the journaled jobs; a job dir without a record is removed."""
+        loaded = self.journal.load()
+        unrecorded = [name for name in loaded.unrecorded if _is_job_id(name)]
+        for job_id in unrecorded:
+            remove_tree(job_dirs(self._state_dir, job_id).job_dir)
+        statuses = []
+        for entry in loaded.entries:
+            job, changed = restore(entry, job_dirs(self._state_dir, entry.status.id))
+            status = job.status()
+            if changed:
+                self.journal.save(status, job.output.size)
+            remove_tree(job.dirs.work_dir)  # left by a crash
+            self._jobs[status.id] = job
+            if self.storage is not None:  # its log still holds that much
+                self.storage.stored(status.owner, status.output_bytes)
+            if status.request_id is not None:
+                self._requests[status.owner, status.request_id] = status.id
+            self.board.publish(status)
+            statuses.append(status)
+        self._events.restored(statuses, len(unrecorded))
 
     @property
     def policy(self) -> LimitPolicy:
@@ -119,22 +156,38 @@ class JobManager:
         *,
         env: Mapping[str, str] | None = None,
         stdin: bool = False,
+        request_id: str | None = None,
     ) -> Deferred[JobStatus]:
         """Start `command` for `owner`; fire once it has really been exec'd.
 
         `env` is set on top of the job's clean environment
         (`environment.job_env`); with `stdin` the job's stdin is a pipe
-        (`write_input`), else /dev/null. Fails with a `StartFailed` subclass
-        (nothing of the job is left), `InvalidRequest` (empty command, NUL
-        byte, bad limits or environment), `TooManyJobs` (the owner's running
-        jobs at the cap; `StorageExhausted`: its output quota used up, or the
-        disk below its floor) or `ShuttingDown`.
+        (`write_input`), else /dev/null. With a `request_id`, a start
+        `owner` already made with it (now or in an earlier run, while the
+        job is kept) is not made again: its job's status is the answer (or
+        its start's failure, while no job has the id), and it counts
+        against no cap. Fails with a `StartFailed` subclass (nothing of the
+        job is left), `InvalidRequest` (empty command, NUL byte, bad limits,
+        environment or request id, the request id of another command),
+        `TooManyJobs` (the owner's running jobs at the cap;
+        `StorageExhausted`: its output quota used up, or the disk below its
+        floor) or `ShuttingDown`.
         """
-        launch = self._launch(owner, command, limits, env or {}, stdin)
-        return Deferred.fromCoroutine(self._start(owner, command, launch))
+        key = None if request_id is None else (str(owner), request_id)
+        if key is not None and key in self._requests:
+            before = self._started_before(self._requests[key], owner, command)
+            return Deferred.fromCoroutine(before)
+        launch = self._launch(
+            owner, command, limits, env=env or {}, stdin=stdin, request_id=request_id
+        )
+        return Deferred.fromCoroutine(self._start(owner, command, launch, key))
 
     async def _start(
-        self, owner: str, command: Sequence[bytes], launch: Coroutine[Any, Any, Job]
+        self,
+        owner: str,
+        command: Sequence[bytes],
+        launch: Coroutine[Any, Any, Job],
+        key: tuple[str, str] | None,
     ) -> JobStatus:
         try:
             try:
@@ -152,22 +205,48 @@ class JobManager:
             raise
         job_id = job.record.id
         Deferred.fromCoroutine(self._release_at_end(job))
-        # Registered when exec'd even if our caller stopped waiting (cancel).
+        # Registered when exec'd even if our caller stopped waiting (cancel);
+        # its request id is taken in the step that checked it was free.
         self._starting[job_id] = job
+        if key is not None:
+            self._requests[key] = job_id
         job.when_started().addCallbacks(
             lambda _: self._register(job),
-            lambda failure: self._events.start_refused(owner, command, failure.value),
+            lambda failure: self._start_failed(job, key, failure.value),
         ).addBoth(lambda _: self._starting.pop(job_id))
         await job.when_started()
         return job.status()
+
+    async def _started_before(
+        self, job_id: str, owner: str, command: Sequence[bytes]
+    ) -> JobStatus:
+        """The status of the job a repeated Start made (once it has started)."""
+        job = self._starting.get(job_id) or self._jobs[job_id]
+        try:
+            _check_same_command(job.status(), command)
+            if isinstance(job, Job):
+                await job.when_started()
+        except Exception as error:
+            self._events.start_refused(owner, command, error)
+            raise
+        return job.status()
+
+    def _start_failed(
+        self, job: Job, key: tuple[str, str] | None, error: BaseException
+    ) -> None:
+        if key is not None:
+            self._requests.pop(key, None)  # a retry may start it again
+        self._events.start_refused(job.record.owner, job.record.command, error)
 
     async def _launch(
         self,
         owner: str,
         command: Sequence[bytes],
         limits: Limits | None,
+        *,
         env: Mapping[str, str],
         stdin: bool,
+        request_id: str | None,
     ) -> Job:
         """Make the job's directories, log and cgroup, and spawn its helper."""
         if self._closing:
@@ -177,10 +256,11 @@ class JobManager:
         argv = _check_command(command)
         extra_env = check_env(env)
         resolved = self._policy.resolve(limits)
+        request_id = _check_request_id(request_id)
         sandbox = self._isolation.sandbox if self._isolation is not None else None
         pool = sandbox.uids if sandbox and self._job_user is None else None
         user = pool.lease() if pool is not None else resolve_user(self._job_user)
-        record = JobRecord(str(uuid.uuid4()), str(owner), argv, resolved)
+        record = JobRecord(str(uuid.uuid4()), str(owner), argv, resolved, request_id)
         try:
             dirs = create_job_dirs(self._state_dir, record.id, user)
         except BaseException:
@@ -226,7 +306,7 @@ class JobManager:
                 cgroup,
                 spec=spec,
                 reactor=self._reactor,
-                on_change=self.board.publish,
+                on_change=functools.partial(self._publish, output),
                 on_cleanup_failed=lambda: self._events.cleanup_failed(record.id),
                 input_cap=self._input_cap,
             )
@@ -251,6 +331,11 @@ class JobManager:
             await _over(job)
         finally:
             self.running.release(job.record.owner)
+
+    def _publish(self, output: OutputLog, status: JobStatus) -> None:
+        """A job's status changed: on the board, and in the journal."""
+        self.board.publish(status)
+        self.journal.save(status, output.size)
 
     def _register(self, job: Job) -> None:
         """The job was exec'd (and published its status): it is listed."""
@@ -355,6 +440,8 @@ class JobManager:
 
     def _input(self, job_id: str) -> JobInput:
         job = self._job(job_id)
+        if isinstance(job, RestoredJob):
+            raise InputClosed(f"job {job_id} has ended: its stdin is closed")
         if job.input is None:
             raise InputClosed(
                 f"job {job_id} has no stdin to write to (it was started without one)"
@@ -387,7 +474,7 @@ class JobManager:
                 if not waiter.called:  # a cancelled waiter has been called
                     waiter.callback(None)
 
-    def _job(self, job_id: str) -> Job:
+    def _job(self, job_id: str) -> Job | RestoredJob:
         job = self._jobs.get(job_id) if isinstance(job_id, str) else None
         if job is None:
             raise JobNotFound(str(job_id))
@@ -428,6 +515,33 @@ def _check_grace(grace: float) -> float:
     if not 0 <= grace <= MAX_GRACE:
         raise InvalidRequest(f"grace must be between 0 and {MAX_GRACE} seconds")
     return float(grace)
+
+
+def _check_request_id(request_id: str | None) -> str | None:
+    if request_id is None:
+        return None
+    if not isinstance(request_id, str) or not request_id:
+        raise InvalidRequest("a request id must be a non-empty string")
+    if len(request_id) > MAX_REQUEST_ID or not request_id.isprintable():
+        raise InvalidRequest(
+            f"a request id must be at most {MAX_REQUEST_ID} printable characters"
+        )
+    return request_id
+
+
+def _check_same_command(status: JobStatus, command: Sequence[bytes]) -> None:
+    """A repeated Start must ask for its job's argv; `InvalidRequest` if not."""
+    if _check_command(command) != status.command:
+        raise InvalidRequest(
+            f"request id already used by job {status.id} for another command"
+        )
+
+
+def _is_job_id(name: str) -> bool:
+    try:
+        return str(uuid.UUID(name)) == name
+    except ValueError:
+        return False
 
 
 def _check_command(command: Sequence[bytes]) -> tuple[bytes, ...]:

@@ -200,10 +200,7 @@ class OutputLog:
 
         Cancelling the Deferred forgets it at once.
         """
-        if not 0 <= offset <= self.size:
-            raise InvalidRequest(
-                f"offset {offset} is outside the output (0 to {self.size})"
-            )
+        check_offset(offset, self.size)
         if offset < self.size or self.complete:
             return succeed(self.state())
         waiter: Deferred[OutputState] = Deferred(self._waiters.discard)
@@ -227,6 +224,12 @@ class OutputLog:
         state = self.state()
         for waiter in waiters:
             waiter.callback(state)
+
+
+def check_offset(offset: int, size: int) -> None:
+    """Raise `InvalidRequest` unless `offset` is within a log of `size` bytes."""
+    if not 0 <= offset <= size:
+        raise InvalidRequest(f"offset {offset} is outside the output (0 to {size})")
 
 
 def _write_all(fd: int, parts: list[bytes | memoryview]) -> None:
@@ -411,3 +414,46 @@ def _parse_header(
     if not valid or offset + HEADER.size + length > end:
         raise InvalidRequest(f"offset {first} is not a record start")
     return kind, length
+
+
+@dataclass(frozen=True)
+class ScannedLog:
+    """What `scan` found in a log: its readable length, output and index."""
+
+    size: int
+    data_bytes: int
+    index: LogIndex
+
+
+def scan(path: str, limit: int | None = None) -> ScannedLog:
+    """The whole records a log starts with (up to `limit` bytes), and their index.
+
+    For the log of a job of an earlier run: reading stops before a record
+    cut short by a crash, or one that makes no sense. The index is the one
+    the writer kept. A missing log is empty.
+    """
+    index = LogIndex()
+    size = data = 0
+    mark = -1
+    try:
+        log = open(path, "rb", buffering=1 << 20)  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        return ScannedLog(0, 0, index)
+    with log:
+        total = os.fstat(log.fileno()).st_size
+        total = total if limit is None else min(total, limit)
+        while size + HEADER.size <= total:
+            kind, length = HEADER.unpack(log.read(HEADER.size))
+            if size + HEADER.size + length > total:
+                break
+            if kind == TIME and length == TIME_DATA.size:
+                index.record_at(size, mark)
+                (mark,) = TIME_DATA.unpack(log.read(length))
+            elif kind in (Stream.STDOUT, Stream.STDERR) and length > 0:
+                index.record_at(size, mark)
+                log.seek(length, os.SEEK_CUR)
+                data += length
+            else:
+                break
+            size += HEADER.size + length
+    return ScannedLog(size, data, index)

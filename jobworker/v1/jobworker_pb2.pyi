@@ -39,6 +39,12 @@ class _JobStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobState.Val
     JOB_STATE_STOPPING: _JobState.ValueType  # 2
     JOB_STATE_EXITED: _JobState.ValueType  # 3
     JOB_STATE_KILLED: _JobState.ValueType  # 4
+    JOB_STATE_LOST: _JobState.ValueType  # 5
+    """Ended while no server watched it: the server crashed or was killed
+    while the job ran, so neither an exit status nor a kill by the server
+    is known. Its output is what was written before; `ended_at` is the
+    last sign of life known (its last output or record).
+    """
 
 class JobState(_JobState, metaclass=_JobStateEnumTypeWrapper): ...
 
@@ -47,6 +53,12 @@ JOB_STATE_RUNNING: JobState.ValueType  # 1
 JOB_STATE_STOPPING: JobState.ValueType  # 2
 JOB_STATE_EXITED: JobState.ValueType  # 3
 JOB_STATE_KILLED: JobState.ValueType  # 4
+JOB_STATE_LOST: JobState.ValueType  # 5
+"""Ended while no server watched it: the server crashed or was killed
+while the job ran, so neither an exit status nor a kill by the server
+is known. Its output is what was written before; `ended_at` is the
+last sign of life known (its last output or record).
+"""
 Global___JobState: _TypeAlias = JobState  # noqa: Y015
 
 class _Stream:
@@ -198,9 +210,18 @@ class StartRequest(_message.Message):
     COMMAND_TEXT_FIELD_NUMBER: _builtins.int
     ENV_FIELD_NUMBER: _builtins.int
     STDIN_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     stdin: _builtins.bool
     """The job's stdin is a pipe, written with WriteInput (EOF when that call
     ends); otherwise it is /dev/null.
+    """
+    request_id: _builtins.str
+    """Makes the Start safe to retry (empty: none). A Start with the request
+    id of an earlier Start of the same caller, for a job the server still
+    keeps (also after a restart), starts nothing: it answers that job's
+    status (waiting for its start, if it is starting). Another command
+    with the same id is INVALID_ARGUMENT. At most 128 printable
+    characters; other callers' ids never collide with the caller's.
     """
     @_builtins.property
     def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
@@ -232,10 +253,11 @@ class StartRequest(_message.Message):
         command_text: _abc.Iterable[_builtins.str] | None = ...,
         env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         stdin: _builtins.bool = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "command_text", b"command_text", "env", b"env", "limits", b"limits", "stdin", b"stdin"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "command_text", b"command_text", "env", b"env", "limits", b"limits", "request_id", b"request_id", "stdin", b"stdin"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -477,6 +499,7 @@ class JobStatus(_message.Message):
     OUTPUT_BYTES_FIELD_NUMBER: _builtins.int
     OUTPUT_TRUNCATED_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     owner: _builtins.str
     """The identity (client certificate CN) that started the job."""
@@ -490,6 +513,8 @@ class JobStatus(_message.Message):
     output_bytes: _builtins.int
     """Output bytes kept, and whether output past the server's cap was dropped."""
     output_truncated: _builtins.bool
+    request_id: _builtins.str
+    """The `request_id` of the Start that made the job (empty: none)."""
     @_builtins.property
     def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
     @_builtins.property
@@ -523,10 +548,11 @@ class JobStatus(_message.Message):
         output_bytes: _builtins.int = ...,
         output_truncated: _builtins.bool = ...,
         usage: Global___JobUsage | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_signal", b"_signal", "ended_at", b"ended_at", "exit_code", b"exit_code", "limits", b"limits", "signal", b"signal", "started_at", b"started_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_signal", b"_signal", "command", b"command", "ended_at", b"ended_at", "exit_code", b"exit_code", "id", b"id", "limits", b"limits", "oom_killed", b"oom_killed", "output_bytes", b"output_bytes", "output_truncated", b"output_truncated", "owner", b"owner", "signal", b"signal", "started_at", b"started_at", "state", b"state", "stop_requested", b"stop_requested", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_signal", b"_signal", "command", b"command", "ended_at", b"ended_at", "exit_code", b"exit_code", "id", b"id", "limits", b"limits", "oom_killed", b"oom_killed", "output_bytes", b"output_bytes", "output_truncated", b"output_truncated", "owner", b"owner", "request_id", b"request_id", "signal", b"signal", "started_at", b"started_at", "state", b"state", "stop_requested", b"stop_requested", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015

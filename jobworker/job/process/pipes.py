@@ -63,6 +63,11 @@ class LargeReadProcessReader(process.ProcessReader):
         if pieces:
             data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
             self.dataReceived(data)  # type: ignore[no-untyped-call]  # Twisted: unannotated
+            if self.disconnecting:
+                # Closed while receiving it (the job's output cap):
+                # loseConnection has scheduled the end; a second one,
+                # for the EOF read with the data, would close the pipe twice.
+                return None
         return result
 
 

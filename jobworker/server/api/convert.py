@@ -24,6 +24,7 @@ _STATES = {
     JobState.STOPPING: pb.JOB_STATE_STOPPING,
     JobState.EXITED: pb.JOB_STATE_EXITED,
     JobState.KILLED: pb.JOB_STATE_KILLED,
+    JobState.LOST: pb.JOB_STATE_LOST,
 }
 STATES_FROM_PB = {value: state for state, value in _STATES.items()}
 
@@ -71,6 +72,7 @@ def status_to_pb(status: JobStatus) -> pb.JobStatus:
         limits=limits_to_pb(status.limits),
         output_bytes=status.output_bytes,
         output_truncated=status.output_truncated,
+        request_id=status.request_id or "",
     )
     message.started_at.FromNanoseconds(round(status.started_at * 1e9))
     if status.ended_at is not None:

@@ -227,7 +227,10 @@ class JobWorkerService:
             try:
                 status = waiter.wait(
                     partial(
-                        self._manager.start, env=dict(request.env), stdin=request.stdin
+                        self._manager.start,
+                        env=dict(request.env),
+                        stdin=request.stdin,
+                        request_id=request.request_id or None,
                     ),
                     caller.identity,
                     command,

@@ -1,0 +1,108 @@
+"""Jobs of an earlier run, as the journal kept them: ended, output on disk.
+
+`restore` turns a journal entry into a `RestoredJob`, which answers what
+the manager asks of a job (status, stop, end, output) as an ended `Job`
+does. A record that was not final (the server died while the job ran or
+stopped: nobody saw how it ended) becomes `LOST`, keeping what is known
+(`stop_requested`, `output_truncated`); its output is what its log holds
+in whole records, and its end the last sign of life known, the newer of
+its last output and its record.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+
+from jobworker.job.dirs import JobDirs
+from jobworker.job.journal import RECORD, Entry
+from jobworker.job.outputindex import LogIndex
+from jobworker.job.outputlog import OutputSource, ScannedLog, check_offset, scan
+from jobworker.model import JobState, JobStatus, OutputState
+
+_log = Logger()
+
+
+class FinishedOutput:
+    """The output log of an ended job: `size` bytes, nothing more to come."""
+
+    waiter_count = 0
+    """Nobody waits for more output: there is none to come."""
+    truncated_by = ""
+    """Which cap truncated it is not journaled (`output_truncated` is)."""
+
+    def __init__(self, path: str, size: int, index: LogIndex) -> None:
+        self.path = path
+        self.size = size
+        self.index = index
+
+    def source(self) -> OutputSource:
+        """The log, its index and its final state, for a reader on any thread."""
+        return OutputSource(self.path, self.index, OutputState(self.size, True))
+
+    def wait(self, offset: int) -> Deferred[OutputState]:
+        """Fire at once; `InvalidRequest` if `offset` is outside the log."""
+        check_offset(offset, self.size)
+        return succeed(OutputState(size=self.size, complete=True))
+
+
+class RestoredJob:
+    """An ended job of an earlier run; its status never changes."""
+
+    input = None
+    """No stdin: the job has ended."""
+
+    def __init__(self, final: JobStatus, dirs: JobDirs, log: ScannedLog) -> None:
+        self.dirs = dirs
+        self.output = FinishedOutput(dirs.output_path, log.size, log.index)
+        self._final = final
+
+    def status(self) -> JobStatus:
+        return self._final
+
+    def stop(self, grace: float) -> Deferred[JobStatus]:
+        """Nothing to stop: the final status."""
+        return succeed(self._final)
+
+    def ended(self) -> Deferred[JobStatus]:
+        return succeed(self._final)
+
+
+def restore(entry: Entry, dirs: JobDirs) -> tuple[RestoredJob, bool]:
+    """The job `entry` records, and whether its record changes (to LOST).
+
+    Its log is read once (`outputlog.scan`), for its index.
+    """
+    status = entry.status
+    if status.state.ended:
+        log = scan(dirs.output_path, entry.log_size)
+        if log.size < entry.log_size:
+            _log.warn(
+                "job {job_id}: its output log is shorter than recorded;"
+                " {size} bytes of it are served",
+                job_id=status.id,
+                size=log.size,
+            )
+        return RestoredJob(status, dirs, log), False
+    log = scan(dirs.output_path)
+    lost = replace(
+        status,
+        state=JobState.LOST,
+        ended_at=max(
+            status.started_at,
+            _mtime(dirs.output_path),
+            _mtime(os.path.join(dirs.job_dir, RECORD)),
+        ),
+        output_bytes=log.data_bytes,
+    )
+    return RestoredJob(lost, dirs, log), True
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except FileNotFoundError:
+        return 0.0
