@@ -44,7 +44,10 @@ class StatusBoard:
 
     def live(self, job_id: str) -> JobStatus:
         """The job's latest status, with what it has used so far (any thread)."""
-        status = self.get(job_id)
+        return self.with_usage(self.get(job_id))
+
+    def with_usage(self, status: JobStatus) -> JobStatus:
+        """`status`, read from this board, with its job's usage so far."""
         with self._lock:
             read = self._usage.get(status.id)
         if read is None or status.state.ended:

@@ -263,8 +263,8 @@ class JobWorkerService:
     def status(self, data: bytes, context: grpc.ServicerContext) -> pb.StatusResponse:
         with self.on_board("Status", context) as (caller, board):
             request = parse(pb.StatusRequest, data)
-            job_id = self._visible(caller, request.job_id).id
-            return pb.StatusResponse(job=status_to_pb(board.live(job_id)))
+            status = self._visible(caller, request.job_id)
+            return pb.StatusResponse(job=status_to_pb(board.with_usage(status)))
 
     def wait(self, data: bytes, context: grpc.ServicerContext) -> pb.WaitResponse:
         with answering("Wait", context, self.metrics, self.refusals) as caller:
