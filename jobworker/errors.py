@@ -61,6 +61,11 @@ class StorageExhausted(TooManyJobs):
     """No room for more output: the owner's output quota, or the disk's floor."""
 
 
+class JobUidsExhausted(TooManyJobs):
+    """Every uid of the job uid range is taken by a job that runs (or whose
+    cgroup is not gone yet): no job of any user can start until one ends."""
+
+
 class ServerBusy(TooManyJobs):
     """No turn for the call right now; the same call may well succeed shortly.
 

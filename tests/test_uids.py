@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.trial import unittest
 
-from jobworker.errors import IsolationFailed, IsolationUnavailable
+from jobworker.errors import IsolationUnavailable, JobUidsExhausted
 from jobworker.isolation.uids import UidPool, parse_range
 
 
@@ -13,7 +13,7 @@ class UidPoolTests(unittest.TestCase):
         pool = UidPool(70000, 70009)
         leased = [pool.lease().uid for _ in range(10)]
         self.assertEqual(sorted(leased), list(range(70000, 70010)))
-        self.assertRaises(IsolationFailed, pool.lease)
+        self.assertRaises(JobUidsExhausted, pool.lease)
 
     def test_the_gid_is_the_uid_and_there_are_no_groups(self) -> None:
         user = UidPool(70000, 70000).lease()
@@ -33,13 +33,13 @@ class UidPoolTests(unittest.TestCase):
         other = pool.lease().uid
         pool.release(other, gone=True)
         self.assertEqual(pool.lease().uid, other)
-        self.assertRaises(IsolationFailed, pool.lease)
+        self.assertRaises(JobUidsExhausted, pool.lease)
 
     def test_numbers_of_accounts_and_groups_are_skipped(self) -> None:
         # 65534 is "nobody" (and "nogroup") on every Debian system.
         pool = UidPool(65533, 65535)
         self.assertEqual({pool.lease().uid, pool.lease().uid}, {65533, 65535})
-        self.assertRaises(IsolationFailed, pool.lease)
+        self.assertRaises(JobUidsExhausted, pool.lease)
 
     def test_bad_ranges_are_refused(self) -> None:
         self.assertRaises(IsolationUnavailable, UidPool, 10, 9)

@@ -14,7 +14,7 @@ import grp
 import pwd
 from dataclasses import dataclass
 
-from jobworker.errors import IsolationFailed, IsolationUnavailable
+from jobworker.errors import IsolationUnavailable, JobUidsExhausted
 from jobworker.job.users import JobUser
 
 # systemd's DynamicUser= range (see systemd's UIDS-GIDS.md).
@@ -63,7 +63,7 @@ class UidPool:
         return frozenset(self._leased | self._held)
 
     def lease(self) -> JobUser:
-        """A uid no running job has; raise `IsolationFailed` if none is left."""
+        """A uid no running job has; raise `JobUidsExhausted` if none is left."""
         size = self.last - self.first + 1
         for step in range(size):
             uid = self.first + (self._next - self.first + step) % size
@@ -72,7 +72,7 @@ class UidPool:
             self._leased.add(uid)
             self._next = self.first + (uid - self.first + 1) % size
             return JobUser(f"job-{uid}", uid, uid, ())
-        raise IsolationFailed(
+        raise JobUidsExhausted(
             f"every job uid of {self.first}-{self.last} is in use; widen"
             " --job-uid-range or wait for jobs to end"
         )
