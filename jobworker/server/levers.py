@@ -17,12 +17,22 @@ from typing import Any
 
 from twisted.python import usage
 
+from jobworker.defaults import RETAIN, RETAIN_JOBS
 from jobworker.job.admission import MAX_JOBS_PER_OWNER
 from jobworker.job.storage import MIN_FREE_DISK, USER_OUTPUT_QUOTA
 from jobworker.model import Limits
-from jobworker.units import InvalidSize, format_size, parse_size
+from jobworker.units import (
+    InvalidDuration,
+    InvalidSize,
+    format_duration,
+    format_size,
+    parse_duration,
+    parse_size,
+)
 
 _UNLIMITED = ("unlimited", "none")
+# What keeps ended jobs for ever (no age cap, no count cap).
+_FOREVER = ("forever", *_UNLIMITED)
 # The share of the host's memory all jobs together may use by default.
 TOTAL_MEMORY_SHARE = 0.9
 # The fields the users' cgroups and their parent limit (IO is per job).
@@ -84,6 +94,35 @@ def _bytes(text: str) -> int:
         raise usage.UsageError(str(error)) from None
 
 
+class _Duration(float):
+    """A duration default that the help shows as one (7d, not 604800.0)."""
+
+    def __str__(self) -> str:
+        return format_duration(self)
+
+
+def _forever_or(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse_cap(text: str) -> Any:
+        if text.strip().lower() in _FOREVER:
+            return None
+        return parse(text)
+
+    return parse_cap
+
+
+def _age(text: str) -> float:
+    try:
+        seconds = parse_duration(text)
+    except InvalidDuration as error:
+        raise usage.UsageError(str(error)) from None
+    if seconds < 1:
+        raise usage.UsageError(
+            f"{text!r} is below 1s: a job would be gone before its owner could"
+            " read how it ended ('forever' keeps jobs)"
+        )
+    return seconds
+
+
 def _cpus(text: str) -> float:
     try:
         cpus = float(text)
@@ -124,6 +163,20 @@ PARAMETERS: list[list[Any]] = [
         "Free space the state directory's disk keeps: below it Start is"
         " refused and running jobs' output is truncated.",
         _bytes,
+    ),
+    _option(
+        "retain",
+        _Duration(RETAIN),
+        "How long an ended job and its output are kept after it ended, e.g."
+        " 12h, 7d; 'forever': no age limit.",
+        _forever_or(_age),
+    ),
+    _option(
+        "retain-jobs",
+        RETAIN_JOBS,
+        "Ended jobs kept per user, the newest; older ones are removed"
+        " ('forever': no count limit).",
+        _forever_or(_count(1, 100_000_000)),
     ),
     _option(
         "user-memory",
