@@ -1,7 +1,8 @@
 """The operator's levers against one user starving the others or the host.
 
 One table (`PARAMETERS`, usage.Options' `optParameters`) of the server's
-per-user caps and host totals, each with its parser; `twistd jobworker
+per-user caps (running jobs, followers, output, retention of ended jobs)
+and host totals, each with its parser; `twistd jobworker
 --help` shows them from here. `cgroup_limits` turns them into the limits
 of the users' cgroups and of their parent, the host's figures where a
 total is not given (90 % of its memory, half of pid_max, all CPUs), and
@@ -112,7 +113,7 @@ def _forever_or(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 
 def _age(text: str) -> float:
     try:
-        seconds = parse_duration(text)
+        seconds = 0.0 if text.strip() == "0" else parse_duration(text)
     except InvalidDuration as error:
         raise usage.UsageError(str(error)) from None
     if seconds < 1:
