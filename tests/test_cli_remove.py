@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+from twisted.trial import unittest
+
+from jobworker.cli.formatting import truncation_text
 from tests.cliutil import CLITestCase, started_job
 from tests.procutil import marker
 
@@ -68,3 +71,24 @@ class TruncationCauseTests(CLITestCase):
         )
         listed = json.loads((await self.harness.cli("list", "--json")).out)
         self.assertEqual(listed[0]["output_truncated_by"], "output-cap")
+
+
+class TruncationTextTests(unittest.TestCase):
+    def test_each_cause_in_words(self) -> None:
+        self.assertEqual(
+            truncation_text("user-output-quota"),
+            "truncated at the owner's output quota (user-output-quota)",
+        )
+        self.assertEqual(
+            truncation_text("min-free-disk"),
+            "truncated at the server's free-disk floor (min-free-disk)",
+        )
+        self.assertEqual(
+            truncation_text("No space left on device"),
+            "truncated: the server could not store it: No space left on device",
+        )
+        self.assertEqual(truncation_text(""), "truncated at a cap of the server")
+        self.assertEqual(
+            truncation_text("\x1b[2J"),
+            "truncated: the server could not store it: \\x1b[2J",
+        )
