@@ -65,9 +65,13 @@ def _option(
     return [name, None, default, help, coerce]
 
 
-def _or_unlimited(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+def _or_unlimited(
+    parse: Callable[[str], Any], words: tuple[str, ...] = _UNLIMITED
+) -> Callable[[str], Any]:
+    """`parse`, or None (no cap) for one of `words`."""
+
     def parse_limit(text: str) -> Any:
-        if text.strip().lower() in _UNLIMITED:
+        if text.strip().lower() in words:
             return None
         return parse(text)
 
@@ -100,15 +104,6 @@ class _Duration(float):
 
     def __str__(self) -> str:
         return format_duration(self)
-
-
-def _forever_or(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    def parse_cap(text: str) -> Any:
-        if text.strip().lower() in _FOREVER:
-            return None
-        return parse(text)
-
-    return parse_cap
 
 
 def _age(text: str) -> float:
@@ -170,14 +165,14 @@ PARAMETERS: list[list[Any]] = [
         _Duration(RETAIN),
         "How long an ended job and its output are kept after it ended, e.g."
         " 12h, 7d; 'forever': no age limit.",
-        _forever_or(_age),
+        _or_unlimited(_age, _FOREVER),
     ),
     _option(
         "retain-jobs",
         RETAIN_JOBS,
         "Ended jobs kept per user, the newest; older ones are removed"
         " ('forever': no count limit).",
-        _forever_or(_count(1, 100_000_000)),
+        _or_unlimited(_count(1, 100_000_000), _FOREVER),
     ),
     _option(
         "user-memory",
