@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bench import baselines, figures
+from bench import baselines, figures, retained
 from bench.common import GIB, MIB
 from bench.report import Row, ratio_row
 from bench.servers import BareProcess, JobWorkerProcess
@@ -52,9 +52,10 @@ class Plan:
     unary_seconds: float = 2.0
     scale_jobs: int = 500
     scale_followers: int = 200
+    argv_jobs: int = 50
 
 
-QUICK = Plan(GIB // 4, 3, GIB // 4, 2, 32 * MIB, 16 * MIB, 2, 50, 2, 1.0, 100, 40)
+QUICK = Plan(GIB // 4, 3, GIB // 4, 2, 32 * MIB, 16 * MIB, 2, 50, 2, 1.0, 100, 40, 20)
 
 Results = dict[str, list[Any]]
 
@@ -135,7 +136,18 @@ class Suite:
             )
         finally:
             self.leftovers += scale.stop()
+        self._big_argv()
         self._log("done")
+
+    def _big_argv(self) -> None:
+        self._log("5. scale: finished jobs with a 1 MiB argv")
+        server = self._jobworker("argv")
+        try:
+            self.results["argv"].append(
+                retained.per_big_argv_job(server, self.plan.argv_jobs)
+            )
+        finally:
+            self.leftovers += server.stop()
 
     def _starts(self, main: JobWorkerProcess) -> None:
         plan, out = self.plan, self.results
@@ -237,7 +249,22 @@ def rows(out: Results) -> list[Row]:
     table += _start_rows(out)
     table += _unary_rows(out)
     table += _scale_rows(out["scale"][0])
+    table += _argv_rows(out["argv"][0])
     return table
+
+
+def _argv_rows(argv: dict[str, Any]) -> list[Row]:
+    """Held once: a job's 1 MiB argv costs about 1 MiB, not two."""
+    per_job = argv["per_job"] / MIB
+    return [
+        Row(
+            "5. Scale: server RSS per finished job kept with a 1 MiB argv",
+            f"{per_job:.2f} MiB",
+            f"argv {argv['argv_bytes'] / MIB:.2f} MiB",
+            target="< 1.5 MiB (argv held once)",
+            met=argv["per_job"] < 1.5 * argv["argv_bytes"],
+        )
+    ]
 
 
 def _fanout_rows(out: Results) -> list[Row]:

@@ -26,6 +26,13 @@ MAX_GRACE = 24 * 3600.0
 # Output streams served at once (`--max-followers`), and the most allowed.
 MAX_FOLLOWERS = 64
 MAX_FOLLOWERS_CEILING = 10_000
+# Ended jobs are removed this long after they ended (`--retain`), and beyond
+# the newest this many ended jobs of each owner (`--retain-jobs`).
+RETAIN = 7 * 86400.0
+RETAIN_JOBS = 1000
+# How long a Remove call waits for the job's journal record and directory
+# to be gone (the directory is removed in the reactor's thread pool).
+REMOVE_CALL_TIMEOUT = 60.0
 # How long the CLI tries to connect (`--connect-timeout`).
 CONNECT_TIMEOUT = 10.0
 

@@ -50,6 +50,10 @@ class IsolationFailed(StartFailed):
     """Cgroup or namespace set-up for the job failed."""
 
 
+class JobNotEnded(JobWorkerError):
+    """The job is still running (or stopping): it cannot be removed yet."""
+
+
 class TooManyJobs(JobWorkerError):
     """A cap is reached: running jobs per user, followers, a quota.
 

@@ -82,6 +82,9 @@ class JobStatus:
     stop_requested: bool = False
     output_bytes: int = 0
     output_truncated: bool = False
+    output_truncated_by: str = ""
+    """What truncated the output: a cap's option ("output-cap",
+    "user-output-quota", "min-free-disk") or the write's error; "" if none."""
     usage: Usage = Usage()
     """So far while the job runs (on Status), final once it has ended."""
     request_id: str | None = None

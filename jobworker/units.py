@@ -1,6 +1,7 @@
-"""Numbers and sizes as people type them: "0.5", "512M", "4G", "1048576".
+"""Numbers, sizes and durations as people type them: "0.5", "512M", "90s", "7d".
 
-Sizes take K/M/G/T (base 1024). Shared by the server's options
+Sizes take K/M/G/T (base 1024); durations are runs of a number and a unit,
+ms, s, m, h or d ("1h30m"). Shared by the server's options
 (`jobworker.server.tap`), the CLI's and the limits table (`jobworker.limits`).
 """
 
@@ -12,6 +13,8 @@ from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h|d)")
+_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", re.IGNORECASE)
 
 
@@ -21,6 +24,31 @@ class InvalidNumber(ValueError):
 
 class InvalidSize(InvalidNumber):
     """A size that is not a whole number of bytes, with an optional suffix."""
+
+
+class InvalidDuration(InvalidNumber):
+    """Text that is not a duration such as 90s, 5m, 1h30m or 7d."""
+
+
+def parse_duration(text: str) -> float:
+    """Parse "1h30m" into 5400.0 seconds: numbers each with ms, s, m, h or d."""
+    spec = text.strip()
+    parts = _DURATION.findall(spec)
+    if not spec or "".join(n + u for n, u in parts) != spec:
+        raise InvalidDuration(
+            f"{text!r} is not a duration: use a number with ms, s, m, h or d,"
+            " e.g. 90s, 5m, 1h30m, 7d"
+        )
+    return sum(float(n) * _SECONDS[u] for n, u in parts)
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as `parse_duration` reads them, in the largest exact unit: "7d"."""
+    for unit in ("d", "h", "m", "s"):
+        count = seconds / _SECONDS[unit]
+        if count >= 1 and count == int(count):
+            return f"{int(count)}{unit}"
+    return f"{seconds:g}s"
 
 
 def positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:

@@ -25,6 +25,7 @@ class BoundedTests(APITestCase):
         requests = [
             ("Status", pb.StatusRequest(job_id=huge)),
             ("Stop", pb.StopRequest(job_id=huge)),
+            ("Remove", pb.RemoveRequest(job_id=huge)),
         ]
         for method, request in requests:
             error = await self.error("bob", method, request)

@@ -30,6 +30,7 @@ FIELDS = {
     "limits",
     "output_bytes",
     "output_truncated",
+    "output_truncated_by",
     "usage",
     "request_id",
 }
@@ -107,6 +108,7 @@ class CommandTests(CLITestCase):
         )
         self.assertIsInstance(status["output_bytes"], int)
         self.assertIs(status["output_truncated"], False)
+        self.assertIsNone(status["output_truncated_by"])
         # This server does not isolate jobs, so it measures nothing.
         self.assertEqual(
             status["usage"],

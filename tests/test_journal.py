@@ -37,10 +37,24 @@ class RecordFormatTests(unittest.TestCase):
             stop_requested=True,
             output_bytes=10,
             output_truncated=True,
+            output_truncated_by="user-output-quota",
             usage=Usage(cpu_seconds=1.25, memory_peak_bytes=1 << 20, pids_peak=3),
             request_id="retry-1",
         )
         self.assertEqual(decode(encode(Entry(status, 15))), Entry(status, 15))
+
+    def test_a_record_without_the_truncation_cause_is_read(self) -> None:
+        # Written before the cause was journaled: truncated, cause not known.
+        status = status_of(output_truncated=True, output_truncated_by="output-cap")
+        older = json.loads(encode(Entry(status, 0)))
+        del older["output_truncated_by"]
+        entry = decode(json.dumps(older).encode())
+        self.assertTrue(entry.status.output_truncated)
+        self.assertEqual(entry.status.output_truncated_by, "")
+        value = json.dumps({**older, "output_truncated_by": 7}).encode()
+        self.assertIn(
+            "'output_truncated_by'", str(self.assertRaises(ValueError, decode, value))
+        )
 
     def test_a_record_is_ascii_json(self) -> None:
         data = encode(Entry(status_of(), 0))

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import cast
+from typing import Any, cast
 
 from twisted.application.service import MultiService
 from twisted.internet.threads import deferToThread
@@ -23,6 +23,7 @@ from twisted.python import usage
 from twisted.trial import unittest
 
 from jobworker.errors import InvalidRequest
+from jobworker.job.retention import Reaper, Retention
 from jobworker.model import Limits
 from jobworker.server import levers
 from jobworker.server.notify import Readiness
@@ -211,6 +212,8 @@ class PluginTests(unittest.TestCase):
             b"--total-cpu",
             b"--user-output-quota",
             b"--min-free-disk",
+            b"--retain",
+            b"--retain-jobs",
         ):
             self.assertIn(lever, out)
 
@@ -243,8 +246,20 @@ class MakeServiceTests(unittest.TestCase):
         self.assertIsInstance(service, MultiService)
         self.assertEqual(
             [type(child) for child in service],
-            [StateDirLock, JobWorkerServer, CertificateReload, Readiness],
+            [StateDirLock, Reaper, JobWorkerServer, CertificateReload, Readiness],
         )
+
+    def test_the_reaper_removes_with_the_managers_remove(self) -> Any:
+        service = makeService(
+            self.config("--no-isolation", "--retain=12h", "--retain-jobs=5")
+        )
+        [reaper] = [child for child in service if isinstance(child, Reaper)]
+        server = service.getServiceNamed("api")
+        self.assertEqual(reaper.retention, Retention(12 * 3600.0, 5))
+        self.assertEqual(reaper._remove, server.manager.remove)
+        service.startService()
+        self.assertTrue(reaper.running)
+        return service.stopService()
 
     def test_second_server_on_one_state_dir_is_refused(self) -> None:
         config = self.config("--no-isolation")
@@ -289,7 +304,7 @@ class MakeServiceTests(unittest.TestCase):
         service = makeService(config)
         self.assertEqual(
             [type(child) for child in service],
-            [StateDirLock, JobWorkerServer, CertificateReload, Readiness],
+            [StateDirLock, Reaper, JobWorkerServer, CertificateReload, Readiness],
         )
 
 
@@ -307,6 +322,25 @@ class LeverTests(unittest.TestCase):
         self.assertIsNone(options["max-followers-per-user"])
         self.assertEqual(options["user-output-quota"], 10 << 30)
         self.assertEqual(options["min-free-disk"], 1 << 30)
+        retention = (options["retain"], options["retain-jobs"])
+        self.assertEqual(retention, (7 * 86400, 1000))
+
+    def test_retention_levers_take_durations_or_forever(self) -> None:
+        options = parse("--retain=1h30m", "--retain-jobs=10")
+        self.assertEqual((options["retain"], options["retain-jobs"]), (5400, 10))
+        options = parse("--retain=forever", "--retain-jobs=unlimited")
+        self.assertEqual((options["retain"], options["retain-jobs"]), (None, None))
+        text = " ".join(Options().getUsage().split())
+        self.assertIn("no age limit. [default: 7d]", text)
+        for flag, value, why in (
+            ("--retain", "0", "below 1s"),
+            ("--retain", "0.5s", "below 1s"),
+            ("--retain", "a week", "not a duration"),
+            ("--retain-jobs", "0", "1..100000000"),
+        ):
+            error = self.assertRaises(usage.UsageError, parse, f"{flag}={value}")
+            self.assertIn(f"{flag}: ", str(error))
+            self.assertIn(why, str(error))
 
     def test_storage_levers_are_parsed_and_shown_as_sizes(self) -> None:
         options = parse("--user-output-quota=unlimited", "--min-free-disk=0")

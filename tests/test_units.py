@@ -1,11 +1,19 @@
-"""Tests for jobworker.units (sizes) and jobworker.address (HOST:PORT)."""
+"""Tests for jobworker.units (sizes, durations) and jobworker.address (HOST:PORT)."""
 
 from __future__ import annotations
 
 from twisted.trial import unittest
 
 from jobworker.address import InvalidAddress, format_address, parse_address
-from jobworker.units import InvalidSize, format_size, parse_size, round_size
+from jobworker.units import (
+    InvalidDuration,
+    InvalidSize,
+    format_duration,
+    format_size,
+    parse_duration,
+    parse_size,
+    round_size,
+)
 
 
 class ParseSizeTests(unittest.TestCase):
@@ -48,6 +56,24 @@ class ParseSizeTests(unittest.TestCase):
     def test_format_round_trips_through_parse(self) -> None:
         for size in (1, 1024, 4 << 30, 7 << 20):
             self.assertEqual(parse_size(format_size(size)), size)
+
+
+class DurationTests(unittest.TestCase):
+    def test_units_add_up(self) -> None:
+        cases = {"90s": 90, "5m": 300, "1h30m": 5400, "7d": 604800, "250ms": 0.25}
+        for text, seconds in cases.items():
+            self.assertEqual(parse_duration(text), seconds)
+
+    def test_garbage_is_refused_with_an_example(self) -> None:
+        for text in ("", "7", "a week", "5 m", "-1d", "1w"):
+            error = self.assertRaises(InvalidDuration, parse_duration, text)
+            self.assertIn("e.g. 90s", str(error))
+
+    def test_format_is_the_largest_exact_unit_and_round_trips(self) -> None:
+        cases = {604800.0: "7d", 43200.0: "12h", 5400.0: "90m", 1.5: "1.5s"}
+        for seconds, text in cases.items():
+            self.assertEqual(format_duration(seconds), text)
+            self.assertEqual(parse_duration(text), seconds)
 
 
 class AddressTests(unittest.TestCase):

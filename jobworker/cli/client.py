@@ -281,6 +281,14 @@ class Client:
                 call.cancel()
         return results
 
+    def remove(self, job_id: str) -> pb.JobStatus:
+        """Remove an ended job; its last status."""
+        began = time.monotonic()
+        try:
+            return self._stub.Remove(pb.RemoveRequest(job_id=job_id)).job
+        except grpc.RpcError as error:
+            raise self.error(error, began, job_id) from None
+
     def status(self, job_id: str) -> pb.JobStatus:
         began = time.monotonic()
         try:

@@ -83,6 +83,7 @@ def job_json(job: pb.JobStatus) -> dict[str, Any]:
         "limits": asdict(limits_from_pb(job.limits)),
         "output_bytes": job.output_bytes,
         "output_truncated": job.output_truncated,
+        "output_truncated_by": job.output_truncated_by or None,
         "usage": usage_json(job.usage),
         "request_id": job.request_id or None,
     }
@@ -185,11 +186,27 @@ def ending_note(job: pb.JobStatus) -> str | None:
     return f"job {job.id} {what}"
 
 
+_TRUNCATED_BY = {
+    "output-cap": "the job's output cap",
+    "user-output-quota": "the owner's output quota",
+    "min-free-disk": "the server's free-disk floor",
+}
+
+
+def truncation_text(cause: str) -> str:
+    """Why output was dropped, for people: "truncated at the job's output cap"."""
+    if not cause:
+        return "truncated at a cap of the server"
+    if cause in _TRUNCATED_BY:
+        return f"truncated at {_TRUNCATED_BY[cause]} ({cause})"
+    return f"truncated: the server could not store it: {printable(cause)}"
+
+
 def summary(job: pb.JobStatus) -> str:
     """Several "name: value" lines about one job, for `status` and `stop`."""
     output = f"{job.output_bytes} bytes"
     if job.output_truncated:
-        output += " (truncated at the server's cap)"
+        output += f", {truncation_text(job.output_truncated_by)}"
     rows = [
         ("id", job.id),
         ("owner", printable(job.owner)),

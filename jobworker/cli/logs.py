@@ -8,13 +8,10 @@ stream) in front of it, as `docker logs -t` does, in UTC to the millisecond.
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 
 from jobworker.model import Stream
-
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h|d)")
-_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+from jobworker.units import InvalidDuration, parse_duration
 
 
 class InvalidSince(ValueError):
@@ -24,9 +21,10 @@ class InvalidSince(ValueError):
 def parse_since(text: str, now: float) -> float:
     """The time `text` means, in seconds since the epoch."""
     spec = text.strip()
-    parts = _DURATION.findall(spec)
-    if spec and "".join(n + u for n, u in parts) == spec:
-        return now - sum(float(n) * _SECONDS[u] for n, u in parts)
+    try:
+        return now - parse_duration(spec)
+    except InvalidDuration:
+        pass
     try:
         when = datetime.fromisoformat(spec)
     except ValueError:

@@ -1,4 +1,4 @@
-"""The `jobworker` command: start, run, follow, stop and list remote jobs.
+"""The `jobworker` command: start, run, follow, stop, list and remove remote jobs.
 
 Exit codes: 0 success; 1 the server refused or failed the request, or could
 not be reached (one line `jobworker: ...` on stderr); 2 usage errors. `run`
@@ -259,6 +259,20 @@ def cmd_stop(client: Client, args: argparse.Namespace) -> int:
     return 0 if len(jobs) == len(job_ids) else EXIT_FAILED
 
 
+def cmd_rm(client: Client, args: argparse.Namespace) -> int:
+    """Remove each job in turn: its id on stdout, or why not on stderr."""
+    failed = 0
+    for job_id in args.job_ids:
+        try:
+            job = client.remove(job_id)
+        except ClientError as error:
+            _say(str(error))
+            failed += 1
+        else:
+            print(job.id, flush=True)
+    return EXIT_FAILED if failed else 0
+
+
 def cmd_logs(client: Client, args: argparse.Namespace) -> int:
     copy_output(
         client,
@@ -308,6 +322,7 @@ COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
     "stop": cmd_stop,
     "wait": cmd_wait,
     "logs": cmd_logs,
+    "rm": cmd_rm,
     "list": cmd_list,
     "limits": cmd_limits,
 }

@@ -289,6 +289,12 @@ def build_parser() -> Parser:
         "wait for jobs to end, exit with the last one's code",
     )
     _job_ids(wait)
+    rm = command(
+        "rm",
+        "remove ended jobs now: their status, output and record (prints each"
+        " id removed; a running job is refused, stop it first)",
+    )
+    _job_ids(rm)
     logs = command("logs", "print a job's output from the start")
     logs.add_argument(
         "-f", "--follow", action="store_true", help="keep following until the job ends"

@@ -34,6 +34,12 @@ class StatusBoard:
         with self._lock:
             self._jobs[status.id] = status
 
+    def remove(self, job_id: str) -> None:
+        """Forget a removed job (reactor thread only)."""
+        with self._lock:
+            self._jobs.pop(job_id, None)
+            self._usage.pop(job_id, None)
+
     def watch_usage(self, job_id: str, read: Callable[[], Usage] | None) -> None:
         """Read the job's usage so far with `read` (any thread); None: stop."""
         with self._lock:

@@ -100,6 +100,9 @@ class JobEvents:
     def ended(self, status: JobStatus) -> None:
         """The job has ended with its final `status`."""
 
+    def removed(self, status: JobStatus, reason: str) -> None:
+        """The ended job was removed (`reason`: "by alice", "older than 7d")."""
+
     def shutdown_requested(self, running: int) -> None:
         """The manager was asked to shut down with `running` jobs not ended."""
 
@@ -134,6 +137,10 @@ class JobEventsFanOut(JobEvents):
     def ended(self, status: JobStatus) -> None:
         for observer in self._observers:
             observer.ended(status)
+
+    def removed(self, status: JobStatus, reason: str) -> None:
+        for observer in self._observers:
+            observer.removed(status, reason)
 
     def shutdown_requested(self, running: int) -> None:
         for observer in self._observers:
@@ -214,6 +221,15 @@ class LoggingJobEvents(JobEvents):
             owner=shown(status.owner),
             outcome=outcome_for_log(status),
             **asdict(status.usage),
+        )
+
+    def removed(self, status: JobStatus, reason: str) -> None:
+        log.info(
+            "job {job_id} of {owner} removed {reason}",
+            job_id=status.id,
+            owner=shown(status.owner),
+            outcome="removed",
+            reason=shown(reason),
         )
 
     def shutdown_requested(self, running: int) -> None:

@@ -184,6 +184,7 @@ class Job:
             stop_requested=self.core.stop_requested,
             output_bytes=self.output.data_bytes,
             output_truncated=self.output.truncated,
+            output_truncated_by=self.output.truncated_by,
             usage=self.usage,
             request_id=self.record.request_id,
         )

@@ -184,6 +184,7 @@ def encode(entry: Entry) -> bytes:
         "stop_requested": status.stop_requested,
         "output_bytes": status.output_bytes,
         "output_truncated": status.output_truncated,
+        "output_truncated_by": status.output_truncated_by,
         "usage": {f.name: getattr(status.usage, f.name) for f in fields(Usage)},
         "log_size": entry.log_size,
     }
@@ -224,6 +225,8 @@ def decode(data: bytes) -> Entry:
             stop_requested=get.of("stop_requested", bool),
             output_bytes=get.of("output_bytes", int),
             output_truncated=get.of("output_truncated", bool),
+            # Not in the records of servers before it was journaled.
+            output_truncated_by=get.optional("output_truncated_by", str) or "",
             usage=Usage(**_numbers(usage, Usage, floats={"cpu_seconds"})),
             request_id=get.optional("request_id", str),
         )

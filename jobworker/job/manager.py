@@ -22,13 +22,15 @@ from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, cast
 
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
-from twisted.internet.interfaces import IReactorProcess, IReactorTime
+from twisted.internet.interfaces import IReactorProcess, IReactorThreads, IReactorTime
+from twisted.internet.threads import deferToThreadPool
 
 from jobworker.defaults import INPUT_CAP, MAX_GRACE, OUTPUT_CAP, STOP_GRACE
 from jobworker.errors import (
     InputClosed,
     InvalidRequest,
     IsolationFailed,
+    JobNotEnded,
     JobNotFound,
     ShuttingDown,
     StartFailed,
@@ -362,6 +364,51 @@ class JobManager:
             return fail(e)
         self._events.stop_requested(job.status(), grace)
         return job.stop(seconds)
+
+    def remove(self, job_id: str, reason: str = "") -> Deferred[JobStatus]:
+        """Forget an ended job and delete its output; fire with its last status.
+
+        Fails with `JobNotFound`, or `JobNotEnded` for a job still running or
+        stopping. In this reactor step the job's journal record is removed
+        (durably) and the job leaves the manager's table, the board, the
+        request-id index (a Start with its request id starts a new job) and
+        its owner's output quota; `reason` is for the `removed` event. The
+        Deferred fires once its directory is gone (removed in the reactor's
+        thread pool). The record goes first: a crash after it leaves a
+        directory without a record, which the next manager removes at start;
+        the other order could leave a record whose output is gone, restored
+        as a job with no output (doc/jobs.md, "Retention").
+        """
+        try:
+            job = self._job(job_id)
+        except JobNotFound as e:
+            return fail(e)
+        status = job.status()
+        if not status.state.ended:
+            return fail(
+                JobNotEnded(
+                    f"job {status.id} is {status.state.value}; only an ended job"
+                    " can be removed (stop it first)"
+                )
+            )
+        try:
+            self.journal.remove(status.id)
+        except OSError as e:
+            return fail(e)
+        del self._jobs[status.id]
+        self.board.remove(status.id)
+        if status.request_id is not None:
+            key = (status.owner, status.request_id)
+            if self._requests.get(key) == status.id:
+                del self._requests[key]
+        if self.storage is not None:
+            self.storage.released(status.owner, status.output_bytes)
+        self._events.removed(status, reason)
+        threads = IReactorThreads(self._reactor)
+        gone = deferToThreadPool(
+            threads, threads.getThreadPool(), remove_tree, job.dirs.job_dir
+        )
+        return gone.addCallback(lambda _: status)
 
     def status(self, job_id: str) -> JobStatus:
         """The job's current status; raises `JobNotFound`."""

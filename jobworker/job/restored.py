@@ -31,13 +31,15 @@ class FinishedOutput:
 
     waiter_count = 0
     """Nobody waits for more output: there is none to come."""
-    truncated_by = ""
-    """Which cap truncated it is not journaled (`output_truncated` is)."""
 
-    def __init__(self, path: str, size: int, index: LogIndex) -> None:
+    def __init__(
+        self, path: str, size: int, index: LogIndex, truncated_by: str = ""
+    ) -> None:
         self.path = path
         self.size = size
         self.index = index
+        self.truncated_by = truncated_by
+        """What truncated it, as journaled ("": not truncated, or not known)."""
 
     def source(self) -> OutputSource:
         """The log, its index and its final state, for a reader on any thread."""
@@ -57,7 +59,9 @@ class RestoredJob:
 
     def __init__(self, final: JobStatus, dirs: JobDirs, log: ScannedLog) -> None:
         self.dirs = dirs
-        self.output = FinishedOutput(dirs.output_path, log.size, log.index)
+        self.output = FinishedOutput(
+            dirs.output_path, log.size, log.index, final.output_truncated_by
+        )
         self._final = final
 
     def status(self) -> JobStatus:

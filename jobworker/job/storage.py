@@ -80,6 +80,14 @@ class StorageGuard:
         """`owner`'s jobs now hold `count` more bytes."""
         self._used[owner] = self.used(owner) + count
 
+    def released(self, owner: str, count: int) -> None:
+        """A removed job of `owner` held `count` bytes: they are free again."""
+        left = self.used(owner) - count
+        if left > 0:
+            self._used[owner] = left
+        else:
+            self._used.pop(owner, None)
+
     def account(self, owner: str) -> OwnerStorage:
         """The view of this guard one of `owner`'s output logs uses."""
         return OwnerStorage(self, owner)

@@ -1,7 +1,8 @@
 """The operator's levers against one user starving the others or the host.
 
 One table (`PARAMETERS`, usage.Options' `optParameters`) of the server's
-per-user caps and host totals, each with its parser; `twistd jobworker
+per-user caps (running jobs, followers, output, retention of ended jobs)
+and host totals, each with its parser; `twistd jobworker
 --help` shows them from here. `cgroup_limits` turns them into the limits
 of the users' cgroups and of their parent, the host's figures where a
 total is not given (90 % of its memory, half of pid_max, all CPUs), and
@@ -17,12 +18,22 @@ from typing import Any
 
 from twisted.python import usage
 
+from jobworker.defaults import RETAIN, RETAIN_JOBS
 from jobworker.job.admission import MAX_JOBS_PER_OWNER
 from jobworker.job.storage import MIN_FREE_DISK, USER_OUTPUT_QUOTA
 from jobworker.model import Limits
-from jobworker.units import InvalidSize, format_size, parse_size
+from jobworker.units import (
+    InvalidDuration,
+    InvalidSize,
+    format_duration,
+    format_size,
+    parse_duration,
+    parse_size,
+)
 
 _UNLIMITED = ("unlimited", "none")
+# What keeps ended jobs for ever (no age cap, no count cap).
+_FOREVER = ("forever", *_UNLIMITED)
 # The share of the host's memory all jobs together may use by default.
 TOTAL_MEMORY_SHARE = 0.9
 # The fields the users' cgroups and their parent limit (IO is per job).
@@ -54,9 +65,13 @@ def _option(
     return [name, None, default, help, coerce]
 
 
-def _or_unlimited(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+def _or_unlimited(
+    parse: Callable[[str], Any], words: tuple[str, ...] = _UNLIMITED
+) -> Callable[[str], Any]:
+    """`parse`, or None (no cap) for one of `words`."""
+
     def parse_limit(text: str) -> Any:
-        if text.strip().lower() in _UNLIMITED:
+        if text.strip().lower() in words:
             return None
         return parse(text)
 
@@ -82,6 +97,26 @@ def _bytes(text: str) -> int:
         return parse_size(text)
     except InvalidSize as error:
         raise usage.UsageError(str(error)) from None
+
+
+class _Duration(float):
+    """A duration default that the help shows as one (7d, not 604800.0)."""
+
+    def __str__(self) -> str:
+        return format_duration(self)
+
+
+def _age(text: str) -> float:
+    try:
+        seconds = 0.0 if text.strip() == "0" else parse_duration(text)
+    except InvalidDuration as error:
+        raise usage.UsageError(str(error)) from None
+    if seconds < 1:
+        raise usage.UsageError(
+            f"{text!r} is below 1s: a job would be gone before its owner could"
+            " read how it ended ('forever' keeps jobs)"
+        )
+    return seconds
 
 
 def _cpus(text: str) -> float:
@@ -124,6 +159,20 @@ PARAMETERS: list[list[Any]] = [
         "Free space the state directory's disk keeps: below it Start is"
         " refused and running jobs' output is truncated.",
         _bytes,
+    ),
+    _option(
+        "retain",
+        _Duration(RETAIN),
+        "How long an ended job and its output are kept after it ended, e.g."
+        " 12h, 7d; 'forever': no age limit.",
+        _or_unlimited(_age, _FOREVER),
+    ),
+    _option(
+        "retain-jobs",
+        RETAIN_JOBS,
+        "Ended jobs kept per user, the newest; older ones are removed"
+        " ('forever': no count limit).",
+        _or_unlimited(_count(1, 100_000_000), _FOREVER),
     ),
     _option(
         "user-memory",

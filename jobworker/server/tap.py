@@ -40,6 +40,7 @@ from jobworker.isolation.uids import DEFAULT_RANGE as DEFAULT_UID_RANGE
 from jobworker.isolation.uids import parse_range
 from jobworker.job.events import JobEventsFanOut, LoggingJobEvents
 from jobworker.job.manager import JobManager
+from jobworker.job.retention import Reaper, Retention
 from jobworker.job.storage import StorageGuard
 from jobworker.limits import LIMITS, Limit, LimitPolicy, limits_for_log
 from jobworker.model import Limits
@@ -359,6 +360,11 @@ def build_service(
     os.makedirs(state_dir, mode=0o711, exist_ok=True)
     lock = StateDirLock(state_dir)  # before stale clean-up: it kills jobs
     metrics = ServerMetrics()
+    # Before the manager: it hears of the jobs the manager restores.
+    reaper = Reaper(
+        Retention(config["retain"], config["retain-jobs"]),
+        reactor=IReactorTime(reactor),
+    )
     try:
         manager = JobManager(
             state_dir,
@@ -367,7 +373,9 @@ def build_service(
             job_user=config["job-user"],
             stop_grace=config["stop-grace"],
             output_cap=config["output-cap"],
-            events=JobEventsFanOut(LoggingJobEvents(), MetricsJobEvents(metrics)),
+            events=JobEventsFanOut(
+                LoggingJobEvents(), MetricsJobEvents(metrics), reaper
+            ),
             max_jobs_per_owner=config["max-jobs-per-user"],
             storage=StorageGuard(
                 state_dir, config["user-output-quota"], config["min-free-disk"]
@@ -377,8 +385,10 @@ def build_service(
     except BaseException:
         lock.release()
         raise
+    reaper.attach(manager.remove)
     top = top_class()
     lock.setServiceParent(top)  # type: ignore[no-untyped-call]
+    reaper.setServiceParent(top)  # type: ignore[no-untyped-call]
     server = JobWorkerServer(
         manager,
         listen=config["listen"],

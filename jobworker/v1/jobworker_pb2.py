@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cjobworker/v1/jobworker.proto\x12\x0cjobworker.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc0\x01\n\x06Limits\x12\x10\n\x03\x63pu\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x0cmemory_bytes\x18\x02 \x01(\x04H\x01\x88\x01\x01\x12\x18\n\x0bio_read_bps\x18\x03 \x01(\x04H\x02\x88\x01\x01\x12\x19\n\x0cio_write_bps\x18\x04 \x01(\x04H\x03\x88\x01\x01\x12\x11\n\x04pids\x18\x05 \x01(\x04H\x04\x88\x01\x01\x42\x06\n\x04_cpuB\x0f\n\r_memory_bytesB\x0e\n\x0c_io_read_bpsB\x0f\n\r_io_write_bpsB\x07\n\x05_pids\"\x12\n\x10GetLimitsRequest\"\x8b\x01\n\x11GetLimitsResponse\x12&\n\x08\x64\x65\x66\x61ults\x18\x01 \x01(\x0b\x32\x14.jobworker.v1.Limits\x12&\n\x08maximums\x18\x02 \x01(\x0b\x32\x14.jobworker.v1.Limits\x12&\n\x08minimums\x18\x03 \x01(\x0b\x32\x14.jobworker.v1.Limits\"\xdc\x01\n\x0cStartRequest\x12\x0f\n\x07\x63ommand\x18\x01 \x03(\x0c\x12$\n\x06limits\x18\x02 \x01(\x0b\x32\x14.jobworker.v1.Limits\x12\x14\n\x0c\x63ommand_text\x18\x03 \x03(\t\x12\x30\n\x03\x65nv\x18\x04 \x03(\x0b\x32#.jobworker.v1.StartRequest.EnvEntry\x12\r\n\x05stdin\x18\x05 \x01(\x08\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"5\n\rStartResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.jobworker.v1.JobStatus\"K\n\x0bStopRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x1a\n\rgrace_seconds\x18\x02 \x01(\x01H\x00\x88\x01\x01\x42\x10\n\x0e_grace_seconds\"4\n\x0cStopResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.jobworker.v1.JobStatus\"\x1f\n\rStatusRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"6\n\x0eStatusResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.jobworker.v1.JobStatus\"\x1d\n\x0bWaitRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"4\n\x0cWaitResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.jobworker.v1.JobStatus\"k\n\x0bListRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12&\n\x06states\x18\x03 \x03(\x0e\x32\x16.jobworker.v1.JobState\x12\r\n\x05owner\x18\x04 \x01(\t\"N\n\x0cListResponse\x12%\n\x04jobs\x18\x01 \x03(\x0b\x32\x17.jobworker.v1.JobStatus\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xbf\x03\n\tJobStatus\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x03 \x03(\x0c\x12%\n\x05state\x18\x04 \x01(\x0e\x32\x16.jobworker.v1.JobState\x12\x16\n\texit_code\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x06signal\x18\x06 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\noom_killed\x18\x07 \x01(\x08\x12\x16\n\x0estop_requested\x18\x08 \x01(\x08\x12.\n\nstarted_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x06limits\x18\x0b \x01(\x0b\x32\x14.jobworker.v1.Limits\x12\x14\n\x0coutput_bytes\x18\x0c \x01(\x04\x12\x18\n\x10output_truncated\x18\r \x01(\x08\x12%\n\x05usage\x18\x0e \x01(\x0b\x32\x16.jobworker.v1.JobUsage\x12\x12\n\nrequest_id\x18\x0f \x01(\tB\x0c\n\n_exit_codeB\t\n\x07_signal\"\xee\x01\n\x08JobUsage\x12\x18\n\x0b\x63pu_seconds\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x1e\n\x11memory_peak_bytes\x18\x02 \x01(\x04H\x01\x88\x01\x01\x12\x1a\n\rio_read_bytes\x18\x03 \x01(\x04H\x02\x88\x01\x01\x12\x1b\n\x0eio_write_bytes\x18\x04 \x01(\x04H\x03\x88\x01\x01\x12\x16\n\tpids_peak\x18\x05 \x01(\x04H\x04\x88\x01\x01\x42\x0e\n\x0c_cpu_secondsB\x14\n\x12_memory_peak_bytesB\x10\n\x0e_io_read_bytesB\x11\n\x0f_io_write_bytesB\x0c\n\n_pids_peak\"\xaf\x01\n\x13StreamOutputRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x17\n\ntail_lines\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12)\n\x05since\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ntimestamps\x18\x05 \x01(\x08\x12\x11\n\tno_follow\x18\x06 \x01(\x08\x42\r\n\x0b_tail_lines\"\x90\x01\n\x0bOutputChunk\x12$\n\x06stream\x18\x01 \x01(\x0e\x32\x14.jobworker.v1.Stream\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x13\n\x0bnext_offset\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"*\n\nInputChunk\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"B\n\x12WriteInputResponse\x12\x15\n\rbytes_written\x18\x01 \x01(\x04\x12\x15\n\rclosed_by_job\x18\x02 \x01(\x08*\x94\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_RUNNING\x10\x01\x12\x16\n\x12JOB_STATE_STOPPING\x10\x02\x12\x14\n\x10JOB_STATE_EXITED\x10\x03\x12\x14\n\x10JOB_STATE_KILLED\x10\x04\x12\x12\n\x0eJOB_STATE_LOST\x10\x05*F\n\x06Stream\x12\x16\n\x12STREAM_UNSPECIFIED\x10\x00\x12\x11\n\rSTREAM_STDOUT\x10\x01\x12\x11\n\rSTREAM_STDERR\x10\x02\x32\xb9\x04\n\tJobWorker\x12@\n\x05Start\x12\x1a.jobworker.v1.StartRequest\x1a\x1b.jobworker.v1.StartResponse\x12=\n\x04Stop\x12\x19.jobworker.v1.StopRequest\x1a\x1a.jobworker.v1.StopResponse\x12\x43\n\x06Status\x12\x1b.jobworker.v1.StatusRequest\x1a\x1c.jobworker.v1.StatusResponse\x12=\n\x04Wait\x12\x19.jobworker.v1.WaitRequest\x1a\x1a.jobworker.v1.WaitResponse\x12=\n\x04List\x12\x19.jobworker.v1.ListRequest\x1a\x1a.jobworker.v1.ListResponse\x12L\n\tGetLimits\x12\x1e.jobworker.v1.GetLimitsRequest\x1a\x1f.jobworker.v1.GetLimitsResponse\x12N\n\x0cStreamOutput\x12!.jobworker.v1.StreamOutputRequest\x1a\x19.jobworker.v1.OutputChunk0\x01\x12J\n\nWriteInput\x12\x18.jobworker.v1.InputChunk\x1a .jobworker.v1.WriteInputResponse(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cjobworker/v1/jobworker.proto\x12\x0cjobworker.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc0\x01\n\x06Limits\x12\x10\n\x03\x63pu\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x0cmemory_bytes\x18\x02 \x01(\x04H\x01\x88\x01\x01\x12\x18\n\x0bio_read_bps\x18\x03 \x01(\x04H\x02\x88\x01\x01\x12\x19\n\x0cio_write_bps\x18\x04 \x01(\x04H\x03\x88\x01\x01\x12\x11\n\x04pids\x18\x05 \x01(\x04H\x04\x88\x01\x01\x42\x06\n\x04_cpuB\x0f\n\r_memory_bytesB\x0e\n\x0c_io_read_bpsB\x0f\n\r_io_write_bpsB\x07\n\x05_pids\"\x12\n\x10GetLimitsRequest\"\x8b\x01\n\x11GetLimitsResponse\x12&\n\x08\x64\x65\x66\x61ults\x18\x01 \x01(\x0b\x32\x14.jobworker.v1.Limits\x12&\n\x08maximums\x18\x02 \x01(\x0b\x32\x14.jobworker.v1.Limits\x12&\n\x08minimums\x18\x03 \x01(\x0b\x32\x14.jobworker.v1.Limits\"\xdc\x01\n\x0cStartRequest\x12\x0f\n\x07\x63ommand\x18\x01 \x03(\x0c\x12$\n\x06limits\x18\x02 \x01(\x0b\x32\x14.jobworker.v1.Limits\x12\x14\n\x0c\x63ommand_text\x18\x03 \x03(\t\x12\x30\n\x03\x65nv\x18\x04 \x03(\x0b\x32#.jobworker.v1.StartRequest.EnvEntry\x12\r\n\x05stdin\x18\x05 \x01(\x08\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"5\n\rStartResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.jobworker.v1.JobStatus\"K\n\x0bStopRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x1a\n\rgrace_seconds\x18\x02 \x01(\x01H\x00\x88\x01\x01\x42\x10\n\x0e_grace_seconds\"4\n\x0cStopResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.jobworker.v1.JobStatus\"\x1f\n\rStatusRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"6\n\x0eStatusResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.jobworker.v1.JobStatus\"\x1f\n\rRemoveRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"6\n\x0eRemoveResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.jobworker.v1.JobStatus\"\x1d\n\x0bWaitRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"4\n\x0cWaitResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x17.jobworker.v1.JobStatus\"k\n\x0bListRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12&\n\x06states\x18\x03 \x03(\x0e\x32\x16.jobworker.v1.JobState\x12\r\n\x05owner\x18\x04 \x01(\t\"N\n\x0cListResponse\x12%\n\x04jobs\x18\x01 \x03(\x0b\x32\x17.jobworker.v1.JobStatus\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xdc\x03\n\tJobStatus\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x03 \x03(\x0c\x12%\n\x05state\x18\x04 \x01(\x0e\x32\x16.jobworker.v1.JobState\x12\x16\n\texit_code\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x06signal\x18\x06 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\noom_killed\x18\x07 \x01(\x08\x12\x16\n\x0estop_requested\x18\x08 \x01(\x08\x12.\n\nstarted_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x06limits\x18\x0b \x01(\x0b\x32\x14.jobworker.v1.Limits\x12\x14\n\x0coutput_bytes\x18\x0c \x01(\x04\x12\x18\n\x10output_truncated\x18\r \x01(\x08\x12%\n\x05usage\x18\x0e \x01(\x0b\x32\x16.jobworker.v1.JobUsage\x12\x12\n\nrequest_id\x18\x0f \x01(\t\x12\x1b\n\x13output_truncated_by\x18\x10 \x01(\tB\x0c\n\n_exit_codeB\t\n\x07_signal\"\xee\x01\n\x08JobUsage\x12\x18\n\x0b\x63pu_seconds\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x1e\n\x11memory_peak_bytes\x18\x02 \x01(\x04H\x01\x88\x01\x01\x12\x1a\n\rio_read_bytes\x18\x03 \x01(\x04H\x02\x88\x01\x01\x12\x1b\n\x0eio_write_bytes\x18\x04 \x01(\x04H\x03\x88\x01\x01\x12\x16\n\tpids_peak\x18\x05 \x01(\x04H\x04\x88\x01\x01\x42\x0e\n\x0c_cpu_secondsB\x14\n\x12_memory_peak_bytesB\x10\n\x0e_io_read_bytesB\x11\n\x0f_io_write_bytesB\x0c\n\n_pids_peak\"\xaf\x01\n\x13StreamOutputRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x17\n\ntail_lines\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12)\n\x05since\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ntimestamps\x18\x05 \x01(\x08\x12\x11\n\tno_follow\x18\x06 \x01(\x08\x42\r\n\x0b_tail_lines\"\x90\x01\n\x0bOutputChunk\x12$\n\x06stream\x18\x01 \x01(\x0e\x32\x14.jobworker.v1.Stream\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x13\n\x0bnext_offset\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"*\n\nInputChunk\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"B\n\x12WriteInputResponse\x12\x15\n\rbytes_written\x18\x01 \x01(\x04\x12\x15\n\rclosed_by_job\x18\x02 \x01(\x08*\x94\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_RUNNING\x10\x01\x12\x16\n\x12JOB_STATE_STOPPING\x10\x02\x12\x14\n\x10JOB_STATE_EXITED\x10\x03\x12\x14\n\x10JOB_STATE_KILLED\x10\x04\x12\x12\n\x0eJOB_STATE_LOST\x10\x05*F\n\x06Stream\x12\x16\n\x12STREAM_UNSPECIFIED\x10\x00\x12\x11\n\rSTREAM_STDOUT\x10\x01\x12\x11\n\rSTREAM_STDERR\x10\x02\x32\xfe\x04\n\tJobWorker\x12@\n\x05Start\x12\x1a.jobworker.v1.StartRequest\x1a\x1b.jobworker.v1.StartResponse\x12=\n\x04Stop\x12\x19.jobworker.v1.StopRequest\x1a\x1a.jobworker.v1.StopResponse\x12\x43\n\x06Status\x12\x1b.jobworker.v1.StatusRequest\x1a\x1c.jobworker.v1.StatusResponse\x12=\n\x04Wait\x12\x19.jobworker.v1.WaitRequest\x1a\x1a.jobworker.v1.WaitResponse\x12=\n\x04List\x12\x19.jobworker.v1.ListRequest\x1a\x1a.jobworker.v1.ListResponse\x12L\n\tGetLimits\x12\x1e.jobworker.v1.GetLimitsRequest\x1a\x1f.jobworker.v1.GetLimitsResponse\x12N\n\x0cStreamOutput\x12!.jobworker.v1.StreamOutputRequest\x1a\x19.jobworker.v1.OutputChunk0\x01\x12J\n\nWriteInput\x12\x18.jobworker.v1.InputChunk\x1a .jobworker.v1.WriteInputResponse(\x01\x12\x43\n\x06Remove\x12\x1b.jobworker.v1.RemoveRequest\x1a\x1c.jobworker.v1.RemoveResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,10 +34,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_STARTREQUEST_ENVENTRY']._loaded_options = None
   _globals['_STARTREQUEST_ENVENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATE']._serialized_start=2337
-  _globals['_JOBSTATE']._serialized_end=2485
-  _globals['_STREAM']._serialized_start=2487
-  _globals['_STREAM']._serialized_end=2557
+  _globals['_JOBSTATE']._serialized_start=2455
+  _globals['_JOBSTATE']._serialized_end=2603
+  _globals['_STREAM']._serialized_start=2605
+  _globals['_STREAM']._serialized_end=2675
   _globals['_LIMITS']._serialized_start=80
   _globals['_LIMITS']._serialized_end=272
   _globals['_GETLIMITSREQUEST']._serialized_start=274
@@ -58,26 +58,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATUSREQUEST']._serialized_end=876
   _globals['_STATUSRESPONSE']._serialized_start=878
   _globals['_STATUSRESPONSE']._serialized_end=932
-  _globals['_WAITREQUEST']._serialized_start=934
-  _globals['_WAITREQUEST']._serialized_end=963
-  _globals['_WAITRESPONSE']._serialized_start=965
-  _globals['_WAITRESPONSE']._serialized_end=1017
-  _globals['_LISTREQUEST']._serialized_start=1019
-  _globals['_LISTREQUEST']._serialized_end=1126
-  _globals['_LISTRESPONSE']._serialized_start=1128
-  _globals['_LISTRESPONSE']._serialized_end=1206
-  _globals['_JOBSTATUS']._serialized_start=1209
-  _globals['_JOBSTATUS']._serialized_end=1656
-  _globals['_JOBUSAGE']._serialized_start=1659
-  _globals['_JOBUSAGE']._serialized_end=1897
-  _globals['_STREAMOUTPUTREQUEST']._serialized_start=1900
-  _globals['_STREAMOUTPUTREQUEST']._serialized_end=2075
-  _globals['_OUTPUTCHUNK']._serialized_start=2078
-  _globals['_OUTPUTCHUNK']._serialized_end=2222
-  _globals['_INPUTCHUNK']._serialized_start=2224
-  _globals['_INPUTCHUNK']._serialized_end=2266
-  _globals['_WRITEINPUTRESPONSE']._serialized_start=2268
-  _globals['_WRITEINPUTRESPONSE']._serialized_end=2334
-  _globals['_JOBWORKER']._serialized_start=2560
-  _globals['_JOBWORKER']._serialized_end=3129
+  _globals['_REMOVEREQUEST']._serialized_start=934
+  _globals['_REMOVEREQUEST']._serialized_end=965
+  _globals['_REMOVERESPONSE']._serialized_start=967
+  _globals['_REMOVERESPONSE']._serialized_end=1021
+  _globals['_WAITREQUEST']._serialized_start=1023
+  _globals['_WAITREQUEST']._serialized_end=1052
+  _globals['_WAITRESPONSE']._serialized_start=1054
+  _globals['_WAITRESPONSE']._serialized_end=1106
+  _globals['_LISTREQUEST']._serialized_start=1108
+  _globals['_LISTREQUEST']._serialized_end=1215
+  _globals['_LISTRESPONSE']._serialized_start=1217
+  _globals['_LISTRESPONSE']._serialized_end=1295
+  _globals['_JOBSTATUS']._serialized_start=1298
+  _globals['_JOBSTATUS']._serialized_end=1774
+  _globals['_JOBUSAGE']._serialized_start=1777
+  _globals['_JOBUSAGE']._serialized_end=2015
+  _globals['_STREAMOUTPUTREQUEST']._serialized_start=2018
+  _globals['_STREAMOUTPUTREQUEST']._serialized_end=2193
+  _globals['_OUTPUTCHUNK']._serialized_start=2196
+  _globals['_OUTPUTCHUNK']._serialized_end=2340
+  _globals['_INPUTCHUNK']._serialized_start=2342
+  _globals['_INPUTCHUNK']._serialized_end=2384
+  _globals['_WRITEINPUTRESPONSE']._serialized_start=2386
+  _globals['_WRITEINPUTRESPONSE']._serialized_end=2452
+  _globals['_JOBWORKER']._serialized_start=2678
+  _globals['_JOBWORKER']._serialized_end=3316
 # @@protoc_insertion_point(module_scope)

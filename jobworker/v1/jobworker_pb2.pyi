@@ -374,6 +374,45 @@ class StatusResponse(_message.Message):
 Global___StatusResponse: _TypeAlias = StatusResponse  # noqa: Y015
 
 @_typing.final
+class RemoveRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveRequest: _TypeAlias = RemoveRequest  # noqa: Y015
+
+@_typing.final
+class RemoveResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def job(self) -> Global___JobStatus: ...
+    def __init__(
+        self,
+        *,
+        job: Global___JobStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveResponse: _TypeAlias = RemoveResponse  # noqa: Y015
+
+@_typing.final
 class WaitRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -500,6 +539,7 @@ class JobStatus(_message.Message):
     OUTPUT_TRUNCATED_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    OUTPUT_TRUNCATED_BY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     owner: _builtins.str
     """The identity (client certificate CN) that started the job."""
@@ -511,10 +551,17 @@ class JobStatus(_message.Message):
     oom_killed: _builtins.bool
     stop_requested: _builtins.bool
     output_bytes: _builtins.int
-    """Output bytes kept, and whether output past the server's cap was dropped."""
+    """Output bytes kept, and whether output past a cap was dropped."""
     output_truncated: _builtins.bool
     request_id: _builtins.str
     """The `request_id` of the Start that made the job (empty: none)."""
+    output_truncated_by: _builtins.str
+    """When `output_truncated`, what cut the output: the server option of the
+    cap reached ("output-cap": the job's own, "user-output-quota": its
+    owner's, "min-free-disk": the disk guard), or the error the log's
+    filesystem gave ("No space left on device"). Empty when not truncated,
+    or not known (a job ended under a server that did not record it).
+    """
     @_builtins.property
     def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
     @_builtins.property
@@ -549,10 +596,11 @@ class JobStatus(_message.Message):
         output_truncated: _builtins.bool = ...,
         usage: Global___JobUsage | None = ...,
         request_id: _builtins.str = ...,
+        output_truncated_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_signal", b"_signal", "ended_at", b"ended_at", "exit_code", b"exit_code", "limits", b"limits", "signal", b"signal", "started_at", b"started_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_signal", b"_signal", "command", b"command", "ended_at", b"ended_at", "exit_code", b"exit_code", "id", b"id", "limits", b"limits", "oom_killed", b"oom_killed", "output_bytes", b"output_bytes", "output_truncated", b"output_truncated", "owner", b"owner", "request_id", b"request_id", "signal", b"signal", "started_at", b"started_at", "state", b"state", "stop_requested", b"stop_requested", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_signal", b"_signal", "command", b"command", "ended_at", b"ended_at", "exit_code", b"exit_code", "id", b"id", "limits", b"limits", "oom_killed", b"oom_killed", "output_bytes", b"output_bytes", "output_truncated", b"output_truncated", "output_truncated_by", b"output_truncated_by", "owner", b"owner", "request_id", b"request_id", "signal", b"signal", "started_at", b"started_at", "state", b"state", "stop_requested", b"stop_requested", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015

@@ -74,6 +74,11 @@ class JobWorkerStub:
                 request_serializer=jobworker_dot_v1_dot_jobworker__pb2.InputChunk.SerializeToString,
                 response_deserializer=jobworker_dot_v1_dot_jobworker__pb2.WriteInputResponse.FromString,
                 _registered_method=True)
+        self.Remove = channel.unary_unary(
+                '/jobworker.v1.JobWorker/Remove',
+                request_serializer=jobworker_dot_v1_dot_jobworker__pb2.RemoveRequest.SerializeToString,
+                response_deserializer=jobworker_dot_v1_dot_jobworker__pb2.RemoveResponse.FromString,
+                _registered_method=True)
 
 
 class JobWorkerServicer:
@@ -147,6 +152,19 @@ class JobWorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Remove(self, request, context):
+        """Remove an ended job now: its status, its output and its record; by its
+        owner or an admin. A job still running or stopping is
+        FAILED_PRECONDITION. Returns the job's last status once its output is
+        deleted. Afterwards the job is NOT_FOUND, and its `request_id` free. A
+        StreamOutput that had opened the job's output before reads it to its
+        end; one that had not is NOT_FOUND. The server also removes ended jobs
+        by itself (its `--retain` and `--retain-jobs`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobWorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -189,6 +207,11 @@ def add_JobWorkerServicer_to_server(servicer, server):
                     servicer.WriteInput,
                     request_deserializer=jobworker_dot_v1_dot_jobworker__pb2.InputChunk.FromString,
                     response_serializer=jobworker_dot_v1_dot_jobworker__pb2.WriteInputResponse.SerializeToString,
+            ),
+            'Remove': grpc.unary_unary_rpc_method_handler(
+                    servicer.Remove,
+                    request_deserializer=jobworker_dot_v1_dot_jobworker__pb2.RemoveRequest.FromString,
+                    response_serializer=jobworker_dot_v1_dot_jobworker__pb2.RemoveResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -407,6 +430,33 @@ class JobWorker:
             '/jobworker.v1.JobWorker/WriteInput',
             jobworker_dot_v1_dot_jobworker__pb2.InputChunk.SerializeToString,
             jobworker_dot_v1_dot_jobworker__pb2.WriteInputResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Remove(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobworker.v1.JobWorker/Remove',
+            jobworker_dot_v1_dot_jobworker__pb2.RemoveRequest.SerializeToString,
+            jobworker_dot_v1_dot_jobworker__pb2.RemoveResponse.FromString,
             options,
             channel_credentials,
             insecure,

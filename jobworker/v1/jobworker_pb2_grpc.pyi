@@ -73,6 +73,15 @@ class JobWorkerStub:
     holds the call back (flow control), never the server's memory. Held
     open like an output stream, and counted as one.
     """
+    Remove: _grpc.UnaryUnaryMultiCallable[_jobworker_pb2.RemoveRequest, _jobworker_pb2.RemoveResponse]
+    """Remove an ended job now: its status, its output and its record; by its
+    owner or an admin. A job still running or stopping is
+    FAILED_PRECONDITION. Returns the job's last status once its output is
+    deleted. Afterwards the job is NOT_FOUND, and its `request_id` free. A
+    StreamOutput that had opened the job's output before reads it to its
+    end; one that had not is NOT_FOUND. The server also removes ended jobs
+    by itself (its `--retain` and `--retain-jobs`).
+    """
 
 @_typing.type_check_only
 class JobWorkerAsyncStub(JobWorkerStub):
@@ -110,6 +119,15 @@ class JobWorkerAsyncStub(JobWorkerStub):
     job's owner (an admin gets PERMISSION_DENIED). A job that does not read
     holds the call back (flow control), never the server's memory. Held
     open like an output stream, and counted as one.
+    """
+    Remove: _aio.UnaryUnaryMultiCallable[_jobworker_pb2.RemoveRequest, _jobworker_pb2.RemoveResponse]  # type: ignore[assignment]
+    """Remove an ended job now: its status, its output and its record; by its
+    owner or an admin. A job still running or stopping is
+    FAILED_PRECONDITION. Returns the job's last status once its output is
+    deleted. Afterwards the job is NOT_FOUND, and its `request_id` free. A
+    StreamOutput that had opened the job's output before reads it to its
+    end; one that had not is NOT_FOUND. The server also removes ended jobs
+    by itself (its `--retain` and `--retain-jobs`).
     """
 
 class JobWorkerServicer(metaclass=_abc_1.ABCMeta):
@@ -193,6 +211,21 @@ class JobWorkerServicer(metaclass=_abc_1.ABCMeta):
         job's owner (an admin gets PERMISSION_DENIED). A job that does not read
         holds the call back (flow control), never the server's memory. Held
         open like an output stream, and counted as one.
+        """
+
+    @_abc_1.abstractmethod
+    def Remove(
+        self,
+        request: _jobworker_pb2.RemoveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobworker_pb2.RemoveResponse, _abc.Awaitable[_jobworker_pb2.RemoveResponse]]:
+        """Remove an ended job now: its status, its output and its record; by its
+        owner or an admin. A job still running or stopping is
+        FAILED_PRECONDITION. Returns the job's last status once its output is
+        deleted. Afterwards the job is NOT_FOUND, and its `request_id` free. A
+        StreamOutput that had opened the job's output before reads it to its
+        end; one that had not is NOT_FOUND. The server also removes ended jobs
+        by itself (its `--retain` and `--retain-jobs`).
         """
 
 def add_JobWorkerServicer_to_server(servicer: JobWorkerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -72,6 +72,7 @@ def status_to_pb(status: JobStatus) -> pb.JobStatus:
         limits=limits_to_pb(status.limits),
         output_bytes=status.output_bytes,
         output_truncated=status.output_truncated,
+        output_truncated_by=status.output_truncated_by,
         request_id=status.request_id or "",
     )
     message.started_at.FromNanoseconds(round(status.started_at * 1e9))

@@ -36,6 +36,7 @@ _CODES: tuple[tuple[type[errors.JobWorkerError], grpc.StatusCode], ...] = (
     (errors.InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.JobNotFound, grpc.StatusCode.NOT_FOUND),
     (errors.StartFailed, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.JobNotEnded, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.TooManyJobs, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.InputClosed, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.InputTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),

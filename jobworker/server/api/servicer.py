@@ -3,12 +3,14 @@
 Requests arrive as raw bytes and are decoded here, so a malformed request is
 INVALID_ARGUMENT rather than grpc's own INTERNAL. Each RPC is one flat
 method inside `answering` (the caller in, the call's status out), with one
-helper per kind of call: Start and Stop wait on the reactor, within the
-Start/Stop budget, through a `CallWaiter` (bounded or cancellable waits):
-`on_reactor`; Status and List read the statuses the jobs publish on the
-grpc thread: `on_board`; `StreamOutput` holds a follower slot and waits on
-the reactor only for "there is more" (`wait_output`), reading the log file
-itself, in its own thread, with a `LogReader`; `WriteInput` holds one too,
+helper per kind of call: Start, Stop and Remove wait on the reactor,
+within the Start/Stop budget, through a `CallWaiter` (bounded or
+cancellable waits): `on_reactor`; Status and List read the statuses the
+jobs publish on the grpc thread: `on_board`; `StreamOutput` holds a
+follower slot and waits on the reactor only for "there is more"
+(`wait_output`, and not once the output is complete), reading the log file
+itself, in its own thread, with a `LogReader` opened on the reactor
+(`openlog`); `WriteInput` holds one too,
 reads the client's messages in its thread and waits on the reactor only
 while the job's stdin pipe is full. Whether the caller may see a
 job is read from the board (`Caller.may_see` on the published status).
@@ -29,6 +31,7 @@ import grpc
 from jobworker.defaults import (
     MAX_GRACE,
     QUERY_TIMEOUT,
+    REMOVE_CALL_TIMEOUT,
     START_CALL_TIMEOUT,
     STOP_DEFAULT_BOUND,
     STOP_MARGIN,
@@ -36,7 +39,7 @@ from jobworker.defaults import (
 from jobworker.errors import InvalidRequest, JobWorkerError, ServerBusy, TooManyJobs
 from jobworker.job.board import StatusBoard
 from jobworker.job.manager import JobManager
-from jobworker.job.outputlog import LogReader
+from jobworker.job.outputlog import LogReader, OutputSource
 from jobworker.job.outputseek import since_start, tail_start
 from jobworker.limits import MINIMUMS, limits_from_pb, limits_to_pb
 from jobworker.logbursts import Bursts
@@ -62,6 +65,7 @@ from jobworker.server.api.errors import (
     status_for,
 )
 from jobworker.server.api.ids import resolve
+from jobworker.server.api.openlog import OpenLog
 from jobworker.server.api.paging import PageRequest, list_filter
 from jobworker.server.api.quota import WaitingCalls
 from jobworker.server.metrics import ServerMetrics
@@ -175,6 +179,7 @@ class JobWorkerService:
                 "StreamOutput": grpc.unary_stream_rpc_method_handler(
                     self.stream_output
                 ),
+                "Remove": unary(self.remove, pb.RemoveResponse),
                 "WriteInput": grpc.stream_unary_rpc_method_handler(
                     self.write_input,
                     response_serializer=pb.WriteInputResponse.SerializeToString,
@@ -259,6 +264,19 @@ class JobWorkerService:
                 cancel_on_end=False,
             )
             return pb.StopResponse(job=status_to_pb(status))
+
+    def remove(self, data: bytes, context: grpc.ServicerContext) -> pb.RemoveResponse:
+        with self.on_reactor("Remove", context) as (caller, waiter):
+            request = parse(pb.RemoveRequest, data)
+            job_id = self._visible(caller, request.job_id).id
+            status = waiter.wait(
+                self._manager.remove,
+                job_id,
+                f"by {caller.identity}",
+                timeout=REMOVE_CALL_TIMEOUT,
+                cancel_on_end=False,
+            )
+            return pb.RemoveResponse(job=status_to_pb(status))
 
     def status(self, data: bytes, context: grpc.ServicerContext) -> pb.StatusResponse:
         with self.on_board("Status", context) as (caller, board):
@@ -396,34 +414,55 @@ class JobWorkerService:
         self, caller: Caller, request: pb.StreamOutputRequest, waiter: CallWaiter
     ) -> Iterator[bytes]:
         job_id = self._visible(caller, request.job_id).id
-        source = waiter.wait(self._manager.output_source, job_id, timeout=QUERY_TIMEOUT)
-        with LogReader(source.path, source.index) as log:
-            offset, skip = start_of(log, request, source.state.size)
-            stop = source.state.size if request.no_follow else None
-            while stop is None or offset < stop:
+        opened = OpenLog(self._manager, job_id)
+        try:
+            source = waiter.wait(opened.open, timeout=QUERY_TIMEOUT)
+            yield from self._serve(job_id, opened.reader, source, request, waiter)
+        finally:
+            opened.close()
+
+    def _serve(
+        self,
+        job_id: str,
+        log: LogReader,
+        source: OutputSource,
+        request: pb.StreamOutputRequest,
+        waiter: CallWaiter,
+    ) -> Iterator[bytes]:
+        """The job's output from `log`; the reactor asked only while it grows.
+
+        Once the output is known complete, the rest is read from the open
+        log without asking again: a removal of the ended job cannot cut the
+        stream short (doc/api.md, "Remove").
+        """
+        offset, skip = start_of(log, request, source.state.size)
+        stop = source.state.size if request.no_follow else None
+        state = source.state
+        while stop is None or offset < stop:
+            if not state.complete:
                 state = waiter.wait(self._manager.wait_output, job_id, offset)
-                if offset >= state.size:
-                    return
-                end = state.size if stop is None else min(state.size, stop)
-                began, chunk_bytes = offset, self.chunk_bytes()
-                # Send everything the reactor said is there before asking
-                # again: one round trip per batch, not per message.
-                while offset < end:
-                    self._bridge.check_open()
-                    runs = log.read_runs(
-                        offset, end, chunk_bytes, by_time=request.timestamps, skip=skip
+            if offset >= state.size:
+                return
+            end = state.size if stop is None else min(state.size, stop)
+            began, chunk_bytes = offset, self.chunk_bytes()
+            # Send everything the reactor said is there before asking
+            # again: one round trip per batch, not per message.
+            while offset < end:
+                self._bridge.check_open()
+                runs = log.read_runs(
+                    offset, end, chunk_bytes, by_time=request.timestamps, skip=skip
+                )
+                skip = 0
+                for run in runs:
+                    yield encode_chunk(run)
+                    self.metrics.streamed_bytes.inc(
+                        sum(len(piece) for piece in run.pieces)
                     )
-                    skip = 0
-                    for run in runs:
-                        yield encode_chunk(run)
-                        self.metrics.streamed_bytes.inc(
-                            sum(len(piece) for piece in run.pieces)
-                        )
-                    offset = runs[-1].next_offset
-                if not state.complete and state.size - began < chunk_bytes:
-                    # Caught up with a fast writer: let output gather for a
-                    # moment so the next message is large, not one pipe read.
-                    time.sleep(COALESCE_PAUSE)
+                offset = runs[-1].next_offset
+            if not state.complete and state.size - began < chunk_bytes:
+                # Caught up with a fast writer: let output gather for a
+                # moment so the next message is large, not one pipe read.
+                time.sleep(COALESCE_PAUSE)
 
 
 def start_of(
