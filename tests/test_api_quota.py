@@ -74,7 +74,7 @@ class WaitingCallsTests(unittest.TestCase):
             calls._enter("bob")
             error = self.assertRaises(ServerBusy, calls._enter, "bob")
             self.assertIn(
-                "server busy: bob has 1 Start/Stop calls in progress", str(error)
+                "server busy: bob has 1 Start/Stop/Remove calls in progress", str(error)
             )
             self.assertIn("1 waiting", str(error))
 
@@ -83,7 +83,7 @@ class WaitingCallsTests(unittest.TestCase):
         with calls.hold("bob"):
             calls._enter("carol")
             error = self.assertRaises(ServerBusy, calls._enter, "alice")
-            self.assertIn("1 Start/Stop calls are waiting their turn", str(error))
+            self.assertIn("1 Start/Stop/Remove calls are waiting their turn", str(error))
 
     def test_a_wait_is_bounded_by_the_server_and_the_call(self) -> None:
         calls = WaitingCalls(total=1, per_caller=1, max_wait=60)

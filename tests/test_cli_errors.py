@@ -210,6 +210,6 @@ class DescribeTests(unittest.TestCase):
         self.assertEqual(describe(error, self.config), cap)
 
     def test_a_busy_server_is_said_once(self) -> None:
-        busy = "server busy: bob has 16 Start/Stop calls in progress"
+        busy = "server busy: bob has 16 Start/Stop/Remove calls in progress"
         error = _Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, busy)
         self.assertEqual(describe(error, self.config), busy)

@@ -110,13 +110,13 @@ class WaitingCalls:
             waiting = len(line) if line is not None else 0
             if waiting >= self.queued_per_caller:
                 raise ServerBusy(
-                    f"server busy: {shown(identity)} has {held} Start/Stop calls in"
+                    f"server busy: {shown(identity)} has {held} Start/Stop/Remove calls in"
                     f" progress and {waiting} waiting, the most the server lets one"
                     " caller queue; retry when some have returned"
                 )
             if self._waiting >= self.queued:
                 raise ServerBusy(
-                    f"server busy: {self._waiting} Start/Stop calls are waiting"
+                    f"server busy: {self._waiting} Start/Stop/Remove calls are waiting"
                     " their turn, the most the server queues; retry shortly"
                 )
             if line is None:
@@ -136,7 +136,7 @@ class WaitingCalls:
         if self._withdraw(ticket):
             return
         raise ServerBusy(
-            f"server busy: no Start/Stop turn for {shown(ticket.identity)} within"
+            f"server busy: no Start/Stop/Remove turn for {shown(ticket.identity)} within"
             f" {bound:g} s; retry shortly"
         )
 
