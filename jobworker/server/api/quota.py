@@ -110,8 +110,8 @@ class WaitingCalls:
             waiting = len(line) if line is not None else 0
             if waiting >= self.queued_per_caller:
                 raise ServerBusy(
-                    f"server busy: {shown(identity)} has {held} Start/Stop/Remove calls in"
-                    f" progress and {waiting} waiting, the most the server lets one"
+                    f"server busy: {shown(identity)} has {held} Start/Stop/Remove"
+                    f" calls in progress and {waiting} waiting, the most the server lets one"
                     " caller queue; retry when some have returned"
                 )
             if self._waiting >= self.queued:
@@ -136,8 +136,8 @@ class WaitingCalls:
         if self._withdraw(ticket):
             return
         raise ServerBusy(
-            f"server busy: no Start/Stop/Remove turn for {shown(ticket.identity)} within"
-            f" {bound:g} s; retry shortly"
+            "server busy: no Start/Stop/Remove turn for"
+            f" {shown(ticket.identity)} within {bound:g} s; retry shortly"
         )
 
     def _withdraw(self, ticket: _Ticket) -> bool:
