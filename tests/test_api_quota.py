@@ -83,7 +83,8 @@ class WaitingCallsTests(unittest.TestCase):
         with calls.hold("bob"):
             calls._enter("carol")
             error = self.assertRaises(ServerBusy, calls._enter, "alice")
-            self.assertIn("1 Start/Stop/Remove calls are waiting their turn", str(error))
+            waiting = "1 Start/Stop/Remove calls are waiting their turn"
+            self.assertIn(waiting, str(error))
 
     def test_a_wait_is_bounded_by_the_server_and_the_call(self) -> None:
         calls = WaitingCalls(total=1, per_caller=1, max_wait=60)

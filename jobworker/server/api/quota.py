@@ -111,8 +111,8 @@ class WaitingCalls:
             if waiting >= self.queued_per_caller:
                 raise ServerBusy(
                     f"server busy: {shown(identity)} has {held} Start/Stop/Remove"
-                    f" calls in progress and {waiting} waiting, the most the server lets one"
-                    " caller queue; retry when some have returned"
+                    f" calls in progress and {waiting} waiting, the most the server"
+                    " lets one caller queue; retry when some have returned"
                 )
             if self._waiting >= self.queued:
                 raise ServerBusy(
