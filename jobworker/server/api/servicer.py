@@ -113,9 +113,9 @@ def answering(
         # traceback logged), not as grpc's UNKNOWN carrying its text.
         status, retry = status_for(error, method), True
     else:
-        metrics.calls.labels(method, "OK").inc()
+        metrics.answered(method, "OK")
         return
-    metrics.calls.labels(method, status[0].name).inc()
+    metrics.answered(method, status[0].name)
     abort(context, *status, retry=retry)
 
 
