@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import fields
 from typing import TypeVar
 
@@ -27,6 +28,8 @@ _STATES = {
     JobState.LOST: pb.JOB_STATE_LOST,
 }
 STATES_FROM_PB = {value: state for state, value in _STATES.items()}
+# Status replies kept, the most recently used (see `status_reply`).
+STATUS_REPLIES = 1024
 # Read one by one: `dataclasses.asdict` deep-copies, at several times the cost.
 _USAGE_FIELDS = tuple(field.name for field in fields(Usage))
 
@@ -90,6 +93,17 @@ def status_to_pb(status: JobStatus) -> pb.JobStatus:
         if value is not None:
             setattr(shown_usage, name, value)
     return message
+
+
+@functools.lru_cache(maxsize=STATUS_REPLIES)
+def status_reply(status: JobStatus) -> pb.StatusResponse:
+    """The Status reply showing `status`: made once, shared; never modify it.
+
+    A published status is immutable and an ended job's is final, so every
+    Status call of it until the job changes gets this one message (grpc
+    only serializes it) instead of building it again.
+    """
+    return pb.StatusResponse(job=status_to_pb(status))
 
 
 def encode_chunk(run: Run) -> bytes:
