@@ -129,6 +129,10 @@ class ServerMetrics:
             "Job cgroups that could not be removed when their job ended.",
             registry=registry,
         )
+        # The labelled children already made, by (method, code): `labels`
+        # validates, formats and locks on every use, once per call here.
+        self._answered: dict[tuple[str, str], Counter] = {}
+        self._refused: dict[tuple[str, str], Counter] = {}
 
     def watch(
         self,
@@ -138,11 +142,6 @@ class ServerMetrics:
         """Read jobs and open followers from these at scrape time (any thread)."""
         self.registry.register(_BoardCollector(statuses))
         self.followers.set_function(lambda: float(followers()))
-
-        # The labelled children already made, by (method, code): `labels`
-        # validates, formats and locks on every use, once per call here.
-        self._answered: dict[tuple[str, str], Counter] = {}
-        self._refused: dict[tuple[str, str], Counter] = {}
 
     def answered(self, method: str, code: str) -> None:
         """Count a call answered with `code` (a status code's name; any thread)."""
