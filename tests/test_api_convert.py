@@ -12,7 +12,12 @@ from twisted.trial import unittest
 
 from jobworker.job.outputlog import Run
 from jobworker.model import JobState, JobStatus, Limits, Stream, Usage
-from jobworker.server.api.convert import encode_chunk, status_reply, status_to_pb
+from jobworker.server.api.convert import (
+    SHARED_COMMAND_BYTES,
+    encode_chunk,
+    status_reply,
+    status_to_pb,
+)
 from jobworker.v1 import jobworker_pb2 as pb
 
 offsets = st.integers(min_value=0, max_value=2**64 - 1)
@@ -92,10 +97,13 @@ class StatusToPbTests(unittest.TestCase):
 
 class StatusReplyTests(unittest.TestCase):
     def status(
-        self, state: JobState = JobState.EXITED, exit_code: int | None = 3
+        self,
+        state: JobState = JobState.EXITED,
+        exit_code: int | None = 3,
+        command: tuple[bytes, ...] = (b"true",),
     ) -> JobStatus:
         return JobStatus(
-            "id", "alice", (b"true",), state, Limits(), 1.0, exit_code=exit_code
+            "id", "alice", command, state, Limits(), 1.0, exit_code=exit_code
         )
 
     def test_reply_shows_the_status(self) -> None:
@@ -114,3 +122,10 @@ class StatusReplyTests(unittest.TestCase):
         self.assertEqual(before.job.state, pb.JOB_STATE_RUNNING)
         self.assertEqual(after.job.state, pb.JOB_STATE_EXITED)
         self.assertEqual(after.job.exit_code, 3)
+
+    def test_long_command_reply_is_built_each_time(self) -> None:
+        status = self.status(command=(b"echo", b"x" * SHARED_COMMAND_BYTES))
+        first, again = status_reply(status), status_reply(status)
+        self.assertIsNot(first, again)
+        self.assertEqual(first, pb.StatusResponse(job=status_to_pb(status)))
+        self.assertEqual(again, first)

@@ -28,8 +28,10 @@ _STATES = {
     JobState.LOST: pb.JOB_STATE_LOST,
 }
 STATES_FROM_PB = {value: state for state, value in _STATES.items()}
-# Status replies kept, the most recently used (see `status_reply`).
+# Status replies kept, the most recently used, of commands up to
+# SHARED_COMMAND_BYTES (see `status_reply`).
 STATUS_REPLIES = 1024
+SHARED_COMMAND_BYTES = 4096
 # Read one by one: `dataclasses.asdict` deep-copies, at several times the cost.
 _USAGE_FIELDS = tuple(field.name for field in fields(Usage))
 
@@ -95,14 +97,21 @@ def status_to_pb(status: JobStatus) -> pb.JobStatus:
     return message
 
 
-@functools.lru_cache(maxsize=STATUS_REPLIES)
 def status_reply(status: JobStatus) -> pb.StatusResponse:
     """The Status reply showing `status`: made once, shared; never modify it.
 
     A published status is immutable and an ended job's is final, so every
-    Status call of it until the job changes gets this one message (grpc
-    only serializes it) instead of building it again.
+    Status call of it until the job changes gets one message (grpc only
+    serializes it) instead of building it again. Replies of long commands
+    are built every time, so the replies kept stay within a few MiB.
     """
+    if sum(len(arg) for arg in status.command) > SHARED_COMMAND_BYTES:
+        return pb.StatusResponse(job=status_to_pb(status))
+    return _shared_reply(status)
+
+
+@functools.lru_cache(maxsize=STATUS_REPLIES)
+def _shared_reply(status: JobStatus) -> pb.StatusResponse:
     return pb.StatusResponse(job=status_to_pb(status))
 
 
