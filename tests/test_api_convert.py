@@ -12,7 +12,12 @@ from twisted.trial import unittest
 
 from jobworker.job.outputlog import Run
 from jobworker.model import JobState, JobStatus, Limits, Stream, Usage
-from jobworker.server.api.convert import encode_chunk, status_to_pb
+from jobworker.server.api.convert import (
+    SHARED_COMMAND_BYTES,
+    encode_chunk,
+    status_reply,
+    status_to_pb,
+)
 from jobworker.v1 import jobworker_pb2 as pb
 
 offsets = st.integers(min_value=0, max_value=2**64 - 1)
@@ -88,3 +93,39 @@ class StatusToPbTests(unittest.TestCase):
 
     def test_no_usage_is_no_field(self) -> None:
         self.assertFalse(status_to_pb(self.status(Usage())).HasField("usage"))
+
+
+class StatusReplyTests(unittest.TestCase):
+    def status(
+        self,
+        state: JobState = JobState.EXITED,
+        exit_code: int | None = 3,
+        command: tuple[bytes, ...] = (b"true",),
+    ) -> JobStatus:
+        return JobStatus(
+            "id", "alice", command, state, Limits(), 1.0, exit_code=exit_code
+        )
+
+    def test_reply_shows_the_status(self) -> None:
+        status = self.status()
+        self.assertEqual(
+            status_reply(status), pb.StatusResponse(job=status_to_pb(status))
+        )
+
+    def test_same_status_shares_one_reply(self) -> None:
+        status = self.status()
+        self.assertIs(status_reply(status), status_reply(status))
+
+    def test_changed_status_gets_a_new_reply(self) -> None:
+        before = status_reply(self.status(state=JobState.RUNNING, exit_code=None))
+        after = status_reply(self.status())
+        self.assertEqual(before.job.state, pb.JOB_STATE_RUNNING)
+        self.assertEqual(after.job.state, pb.JOB_STATE_EXITED)
+        self.assertEqual(after.job.exit_code, 3)
+
+    def test_long_command_reply_is_built_each_time(self) -> None:
+        status = self.status(command=(b"echo", b"x" * SHARED_COMMAND_BYTES))
+        first, again = status_reply(status), status_reply(status)
+        self.assertIsNot(first, again)
+        self.assertEqual(first, pb.StatusResponse(job=status_to_pb(status)))
+        self.assertEqual(again, first)

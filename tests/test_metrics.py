@@ -153,3 +153,23 @@ class JobEventsTests(unittest.TestCase):
             "jobworker_cgroup_cleanup_failures_total"
         )
         self.assertEqual(value, 1)
+
+
+class CallCounterTests(unittest.TestCase):
+    def test_each_call_and_refusal_counts_under_its_labels(self) -> None:
+        metrics = ServerMetrics()
+        for method, code in [("Status", "OK"), ("Status", "OK"), ("List", "OK")]:
+            metrics.answered(method, code)
+        metrics.answered("Status", "NOT_FOUND")
+        metrics.refused("Status", "NOT_FOUND")
+        metrics.refused("Status", "NOT_FOUND")
+
+        def value(name: str, method: str, code: str) -> float | None:
+            labels = {"method": method, "code": code}
+            return metrics.registry.get_sample_value(name, labels)
+
+        self.assertEqual(value("jobworker_calls_total", "Status", "OK"), 2)
+        self.assertEqual(value("jobworker_calls_total", "List", "OK"), 1)
+        self.assertEqual(value("jobworker_calls_total", "Status", "NOT_FOUND"), 1)
+        self.assertEqual(value("jobworker_refusals_total", "Status", "NOT_FOUND"), 2)
+        self.assertIsNone(value("jobworker_refusals_total", "Status", "OK"))

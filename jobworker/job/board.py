@@ -54,9 +54,11 @@ class StatusBoard:
 
     def with_usage(self, status: JobStatus) -> JobStatus:
         """`status`, read from this board, with its job's usage so far."""
+        if status.state.ended:  # its final usage is in it already
+            return status
         with self._lock:
             read = self._usage.get(status.id)
-        if read is None or status.state.ended:
+        if read is None:
             return status
         return replace(status, usage=read())
 

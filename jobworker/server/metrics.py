@@ -129,6 +129,10 @@ class ServerMetrics:
             "Job cgroups that could not be removed when their job ended.",
             registry=registry,
         )
+        # The labelled children already made, by (method, code): `labels`
+        # validates, formats and locks on every use, once per call here.
+        self._answered: dict[tuple[str, str], Counter] = {}
+        self._refused: dict[tuple[str, str], Counter] = {}
 
     def watch(
         self,
@@ -139,9 +143,19 @@ class ServerMetrics:
         self.registry.register(_BoardCollector(statuses))
         self.followers.set_function(lambda: float(followers()))
 
+    def answered(self, method: str, code: str) -> None:
+        """Count a call answered with `code` (a status code's name; any thread)."""
+        child = self._answered.get((method, code))
+        if child is None:
+            child = self._answered[method, code] = self.calls.labels(method, code)
+        child.inc()
+
     def refused(self, method: str, code: str) -> None:
         """Count a refused call (any thread)."""
-        self.refusals.labels(method, code).inc()
+        child = self._refused.get((method, code))
+        if child is None:
+            child = self._refused[method, code] = self.refusals.labels(method, code)
+        child.inc()
 
 
 class MetricsJobEvents(JobEvents):

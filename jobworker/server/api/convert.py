@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import functools
+from dataclasses import fields
 from typing import TypeVar
 
 from google.protobuf.message import DecodeError, Message
@@ -10,7 +11,7 @@ from google.protobuf.message import DecodeError, Message
 from jobworker.errors import InvalidRequest
 from jobworker.job.outputlog import Run
 from jobworker.limits import limits_to_pb
-from jobworker.model import JobState, JobStatus
+from jobworker.model import JobState, JobStatus, Usage
 from jobworker.untrusted import shown
 from jobworker.v1 import jobworker_pb2 as pb
 
@@ -27,6 +28,12 @@ _STATES = {
     JobState.LOST: pb.JOB_STATE_LOST,
 }
 STATES_FROM_PB = {value: state for state, value in _STATES.items()}
+# Status replies kept, the most recently used, of commands up to
+# SHARED_COMMAND_BYTES (see `status_reply`).
+STATUS_REPLIES = 1024
+SHARED_COMMAND_BYTES = 4096
+# Read one by one: `dataclasses.asdict` deep-copies, at several times the cost.
+_USAGE_FIELDS = tuple(field.name for field in fields(Usage))
 
 
 def parse(message_type: type[M], data: bytes) -> M:
@@ -82,10 +89,30 @@ def status_to_pb(status: JobStatus) -> pb.JobStatus:
         message.exit_code = status.exit_code
     if status.signal is not None:
         message.signal = status.signal
-    for name, value in asdict(status.usage).items():
+    usage, shown_usage = status.usage, message.usage
+    for name in _USAGE_FIELDS:
+        value = getattr(usage, name)
         if value is not None:
-            setattr(message.usage, name, value)
+            setattr(shown_usage, name, value)
     return message
+
+
+def status_reply(status: JobStatus) -> pb.StatusResponse:
+    """The Status reply showing `status`: made once, shared; never modify it.
+
+    A published status is immutable and an ended job's is final, so every
+    Status call of it until the job changes gets one message (grpc only
+    serializes it) instead of building it again. Replies of long commands
+    are built every time, so the replies kept stay within a few MiB.
+    """
+    if sum(len(arg) for arg in status.command) > SHARED_COMMAND_BYTES:
+        return pb.StatusResponse(job=status_to_pb(status))
+    return _shared_reply(status)
+
+
+@functools.lru_cache(maxsize=STATUS_REPLIES)
+def _shared_reply(status: JobStatus) -> pb.StatusResponse:
+    return pb.StatusResponse(job=status_to_pb(status))
 
 
 def encode_chunk(run: Run) -> bytes:

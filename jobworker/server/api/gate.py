@@ -86,6 +86,11 @@ class Gate(_Interceptor):
         self._refusals = refusals or refusal_bursts()
         self._slots = threading.BoundedSemaphore(side_streams)
         self.side_streams = side_streams
+        # Method path -> (the service's handler, ours around it): both are
+        # the same for every call of a method, so ours is made once.
+        self._wrapped: dict[
+            str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]
+        ] = {}
 
     def _take_slot(self) -> Callable[[], None]:
         """A slot for a long-lived call, and how to give it back."""
@@ -131,6 +136,17 @@ class Gate(_Interceptor):
         if handler is None:
             return None
         method = handler_call_details.method
+        made = self._wrapped.get(method)
+        if made is not None and made[0] is handler:
+            return made[1]
+        wrapped = self._wrap(handler, method)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(
+        self, handler: grpc.RpcMethodHandler[Any, Any], method: str
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """`handler` with every call of it admitted first."""
         long_lived = handler.request_streaming or handler.response_streaming
         capped = long_lived and not method.startswith(self._own)
         admit = functools.partial(self._admit, method=method, capped=capped)

@@ -51,6 +51,7 @@ from jobworker.server.api.convert import (
     encode_chunk,
     parse,
     start_command,
+    status_reply,
     status_to_pb,
 )
 from jobworker.server.api.errors import (
@@ -113,9 +114,9 @@ def answering(
         # traceback logged), not as grpc's UNKNOWN carrying its text.
         status, retry = status_for(error, method), True
     else:
-        metrics.calls.labels(method, "OK").inc()
+        metrics.answered(method, "OK")
         return
-    metrics.calls.labels(method, status[0].name).inc()
+    metrics.answered(method, status[0].name)
     abort(context, *status, retry=retry)
 
 
@@ -282,7 +283,7 @@ class JobWorkerService:
         with self.on_board("Status", context) as (caller, board):
             request = parse(pb.StatusRequest, data)
             status = self._visible(caller, request.job_id)
-            return pb.StatusResponse(job=status_to_pb(board.with_usage(status)))
+            return status_reply(board.with_usage(status))
 
     def wait(self, data: bytes, context: grpc.ServicerContext) -> pb.WaitResponse:
         with answering("Wait", context, self.metrics, self.refusals) as caller:
