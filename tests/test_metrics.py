@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import urllib.request
+from dataclasses import replace
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor as _reactor
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import deferLater
+from twisted.internet.testing import MemoryReactorClock
 from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
+from jobworker.job.retention import Reaper, Retention
 from jobworker.model import JobState, JobStatus, Limits
 from jobworker.server.metrics import (
     MetricsJobEvents,
@@ -153,6 +157,46 @@ class JobEventsTests(unittest.TestCase):
             "jobworker_cgroup_cleanup_failures_total"
         )
         self.assertEqual(value, 1)
+
+    def test_removals_are_counted_by_cause(self) -> None:
+        """A real reaper's removals for age and count, and one by a caller."""
+        clock = MemoryReactorClock()
+        metrics = ServerMetrics()
+        events = MetricsJobEvents(metrics)
+        removed: list[str] = []
+
+        def remove(job_id: str, reason: str) -> Deferred[None]:
+            removed.append(job_id)
+            events.removed(_ended(exit_code=0), reason)
+            return succeed(None)
+
+        reaper = Reaper(Retention(age=60.0, count=1), reactor=clock)
+        reaper.attach(remove)
+        reaper.startService()
+        for job_id in ("a", "b"):
+            reaper.ended(replace(_ended(exit_code=0), id=job_id, ended_at=0.0))
+        clock.advance(61)
+        events.removed(_ended(exit_code=0), "by alice")
+        self.assertEqual(removed, ["a", "b"])
+        for cause, count in (("retain", 1), ("retain-jobs", 1), ("request", 1)):
+            value = metrics.registry.get_sample_value(
+                "jobworker_jobs_removed_total", {"cause": cause}
+            )
+            self.assertEqual(value, count, cause)
+
+    def test_written_bytes_never_go_down_when_a_job_is_removed(self) -> None:
+        metrics = ServerMetrics()
+        job = replace(_ended(exit_code=0), output_bytes=10)
+        board = [job]
+        metrics.watch(lambda: list(board), lambda: 0)
+        name = "jobworker_output_written_bytes_total"
+        self.assertEqual(metrics.registry.get_sample_value(name), 10)
+        board.clear()  # off the board before the removal is counted
+        self.assertEqual(metrics.registry.get_sample_value(name), 10)
+        MetricsJobEvents(metrics).removed(job, "by alice")
+        self.assertEqual(metrics.registry.get_sample_value(name), 10)
+        board.append(replace(job, id="new", output_bytes=5))
+        self.assertEqual(metrics.registry.get_sample_value(name), 15)
 
 
 class CallCounterTests(unittest.TestCase):

@@ -35,6 +35,10 @@ from jobworker.reactors import or_global
 from jobworker.units import format_duration
 from jobworker.untrusted import shown
 
+# The option a removal's reason ends with, in brackets: removed for its age
+# or beyond the newest N (metrics tell them apart from removals by `rm`).
+AGE_CAUSE = "retain"
+COUNT_CAUSE = "retain-jobs"
 # The least time between two sweeps of the jobs past their age: jobs ending
 # in a stream are removed in batches, not one timer each.
 SWEEP_GAP = 1.0
@@ -156,7 +160,7 @@ class Reaper(JobEvents, Service):
             return
         reason = (
             f"as one of {shown(owner)}'s oldest ended jobs beyond the newest"
-            f" {count} (retain-jobs)"
+            f" {count} ({COUNT_CAUSE})"
         )
         for job_id in list(jobs)[: len(jobs) - count]:
             self._queue(job_id, reason)
@@ -178,7 +182,7 @@ class Reaper(JobEvents, Service):
         self._timer = None
         age = self.retention.age
         now = self._clock.seconds()
-        reason = f"{format_duration(age or 0)} after it ended (retain)"
+        reason = f"{format_duration(age or 0)} after it ended ({AGE_CAUSE})"
         while self._expiries and self._expiries[0][0] <= now:
             _, job_id = heapq.heappop(self._expiries)
             if job_id in self._owner_of:

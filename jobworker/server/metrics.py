@@ -14,6 +14,7 @@ thread pool), on `--metrics-listen`; it is off by default.
 
 from __future__ import annotations
 
+import threading
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Sequence
 
@@ -30,6 +31,7 @@ from twisted.web.server import Site
 
 from jobworker.address import parse_address
 from jobworker.job.events import JobEvents
+from jobworker.job.retention import AGE_CAUSE, COUNT_CAUSE
 from jobworker.model import JobState, JobStatus
 from jobworker.reactors import or_global
 
@@ -50,11 +52,26 @@ def job_outcome(status: JobStatus) -> str:
     return "failed" if status.exit_code else "exited"
 
 
+def removal_cause(reason: str) -> str:
+    """The `jobs_removed` label of a removal's reason (see retention)."""
+    for cause in (AGE_CAUSE, COUNT_CAUSE):
+        if reason.endswith(f"({cause})"):
+            return cause
+    return "request"
+
+
 class _BoardCollector(Collector):
     """Jobs by state and output bytes written, read from the board at scrape."""
 
-    def __init__(self, statuses: Callable[[], Sequence[JobStatus]]) -> None:
+    def __init__(
+        self,
+        statuses: Callable[[], Sequence[JobStatus]],
+        removed_bytes: Callable[[], int],
+    ) -> None:
         self._statuses = statuses
+        self._removed_bytes = removed_bytes
+        self._written = 0  # the highest total yet: a counter never goes down
+        self._lock = threading.Lock()
 
     def collect(self) -> Iterable[Metric]:
         jobs = self._statuses()
@@ -68,8 +85,20 @@ class _BoardCollector(Collector):
         yield CounterMetricFamily(
             "jobworker_output_written_bytes",
             "Output bytes jobs wrote and the server kept.",
-            value=sum(status.output_bytes for status in jobs),
+            value=self._written_total(jobs),
         )
+
+    def _written_total(self, jobs: Sequence[JobStatus]) -> int:
+        """Bytes kept by the jobs on the board and by every job removed.
+
+        A removal takes a job off the board and adds its bytes to the
+        removed ones in one reactor step, which a scrape on another thread
+        may see half done: the total reported never goes below the last.
+        """
+        total = sum(status.output_bytes for status in jobs) + self._removed_bytes()
+        with self._lock:
+            self._written = max(self._written, total)
+            return self._written
 
 
 class ServerMetrics:
@@ -124,11 +153,20 @@ class ServerMetrics:
             "Output bytes sent to followers.",
             registry=registry,
         )
+        self.jobs_removed = Counter(
+            "jobworker_jobs_removed",
+            "Ended jobs removed, by cause: retain (their age), retain-jobs"
+            " (beyond the newest of their owner), request (a Remove call).",
+            ["cause"],
+            registry=registry,
+        )
         self.cgroup_cleanup_failures = Counter(
             "jobworker_cgroup_cleanup_failures",
             "Job cgroups that could not be removed when their job ended.",
             registry=registry,
         )
+        self.removed_output_bytes = 0
+        """Output bytes of the jobs removed (reactor thread), for the counter."""
         # The labelled children already made, by (method, code): `labels`
         # validates, formats and locks on every use, once per call here.
         self._answered: dict[tuple[str, str], Counter] = {}
@@ -140,7 +178,9 @@ class ServerMetrics:
         followers: Callable[[], int],
     ) -> None:
         """Read jobs and open followers from these at scrape time (any thread)."""
-        self.registry.register(_BoardCollector(statuses))
+        self.registry.register(
+            _BoardCollector(statuses, lambda: self.removed_output_bytes)
+        )
         self.followers.set_function(lambda: float(followers()))
 
     def answered(self, method: str, code: str) -> None:
@@ -159,7 +199,7 @@ class ServerMetrics:
 
 
 class MetricsJobEvents(JobEvents):
-    """Counts job starts, refused starts, ends and cgroup clean-up failures."""
+    """Counts job starts, refused starts, ends, removals and clean-up failures."""
 
     def __init__(self, metrics: ServerMetrics) -> None:
         self._metrics = metrics
@@ -174,6 +214,10 @@ class MetricsJobEvents(JobEvents):
 
     def ended(self, status: JobStatus) -> None:
         self._metrics.jobs_ended.labels(job_outcome(status)).inc()
+
+    def removed(self, status: JobStatus, reason: str) -> None:
+        self._metrics.removed_output_bytes += status.output_bytes
+        self._metrics.jobs_removed.labels(removal_cause(reason)).inc()
 
     def cleanup_failed(self, job_id: str) -> None:
         self._metrics.cgroup_cleanup_failures.inc()
