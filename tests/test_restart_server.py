@@ -40,8 +40,10 @@ LISTENING = re.compile(r"API listening on .* \(port ([0-9]+)\)")
 class Twistd:
     """A `twistd jobworker` subprocess, its log collected as it runs."""
 
-    def __init__(self, state_dir: str, *, isolated: bool) -> None:
-        argv = twistd_argv(state_dir, isolated=isolated)
+    def __init__(
+        self, state_dir: str, *, isolated: bool, options: tuple[str, ...] = ()
+    ) -> None:
+        argv = [*twistd_argv(state_dir, isolated=isolated), *options]
         self.process = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT
         )
