@@ -34,8 +34,9 @@ from tests.test_restart_server import WAIT, Twistd, status, wait_until
 # Ten lines at a time, then a short sleep; "end" and exit 5 on SIGTERM (the
 # shell's "Terminated" for its sleep goes to stderr, here /dev/null).
 SCRIPT = (
-    "exec 2>/dev/null; trap 'echo end; exit 5' TERM; i=0; while :; do for j in 0 1 2 3 4 5 6 7 8 9;"
-    " do echo $i; i=$((i+1)); done; sleep 0.001; done"
+    "exec 2>/dev/null; trap 'echo end; exit 5' TERM; i=0;"
+    " while :; do for j in 0 1 2 3 4 5 6 7 8 9; do echo $i; i=$((i+1)); done;"
+    " sleep 0.001; done"
 )
 
 
