@@ -217,7 +217,9 @@ class LiveRestoreTests(ManagerTestCase):
 
     async def test_a_stopping_job_goes_on_stopping_when_adopted(self) -> None:
         tag = marker()
-        script = f"trap 'exit 4' TERM; echo ready; while :; do sleep {tag}; done"
+        # `wait` returns at once on the trapped TERM, even one that came while
+        # the shell forked (a foreground sleep would be waited for).
+        script = f"trap 'exit 4' TERM; echo ready; while :; do sleep {tag} & wait; done"
         job = await self.start_sh(script.encode())
         await until_output(self.manager, job.id, b"ready")
         stopping = replace(self.manager.status(job.id), stop_requested=True)

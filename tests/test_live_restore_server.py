@@ -22,14 +22,12 @@ from typing import Any
 
 import grpc
 from twisted.internet.threads import deferToThread
-from twisted.trial import unittest
 
 from jobworker.v1 import jobworker_pb2 as pb
 from jobworker.v1 import jobworker_pb2_grpc as pb_grpc
 from tests.apiutil import shell
-from tests.cliutil import remove_parent_cgroups
 from tests.procutil import marker, processes_with
-from tests.test_restart_server import WAIT, Twistd, status, wait_until
+from tests.test_restart_server import WAIT, ServerRestartCase, status, wait_until
 
 # Ten lines at a time, then a short sleep; "end" and exit 5 on SIGTERM (the
 # shell's "Terminated" for its sleep goes to stderr, here /dev/null).
@@ -67,25 +65,8 @@ class Follower:
             self.error = error
 
 
-class LiveRestoredServerTests(unittest.TestCase):
-    def setUp(self) -> None:
-        self.state_dir = os.path.abspath(self.mktemp())
-        self.isolated = os.geteuid() == 0
-        if self.isolated:
-            self.addCleanup(remove_parent_cgroups, self.state_dir)
-        self.servers: list[Twistd] = []
-        self.addCleanup(self.kill_servers)
-
-    def server(self) -> Twistd:
-        server = Twistd(
-            self.state_dir, isolated=self.isolated, options=("--live-restore",)
-        )
-        self.servers.append(server)
-        return server
-
-    def kill_servers(self) -> None:
-        for server in self.servers:
-            server.end(signal.SIGKILL)
+class LiveRestoredServerTests(ServerRestartCase):
+    options = ("--live-restore",)
 
     def test_sigkilled_server_job_is_adopted_with_every_byte(self) -> Any:
         return deferToThread(self.scenario, signal.SIGKILL)

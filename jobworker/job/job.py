@@ -183,6 +183,7 @@ class Job:
         self._reactor = reactor
         self.live = live
         self._link: HelperLink | None = None
+        self._connecting: Deferred[HelperLink] | None = None
         self._link_lost = False
         self._link_closed: Waiters[None] = Waiters()
         self._abandoned = False
@@ -346,10 +347,10 @@ class Job:
             self._start_timer.cancel()
         if not self._report:
             self._started = True
+            if self.live is not None and self.transport is not None:
+                self._connect(self.transport.pid)  # before anyone can abandon it
             self.publish()
             self._start_waiters.fire(None)
-            if self.live is not None and self.transport is not None:
-                self._connect(self.transport.pid)
         self._after_exit()
 
     def process_exited(self, exit_code: int | None, signal: int | None) -> None:
@@ -395,9 +396,13 @@ class Job:
             )
         except OSError as error:
             connecting = fail(error)
+        self._connecting = connecting
         connecting.addErrback(self._not_connected)
 
     def _not_connected(self, failure: Failure) -> None:
+        if self._abandoned:
+            self.link_lost()
+            return
         _log.warn(
             "job {id}: cannot reach its helper: {why}",
             id=self.record.id,
@@ -406,6 +411,8 @@ class Job:
         self.link_lost()
 
     def log_grew(self, size: int) -> None:
+        if self._abandoned:
+            return
         self.output.follow(size)  # publishes (before_wake)
         why = self.output.exhausted()
         if why is not None and not self._output_closed and self._link is not None:
@@ -418,7 +425,8 @@ class Job:
             self._link.drop(why)
 
     def log_truncated(self, why: str) -> None:
-        self.output.mark_truncated(why)
+        if not self._abandoned:
+            self.output.mark_truncated(why)
 
     def helper_ended(self, wait_status: int) -> None:
         self._ended_with = wait_status
@@ -446,6 +454,8 @@ class Job:
             self._pidfd = None
         if self._link is not None and self._link.transport is not None:
             self._link.transport.loseConnection()
+        elif self._connecting is not None and not self._connecting.called:
+            self._connecting.cancel()  # fails: `_not_connected`
         elif not self._link_lost:
             self.link_lost()
         return self._link_closed.wait()

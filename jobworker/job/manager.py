@@ -200,20 +200,30 @@ class JobManager:
         record = JobRecord(
             status.id, status.owner, status.command, status.limits, status.request_id
         )
-        job = Job(
-            record,
-            dirs,
-            output,
-            cgroup,
-            spec=None,
+        return self._job_of(
+            (record, dirs, output, cgroup), None, live, adopted=(status, *helper)
+        )
+
+    def _job_of(
+        self,
+        parts: tuple[JobRecord, JobDirs, OutputLog, JobCgroup | None],
+        spec: LaunchSpec | None,
+        live: LiveFiles | None,
+        adopted: tuple[JobStatus, int, int] | None = None,
+    ) -> Job:
+        """The `Job` of (record, dirs, output, cgroup): spawned for `spec`,
+        or `adopted` (see `Job`)."""
+        record, _, output, _ = parts
+        return Job(
+            *parts,
+            spec=spec,
             reactor=self._reactor,
             on_change=functools.partial(self._publish, output),
             on_cleanup_failed=lambda: self._events.cleanup_failed(record.id),
             input_cap=self._input_cap,
             live=live,
-            adopted=(status, *helper),
+            adopted=adopted,
         )
-        return job
 
     def _adopted(self, job: Job, stopping: bool) -> None:
         """A re-adopted job is listed and counted as a started one; the
@@ -399,18 +409,7 @@ class JobManager:
                     else {}
                 ),
             )
-            job = Job(
-                record,
-                dirs,
-                output,
-                cgroup,
-                spec=spec,
-                reactor=self._reactor,
-                on_change=functools.partial(self._publish, output),
-                on_cleanup_failed=lambda: self._events.cleanup_failed(record.id),
-                input_cap=self._input_cap,
-                live=live,
-            )
+            job = self._job_of((record, dirs, output, cgroup), spec, live)
         except BaseException:
             if output is not None:
                 output.finish()
@@ -590,7 +589,8 @@ class JobManager:
             raise InputClosed(f"job {job_id} has ended: its stdin is closed")
         if job.input is None:
             raise InputClosed(
-                f"job {job_id} has no stdin to write to (it was started without one)"
+                f"job {job_id} has no stdin to write to (it was started without"
+                " one, or its stdin ended with the server that started it)"
             )
         return job.input
 
