@@ -181,14 +181,7 @@ class Job:
         # a client that has read output must not get an older status.
         self.output.before_wake = self.publish
         self._reactor = reactor
-        self.live = live
-        self._link: HelperLink | None = None
-        self._connecting: Deferred[HelperLink] | None = None
-        self._link_lost = False
-        self._link_closed: Waiters[None] = Waiters()
-        self._abandoned = False
-        self._ended_with: int | None = None  # the wait status the helper sent
-        self._pidfd: int | None = None
+        self._live_state(live)
         self.input: JobInput | None = None
         self.transport: IProcessTransport | None = None
         self._start_timer: IDelayedCall | None = None
@@ -207,6 +200,16 @@ class Job:
         self._start_timer = self._clock.callLater(
             EXEC_TIMEOUT, self._start_timed_out, EXEC_TIMEOUT
         )
+
+    def _live_state(self, live: LiveFiles | None) -> None:
+        self.live = live
+        self._link: HelperLink | None = None
+        self._connecting: Deferred[HelperLink] | None = None
+        self._link_lost = False
+        self._link_closed: Waiters[None] = Waiters()
+        self._abandoned = False
+        self._ended_with: int | None = None  # the wait status the helper sent
+        self._pidfd: int | None = None
 
     def _adopt(self, before: JobStatus, pid: int, pidfd: int) -> None:
         self._pidfd = pidfd
