@@ -123,6 +123,9 @@ class _Exit:
 class Job:
     """A started (or starting) job; touched on the reactor thread only."""
 
+    _pidfd: int | None
+    """The helper's pidfd, under live restore."""
+
     def __init__(
         self,
         record: JobRecord,
@@ -209,7 +212,7 @@ class Job:
         self._link_closed: Waiters[None] = Waiters()
         self._abandoned = False
         self._ended_with: int | None = None  # the wait status the helper sent
-        self._pidfd: int | None = None
+        self._pidfd = None
 
     def _adopt(self, before: JobStatus, pid: int, pidfd: int) -> None:
         self._pidfd = pidfd
