@@ -200,6 +200,19 @@ class LiveRestoreTests(ManagerTestCase):
         final = self.make_manager().status(job.id)
         self.assertEqual(final.state, JobState.LOST)
 
+    async def test_an_adopted_job_counts_and_answers_its_start_retry(self) -> None:
+        tag = marker()
+        command = [b"sleep", tag.encode()]
+        job = await self.manager.start("alice", command, request_id="r-1")
+        await self.manager.shutdown()
+
+        second = self.make_manager()
+        self.assertEqual(second.running.count("alice"), 1)
+        retried = await second.start("alice", command, request_id="r-1")
+        self.assertEqual((retried.id, retried.state), (job.id, JobState.RUNNING))
+        await second.stop(job.id, grace=0)
+        self.assertEqual(second.running.count("alice"), 0)
+
     async def test_stop_of_an_adopted_job_escalates_to_kill(self) -> None:
         tag = marker()
         script = f"trap '' TERM; echo ready; while :; do sleep {tag}; done"

@@ -219,6 +219,7 @@ class Job:
         self.started_at = before.started_at
         self._started = True
         self._status_open = False
+        self._start_waiters.fire(None)  # it was, by an earlier server
         self._connect(pid)
 
     def status(self) -> JobStatus:
