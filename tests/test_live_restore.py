@@ -27,7 +27,7 @@ from jobworker.errors import ShuttingDown
 from jobworker.job.live import LiveFiles
 from jobworker.job.manager import JobManager
 from jobworker.job.process.keeper import start_time
-from jobworker.model import JobState
+from jobworker.model import JobState, Limits
 from tests import test_manager, test_manager_io
 from tests.managerutil import (
     ManagerTestCase,
@@ -259,7 +259,23 @@ class LiveRestoreTests(ManagerTestCase):
 
 
 class LiveRestoreNamespacedTests(NamespacedMixin, LiveRestoreTests):
-    pass
+    async def test_an_oom_kill_while_no_manager_ran_is_known(self) -> None:
+        # On EOF (the manager is gone) the shell holds 512 MiB: past 64 MiB.
+        script = b"cat >/dev/null; x=$(head -c 536870912 /dev/zero | tr '\\0' a)"
+        limits = Limits(memory_bytes=64 << 20)
+        job = await self.manager.start(
+            "alice", [b"sh", b"-c", script], limits, stdin=True
+        )
+        await self.manager.shutdown()
+        helper = LiveFiles.of(os.path.dirname(self.manager.output_path(job.id)))
+        await until(lambda: os.path.exists(helper.exit_file))
+        await until(lambda: not _alive(helper))
+
+        final = self.make_manager().status(job.id)
+        self.assertEqual(
+            (final.state, final.signal, final.oom_killed),
+            (JobState.KILLED, signal.SIGKILL, True),
+        )
 
 
 class _Ends(ProcessProtocol):
