@@ -135,6 +135,7 @@ def _ended(entry: Entry, dirs: JobDirs, ended: Ended) -> RestoredJob:
         ended_at=max(entry.status.started_at, ended.ended_at),
         output_bytes=log.data_bytes,
         output_truncated=entry.status.output_truncated or bool(record.truncated_by),
+        output_truncated_by=entry.status.output_truncated_by or record.truncated_by,
     )
     return RestoredJob(final, dirs, log)
 
