@@ -10,7 +10,7 @@ with a fake cgroup driver and checks every status a test sees was published.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -131,7 +131,10 @@ class FakeDriver:
         self.cgroups.append(FakeCgroup())
         return self.cgroups[-1]
 
-    def cleanup_stale(self) -> int:
+    def find(self, job_id: str, *, owner: str) -> JobCgroup | None:
+        return None
+
+    def cleanup_stale(self, keep: Collection[str] = ()) -> int:
         return 0
 
 

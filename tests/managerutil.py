@@ -39,8 +39,21 @@ async def until_output(manager: JobManager, job_id: str, text: bytes) -> None:
         offset = chunks[-1].next_offset
 
 
+async def stop_every_job(manager: JobManager) -> None:
+    """Stop (grace 0) every job the manager has not seen end, unless it has
+    shut down (under live restore its jobs are then the next manager's)."""
+    if manager.shutting_down:
+        return
+    for status in manager.list():
+        if not status.state.ended:
+            await manager.stop(status.id, grace=0)
+
+
 class ManagerTestCase(unittest.TestCase):
     """A JobManager in a temporary state dir, without isolation."""
+
+    live_restore = False
+    """Whether the managers made keep their jobs live (`--live-restore`)."""
 
     def isolation(self) -> IsolationConfig | None:
         return None
@@ -50,10 +63,13 @@ class ManagerTestCase(unittest.TestCase):
         self.manager = self.make_manager()
 
     def make_manager(self, **options: Any) -> JobManager:
+        options.setdefault("live_restore", self.live_restore)
         manager = JobManager(
             self.state_dir, isolation=self.isolation(), reactor=reactor, **options
         )
         self.addCleanup(manager.shutdown)
+        if manager.live_restore:  # shutdown leaves them: stopped before it
+            self.addCleanup(stop_every_job, manager)
         return manager
 
     def start_sh(self, script: bytes, manager: JobManager | None = None) -> Any:

@@ -32,6 +32,7 @@ GUEST_MODULES = (
     "tests.test_sandbox",
     "tests.test_cgroups_real",
     "tests.test_restart.RestartNamespacedTests",
+    "tests.test_live_restore.LiveRestoreNamespacedTests",
 )
 IN_GUEST_ENV = "JOBWORKER_IN_GUEST"
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

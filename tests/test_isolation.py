@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Collection
 from typing import Any, cast
 
 from twisted.internet import reactor as _reactor
@@ -57,8 +58,11 @@ class RecordingDriver:
         self.created[job_id] = cgroup
         return cgroup
 
-    def cleanup_stale(self) -> int:
-        return self.driver.cleanup_stale()
+    def find(self, job_id: str, *, owner: str) -> JobCgroup | None:
+        return self.driver.find(job_id, owner=owner)
+
+    def cleanup_stale(self, keep: Collection[str] = ()) -> int:
+        return self.driver.cleanup_stale(keep)
 
 
 def control_file(cgroup: JobCgroup, controller: str, name: str) -> str:

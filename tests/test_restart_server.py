@@ -40,8 +40,10 @@ LISTENING = re.compile(r"API listening on .* \(port ([0-9]+)\)")
 class Twistd:
     """A `twistd jobworker` subprocess, its log collected as it runs."""
 
-    def __init__(self, state_dir: str, *, isolated: bool) -> None:
-        argv = twistd_argv(state_dir, isolated=isolated)
+    def __init__(
+        self, state_dir: str, *, isolated: bool, options: tuple[str, ...] = ()
+    ) -> None:
+        argv = [*twistd_argv(state_dir, isolated=isolated), *options]
         self.process = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT
         )
@@ -104,7 +106,12 @@ def status(stub: pb_grpc.JobWorkerStub, job_id: str) -> pb.JobStatus:
     return job
 
 
-class RestartedServerTests(unittest.TestCase):
+class ServerRestartCase(unittest.TestCase):
+    """Servers (`server()`) on one state directory, SIGKILLed at the end."""
+
+    options: tuple[str, ...] = ()
+    """The servers' options beyond `twistd_argv`'s."""
+
     def setUp(self) -> None:
         self.state_dir = os.path.abspath(self.mktemp())
         self.isolated = os.geteuid() == 0
@@ -114,7 +121,7 @@ class RestartedServerTests(unittest.TestCase):
         self.addCleanup(self.kill_servers)
 
     def server(self) -> Twistd:
-        server = Twistd(self.state_dir, isolated=self.isolated)
+        server = Twistd(self.state_dir, isolated=self.isolated, options=self.options)
         self.servers.append(server)
         return server
 
@@ -122,6 +129,8 @@ class RestartedServerTests(unittest.TestCase):
         for server in self.servers:
             server.end(signal.SIGKILL)
 
+
+class RestartedServerTests(ServerRestartCase):
     def test_jobs_of_a_sigkilled_server_come_back_with_the_truth(self) -> Any:
         return deferToThread(self.sigkill_scenario)
 

@@ -140,6 +140,10 @@ class OptionsTests(unittest.TestCase):
         self.assertTrue(options["no-seccomp"])
         self.assertRaises(usage.UsageError, parse, "--bind-ro", "relative/path")
 
+    def test_live_restore_is_off_unless_asked_for(self) -> None:
+        self.assertFalse(parse()["live-restore"])
+        self.assertTrue(parse("--live-restore")["live-restore"])
+
     def test_job_uid_range_is_checked(self) -> None:
         self.assertEqual(parse()["job-uid-range"], (61184, 65519))
         options = parse("--job-uid-range", "70000-70009")

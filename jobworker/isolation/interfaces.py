@@ -8,6 +8,7 @@ with the `IsolationConfig.sandbox` (jobworker.isolation.sandbox) inside them.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -77,8 +78,13 @@ class CgroupDriver(Protocol):
         """
         ...
 
-    def cleanup_stale(self) -> int:
-        """Kill and remove job cgroups left by a crashed run; return how many."""
+    def find(self, job_id: str, *, owner: str) -> JobCgroup | None:
+        """The cgroup `create` made for this job, if it is still there."""
+        ...
+
+    def cleanup_stale(self, keep: Collection[str] = ()) -> int:
+        """Kill and remove job cgroups left by a crashed run, but those of the
+        jobs in `keep` (adopted by live restore); return how many."""
         ...
 
 

@@ -77,6 +77,11 @@ class UidPool:
             " --job-uid-range or wait for jobs to end"
         )
 
+    def claim(self, uid: int) -> JobUser:
+        """Lease `uid`, which a running job of an earlier server has."""
+        self._leased.add(uid)
+        return JobUser(f"job-{uid}", uid, uid, ())
+
     def release(self, uid: int, *, gone: bool) -> None:
         """The job of `uid` ended; `gone`: nothing of it can run any more."""
         self._leased.discard(uid)

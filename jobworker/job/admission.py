@@ -24,10 +24,13 @@ class RunningJobs:
         self.cap = cap
         self._counts: dict[str, int] = {}
 
-    def admit(self, owner: str) -> None:
-        """Count one more job of `owner`; `TooManyJobs` naming the cap if full."""
+    def admit(self, owner: str, *, force: bool = False) -> None:
+        """Count one more job of `owner`; `TooManyJobs` naming the cap if full.
+
+        `force` counts it anyway (a running job re-adopted after a restart).
+        """
         count = self._counts.get(owner, 0)
-        if self.cap is not None and count >= self.cap:
+        if self.cap is not None and count >= self.cap and not force:
             raise TooManyJobs(
                 f"{shown(owner)} has {count} jobs running, the most one user may"
                 f" run at once (max-jobs-per-user {self.cap}); stop one or wait"

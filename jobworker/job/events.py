@@ -106,6 +106,9 @@ class JobEvents:
     def shutdown_requested(self, running: int) -> None:
         """The manager was asked to shut down with `running` jobs not ended."""
 
+    def left_running(self, running: int) -> None:
+        """Shut down under live restore: `running` jobs go on, for the next."""
+
     def cleanup_failed(self, job_id: str) -> None:
         """The job's cgroup could not be removed when it ended (logged there)."""
 
@@ -145,6 +148,10 @@ class JobEventsFanOut(JobEvents):
     def shutdown_requested(self, running: int) -> None:
         for observer in self._observers:
             observer.shutdown_requested(running)
+
+    def left_running(self, running: int) -> None:
+        for observer in self._observers:
+            observer.left_running(running)
 
     def cleanup_failed(self, job_id: str) -> None:
         for observer in self._observers:
@@ -235,3 +242,10 @@ class LoggingJobEvents(JobEvents):
     def shutdown_requested(self, running: int) -> None:
         self._refused_starts.flush()
         log.info("shutting down: stopping {count} running job(s)", count=running)
+
+    def left_running(self, running: int) -> None:
+        self._refused_starts.flush()
+        log.info(
+            "shutting down: leaving {count} jobs running for the next server",
+            count=running,
+        )

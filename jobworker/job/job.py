@@ -11,11 +11,20 @@ start, the job ends when the helper exits: the output pipes are drained
 them open), the cgroup is checked for an OOM kill and removed (once it is
 empty, however long a process in D state takes), the work dir removed, and
 only then is the final status recorded and the output log completed.
+
+Under live restore (`live`) the helper keeps the output, the exit status
+and the controls (`jobworker.job.process.keeper`): the job follows the log
+the helper writes, signals the helper through a pidfd (SIGTERM is
+forwarded to the command, SIGUSR2 kills everything), and ends once its
+`HelperLink` is gone, with the status the helper sent or wrote to its exit
+file. A job of an earlier server is made the same way (`adopted`), without
+a spawn; `abandon` leaves it running for the next server.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import signal as signals
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,9 +34,11 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import (
     IDelayedCall,
+    IProcessTransport,
     IReactorProcess,
     IReactorThreads,
     IReactorTime,
+    IReactorUNIX,
 )
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -37,6 +48,7 @@ from jobworker.defaults import EXEC_TIMEOUT, INPUT_CAP
 from jobworker.errors import StartFailed
 from jobworker.isolation.interfaces import CgroupBusy, JobCgroup
 from jobworker.job.dirs import JobDirs, remove_tree
+from jobworker.job.live import LiveFiles, read_exit, wait_outcome
 from jobworker.job.machine import JobCore, JobInputs, JobMachine
 from jobworker.job.outputlog import OutputLog
 from jobworker.job.process.launcher import (
@@ -45,6 +57,7 @@ from jobworker.job.process.launcher import (
     spawn,
     start_error,
 )
+from jobworker.job.process.link import HelperLink, connect_helper
 from jobworker.job.process.protocol import JobProcessProtocol
 from jobworker.job.stdin import JobInput, StdinPipe
 from jobworker.model import JobStatus, Limits, Stream, Usage
@@ -110,6 +123,9 @@ class _Exit:
 class Job:
     """A started (or starting) job; touched on the reactor thread only."""
 
+    _pidfd: int | None
+    """The helper's pidfd, under live restore."""
+
     def __init__(
         self,
         record: JobRecord,
@@ -117,11 +133,13 @@ class Job:
         output: OutputLog,
         cgroup: JobCgroup | None,
         *,
-        spec: LaunchSpec,
+        spec: LaunchSpec | None,
         reactor: IReactorProcess,
         on_change: Callable[[JobStatus], None],
         on_cleanup_failed: Callable[[], None] = lambda: None,
         input_cap: int = INPUT_CAP,
+        live: LiveFiles | None = None,
+        adopted: tuple[JobStatus, int, int] | None = None,
     ) -> None:
         """Spawn the helper for `spec`, and time its exec (`EXEC_TIMEOUT`).
 
@@ -131,6 +149,11 @@ class Job:
         Once the command was exec'd, `on_change` gets the new status each
         time it changes. Raises `StartFailed` if the helper cannot be
         spawned; everything made for the job is then the caller's to remove.
+
+        `live`: the helper keeps the job (live restore). `adopted`: the
+        job's last status and the pid and a verified pidfd of the running
+        helper of an earlier server (`jobworker.job.live.verify_helper`); nothing is
+        spawned and `spec` is None.
         """
         self.record = record
         self.dirs = dirs
@@ -160,13 +183,44 @@ class Job:
         # New output and the end are published before any follower is woken:
         # a client that has read output must not get an older status.
         self.output.before_wake = self.publish
-        self.transport = spawn(reactor, JobProcessProtocol(self), spec)
+        self._reactor = reactor
+        self._live_state(live)
         self.input: JobInput | None = None
+        self.transport: IProcessTransport | None = None
+        self._start_timer: IDelayedCall | None = None
+        if live is not None:
+            self._open_streams.clear()  # the helper reads them
+            self._drained.callback(None)
+        if adopted is not None:
+            self._adopt(*adopted)
+            return
+        assert spec is not None
+        self.transport = spawn(reactor, JobProcessProtocol(self), spec)
+        if live is not None:
+            self._pidfd = os.pidfd_open(self.transport.pid)  # not reaped yet
         if spec.stdin:
             self.input = JobInput(cast(StdinPipe, self.transport), input_cap)
         self._start_timer = self._clock.callLater(
             EXEC_TIMEOUT, self._start_timed_out, EXEC_TIMEOUT
         )
+
+    def _live_state(self, live: LiveFiles | None) -> None:
+        self.live = live
+        self._link: HelperLink | None = None
+        self._connecting: Deferred[HelperLink] | None = None
+        self._link_lost = False
+        self._link_closed: Waiters[None] = Waiters()
+        self._abandoned = False
+        self._ended_with: int | None = None  # the wait status the helper sent
+        self._pidfd = None
+
+    def _adopt(self, before: JobStatus, pid: int, pidfd: int) -> None:
+        self._pidfd = pidfd
+        self.started_at = before.started_at
+        self._started = True
+        self._status_open = False
+        self._start_waiters.fire(None)  # it was, by an earlier server
+        self._connect(pid)
 
     def status(self) -> JobStatus:
         """An immutable snapshot of this job."""
@@ -226,7 +280,7 @@ class Job:
         """Fires once the command was exec'd; fails with `StartFailed`."""
         return self._start_waiters.wait()
 
-    def _start_timed_out(self, seconds: float) -> None:
+    def _start_timed_out(self, seconds: float) -> None:  # spawned jobs only
         _log.warn("job {id}: not exec'd after {s} s", id=self.record.id, s=seconds)
         if not self._report:
             self._report = f"timeout not exec'd within {seconds:g} s".encode()
@@ -236,8 +290,11 @@ class Job:
 
     def _signal(self, sig: int) -> None:
         try:
-            self.transport.signalProcess(sig)
-        except ProcessExitedAlready:
+            if self._pidfd is not None:
+                signals.pidfd_send_signal(self._pidfd, sig)
+            elif self.transport is not None:
+                self.transport.signalProcess(sig)
+        except (ProcessExitedAlready, ProcessLookupError):
             _log.debug("job {id}: signal {sig} not sent", id=self.record.id, sig=sig)
 
     def _terminate(self) -> None:
@@ -273,7 +330,11 @@ class Job:
             cap=self.output.truncated_by,
         )
         for stream in list(self._open_streams):
-            self.transport.closeChildFD(stream)
+            self._close_child_fd(stream)
+
+    def _close_child_fd(self, fd: int) -> None:
+        if self.transport is not None:
+            self.transport.closeChildFD(fd)
 
     def output_closed(self, stream: Stream) -> None:
         self._open_streams.discard(stream)
@@ -289,10 +350,12 @@ class Job:
 
     def status_closed(self) -> None:
         self._status_open = False
-        if self._start_timer.active():
+        if self._start_timer is not None and self._start_timer.active():
             self._start_timer.cancel()
         if not self._report:
             self._started = True
+            if self.live is not None and self.transport is not None:
+                self._connect(self.transport.pid)  # before anyone can abandon it
             self.publish()
             self._start_waiters.fire(None)
         self._after_exit()
@@ -305,15 +368,126 @@ class Job:
 
     def _after_exit(self) -> None:
         # Both the exit and the start report are needed; they come in any order.
-        if self._exit is None or self._status_open:
+        # Under live restore the end is the link's: it is lost once the helper
+        # has said "ended" (or died), and a spawned helper has exited too.
+        if self._status_open:
             return
         if self._report:
+            if self._exit is None:
+                return
             ending = Deferred.fromCoroutine(self._fail_start())
+        elif self.live is not None:
+            if not self._link_lost or self._abandoned:
+                return
+            if self.transport is not None and self._exit is None:
+                return
+            self.machine.process_exited()
+            ending = Deferred.fromCoroutine(self._end(self._live_exit()))
         else:
+            if self._exit is None:
+                return
             self.machine.process_exited()
             ending = Deferred.fromCoroutine(self._end(self._exit))
         # What can fail is handled where it does; this only logs a bug.
         ending.addErrback(self._clean_up_failed)
+
+    # Live restore: the helper's link (LinkEvents)
+
+    def _connect(self, pid: int) -> None:
+        """Connect to the helper's socket; its peer must be `pid`."""
+        assert self.live is not None
+        self._link = HelperLink(self, pid)
+        try:
+            connecting = connect_helper(
+                IReactorUNIX(self._reactor), self.live.directory, self._link
+            )
+        except OSError as error:
+            connecting = fail(error)
+        self._connecting = connecting
+        connecting.addErrback(self._not_connected)
+
+    def _not_connected(self, failure: Failure) -> None:
+        if self._abandoned:
+            self.link_lost()
+            return
+        _log.warn(
+            "job {id}: cannot reach its helper: {why}",
+            id=self.record.id,
+            why=failure.getErrorMessage(),
+        )
+        self.link_lost()
+
+    def log_grew(self, size: int) -> None:
+        if self._abandoned:
+            return
+        self.output.follow(size)  # publishes (before_wake)
+        why = self.output.exhausted()
+        if why is not None and not self._output_closed and self._link is not None:
+            self._output_closed = True
+            _log.info(
+                "job {id}: output truncated ({cap}); the helper closes its pipes",
+                id=self.record.id,
+                cap=why,
+            )
+            self._link.drop(why)
+
+    def log_truncated(self, why: str) -> None:
+        if not self._abandoned:
+            self.output.mark_truncated(why)
+
+    def helper_ended(self, wait_status: int) -> None:
+        self._ended_with = wait_status
+
+    def link_lost(self) -> None:
+        if self._link_lost:
+            return
+        self._link_lost = True
+        self._link_closed.fire(None)
+        if self._backstop is not None and self._backstop.active():
+            self._backstop.cancel()
+        self._after_exit()
+
+    def abandon(self) -> Deferred[None]:
+        """Leave the job running, for the next server (live restore).
+
+        Its stdin, if it has one, is closed: the job reads EOF. Fires once
+        the link to its helper is closed.
+        """
+        self._abandoned = True
+        if self.input is not None:
+            self.input.close()
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        if self._link is not None and self._link.transport is not None:
+            self._link.transport.loseConnection()
+        elif self._connecting is not None and not self._connecting.called:
+            self._connecting.cancel()  # fails: `_not_connected`
+        elif not self._link_lost:
+            self.link_lost()
+        return self._link_closed.wait()
+
+    def _live_exit(self) -> _Exit | None:
+        """How the command ended: the helper's word, its exit file, its exit."""
+        assert self.live is not None
+        record = read_exit(self.live)
+        if record is not None:
+            self.output.follow(record.log_size)
+            if record.truncated_by:
+                self.output.mark_truncated(record.truncated_by)
+        status = self._ended_with
+        if status is None and record is not None:
+            status = record.wait_status
+        if status is not None:
+            return _Exit(*wait_outcome(status))
+        if self._exit is not None:
+            _log.warn("job {id}: its helper died", id=self.record.id)
+            return self._exit
+        _log.warn(
+            "job {id}: its helper is gone without an exit status: lost",
+            id=self.record.id,
+        )
+        return None
 
     def _clean_up_failed(self, failure: Failure) -> None:
         _log.failure("job {id}: clean-up failed", failure, id=self.record.id)
@@ -329,7 +503,7 @@ class Job:
             # Whatever went wrong above, the start has failed: say so.
             self._start_waiters.fail(error)
 
-    async def _end(self, how: _Exit) -> None:
+    async def _end(self, how: _Exit | None) -> None:
         try:
             await self._drain()
             self._read_oom_flag()
@@ -342,12 +516,25 @@ class Job:
             self.usage = self._final_usage or Usage()
             if self.input is not None:
                 self.input.job_closed()
-            if how.signal is not None:
+            if how is None:
+                self.machine.lost()
+            elif how.signal is not None:
                 self.machine.killed(how.signal)
             else:
                 self.machine.exited(how.exit_code or 0)
+            if self.live is not None:
+                self._forget_helper()
             self.output.finish()  # publishes the final status (before_wake)
             self._end_waiters.fire(self.status())
+
+    def _forget_helper(self) -> None:
+        """Journal the final status, then remove the helper's files."""
+        self.publish()
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        assert self.live is not None
+        remove_tree(self.live.directory)
 
     async def _drain(self) -> None:
         """Wait for the output pipes to close, but not for ever."""
@@ -359,7 +546,7 @@ class Job:
     def _stop_draining(self) -> None:
         _log.warn("job {id}: output still open after exit", id=self.record.id)
         for stream in list(self._open_streams):
-            self.transport.closeChildFD(stream)
+            self._close_child_fd(stream)
         if not self._drained.called:
             self._drained.callback(None)
 

@@ -53,6 +53,10 @@ class JobInputs(Protocol):
     def killed(self, signal: int) -> None:
         """Clean-up is done; the command was killed by `signal`."""
 
+    def lost(self) -> None:
+        """Clean-up is done; how the command ended cannot be known (its
+        live-restore helper died without an exit status)."""
+
     def state(self) -> JobState:
         """The state to report in the job's status."""
 
@@ -81,18 +85,21 @@ def _build() -> Callable[[JobCore], JobInputs]:
     ending = builder.state("Ending")
     exited = builder.state("Exited")
     killed = builder.state("Killed")
+    lost = builder.state("Lost")
 
     running.upon(JobInputs.state).loop().returns(JobState.RUNNING)
     stopping.upon(JobInputs.state).loop().returns(JobState.STOPPING)
     exited.upon(JobInputs.state).loop().returns(JobState.EXITED)
     killed.upon(JobInputs.state).loop().returns(JobState.KILLED)
+    lost.upon(JobInputs.state).loop().returns(JobState.LOST)
+    ending.upon(JobInputs.lost).to(lost).returns(None)
     running.upon(JobInputs.process_exited).to(ending).returns(None)
 
     @pep614(ending.upon(JobInputs.state).loop())
     def ending_state(inputs: JobInputs, core: JobCore) -> JobState:
         return JobState.STOPPING if core.stop_requested else JobState.RUNNING
 
-    for later in (ending, exited, killed):
+    for later in (ending, exited, killed, lost):
         later.upon(JobInputs.stop).loop().returns(None)
 
     @pep614(running.upon(JobInputs.stop).to(stopping))

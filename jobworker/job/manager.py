@@ -24,6 +24,7 @@ from typing import Any, cast
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.interfaces import IReactorProcess, IReactorThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
 
 from jobworker.defaults import INPUT_CAP, MAX_GRACE, OUTPUT_CAP, STOP_GRACE
 from jobworker.errors import (
@@ -40,14 +41,15 @@ from jobworker.isolation.interfaces import IsolationConfig, JobCgroup
 from jobworker.isolation.uids import UidPool
 from jobworker.job.admission import MAX_JOBS_PER_OWNER, RunningJobs
 from jobworker.job.board import StatusBoard
-from jobworker.job.dirs import create_job_dirs, job_dirs, remove_tree
+from jobworker.job.dirs import JobDirs, create_job_dirs, job_dirs, remove_tree
 from jobworker.job.environment import check_env, job_env
 from jobworker.job.events import JobEvents
 from jobworker.job.job import Job, JobRecord
-from jobworker.job.journal import Journal
-from jobworker.job.outputlog import OutputLog, OutputSource, read_chunks
+from jobworker.job.journal import Entry, Journal
+from jobworker.job.live import LiveFiles, read_exit, verify_helper
+from jobworker.job.outputlog import OutputLog, OutputSource, read_chunks, scan
 from jobworker.job.process.launcher import LaunchSpec
-from jobworker.job.restored import RestoredJob, restore
+from jobworker.job.restored import Ended, RestoredJob, restore
 from jobworker.job.stdin import JobInput
 from jobworker.job.storage import StorageGuard
 from jobworker.job.users import JobUser, resolve_user
@@ -60,6 +62,7 @@ MAX_ARGUMENT = 128 * 1024 - 1
 MAX_COMMAND = 1024 * 1024
 DEFAULT_READ = 64 * 1024
 MAX_REQUEST_ID = 128
+_log = Logger()
 
 
 class JobManager:
@@ -78,6 +81,7 @@ class JobManager:
         events: JobEvents | None = None,
         max_jobs_per_owner: int | None = MAX_JOBS_PER_OWNER,
         storage: StorageGuard | None = None,
+        live_restore: bool = False,
         reactor: IReactorProcess | None = None,
     ) -> None:
         """Jobs live below `state_dir`; `isolation=None` runs them bare.
@@ -94,6 +98,11 @@ class JobManager:
         `state_dir` are restored (ended; those whose end no manager saw as
         `LOST`): only one manager may use a state directory at a time (the
         server holds its lock).
+
+        With `live_restore`, jobs outlive the manager: their helpers keep
+        their output and status (`jobworker.job.live`), `shutdown` leaves
+        them running, and a new manager re-adopts the jobs whose helper
+        still runs (their cgroups are kept; every other stale one goes).
         """
         self._state_dir = state_dir
         self._policy = policy
@@ -106,6 +115,7 @@ class JobManager:
         self._input_cap = input_cap
         self._events = events if events is not None else JobEvents()
         self._reactor = IReactorProcess(or_global(reactor))
+        self.live_restore = live_restore
         self._jobs: dict[str, Job | RestoredJob] = {}
         self.running = RunningJobs(max_jobs_per_owner)
         """Starting and running jobs per owner, within the cap."""
@@ -130,20 +140,111 @@ class JobManager:
         for job_id in unrecorded:
             remove_tree(job_dirs(self._state_dir, job_id).job_dir)
         statuses = []
+        adopted: builtins.list[tuple[Job, bool]] = []
         for entry in loaded.entries:
-            job, changed = restore(entry, job_dirs(self._state_dir, entry.status.id))
-            status = job.status()
-            if changed:
-                self.journal.save(status, job.output.size)
-            remove_tree(job.dirs.work_dir)  # left by a crash
-            self._jobs[status.id] = job
-            if self.storage is not None:  # its log still holds that much
-                self.storage.stored(status.owner, status.output_bytes)
+            dirs = job_dirs(self._state_dir, entry.status.id)
+            live = self._readopt(entry, dirs) if self.live_restore else None
+            if isinstance(live, Job):
+                adopted.append((live, entry.status.stop_requested))
+                status = live.status()
+            else:
+                job, changed = restore(entry, dirs, live)
+                status = job.status()
+                if changed:
+                    self.journal.save(status, job.output.size)
+                remove_tree(job.dirs.work_dir)  # left by a crash
+                remove_tree(LiveFiles.of(dirs.job_dir).directory)
+                self._jobs[status.id] = job
+                if self.storage is not None:  # its log still holds that much
+                    self.storage.stored(status.owner, status.output_bytes)
             if status.request_id is not None:
                 self._requests[status.owner, status.request_id] = status.id
             self.board.publish(status)
             statuses.append(status)
+        if self.live_restore and self._isolation is not None:
+            keep = {each.record.id for each, _ in adopted}
+            stale = self._isolation.cgroups.cleanup_stale(keep)
+            if stale:
+                _log.info("removed {count} stale job cgroup(s)", count=stale)
         self._events.restored(statuses, len(unrecorded))
+        for each, stopping in adopted:
+            self._adopted(each, stopping)
+
+    def _readopt(self, entry: Entry, dirs: JobDirs) -> Job | Ended | None:
+        """A running job of an earlier server, re-adopted if its helper runs.
+
+        Else how its helper said it ended (`Ended`), or None (LOST).
+        """
+        status = entry.status
+        if status.state.ended:
+            return None
+        live = LiveFiles.of(dirs.job_dir)
+        cgroup = None
+        if self._isolation is not None:
+            cgroup = self._isolation.cgroups.find(status.id, owner=status.owner)
+        procs = cgroup.procs_files if cgroup is not None else ()
+        helper = verify_helper(live, procs) if os.path.isdir(live.directory) else None
+        if helper is None:
+            return _helper_ended(live, cgroup)
+        scanned = scan(dirs.output_path)
+        output = OutputLog(
+            dirs.output_path,
+            self._output_cap,
+            IReactorTime(self._reactor),
+            None if self.storage is None else self.storage.account(status.owner),
+            external=True,
+            start=scanned,
+        )
+        if self.storage is not None:
+            self.storage.stored(status.owner, scanned.data_bytes)
+        record = JobRecord(
+            status.id, status.owner, status.command, status.limits, status.request_id
+        )
+        return self._job_of(
+            (record, dirs, output, cgroup), None, live, adopted=(status, *helper)
+        )
+
+    def _job_of(
+        self,
+        parts: tuple[JobRecord, JobDirs, OutputLog, JobCgroup | None],
+        spec: LaunchSpec | None,
+        live: LiveFiles | None,
+        adopted: tuple[JobStatus, int, int] | None = None,
+    ) -> Job:
+        """The `Job` of (record, dirs, output, cgroup): spawned for `spec`,
+        or `adopted` (see `Job`)."""
+        record, _, output, _ = parts
+        return Job(
+            *parts,
+            spec=spec,
+            reactor=self._reactor,
+            on_change=functools.partial(self._publish, output),
+            on_cleanup_failed=lambda: self._events.cleanup_failed(record.id),
+            input_cap=self._input_cap,
+            live=live,
+            adopted=adopted,
+        )
+
+    def _adopted(self, job: Job, stopping: bool) -> None:
+        """A re-adopted job is listed and counted as a started one; the
+        earlier server's stop (`stopping`) goes on, with the default grace."""
+        owner = job.record.owner
+        self.running.admit(owner, force=True)
+        Deferred.fromCoroutine(self._release_at_end(job))
+        sandbox = self._isolation.sandbox if self._isolation is not None else None
+        pool = sandbox.uids if sandbox and self._job_user is None else None
+        if pool is not None:
+            uid = os.stat(job.dirs.work_dir).st_uid
+            user = pool.claim(uid)
+            Deferred.fromCoroutine(_give_back_after(job, pool, user, job.cgroup))
+        self._register(job)
+        if stopping:
+            job.stop(self._stop_grace)
+
+    @property
+    def shutting_down(self) -> bool:
+        """Whether `shutdown` was called (under live restore: jobs left)."""
+        return self._closing
 
     @property
     def policy(self) -> LimitPolicy:
@@ -270,13 +371,17 @@ class JobManager:
             raise
         output: OutputLog | None = None
         cgroup: JobCgroup | None = None
+        live = LiveFiles.of(dirs.job_dir) if self.live_restore else None
         try:
             output = OutputLog(
                 dirs.output_path,
                 self._output_cap,
                 IReactorTime(self._reactor),
                 None if self.storage is None else self.storage.account(record.owner),
+                external=live is not None,
             )
+            if live is not None:
+                live.make()
             if self._isolation is not None:
                 try:
                     cgroup = self._isolation.cgroups.create(
@@ -293,6 +398,9 @@ class JobManager:
                 self._isolation is not None and self._isolation.namespaces,
                 stdin=stdin,
                 job_id=record.id,
+                live=None
+                if live is None
+                else live.helper_config(dirs.output_path, self._output_cap),
                 **(
                     sandbox.launch_options(
                         self._state_dir, dirs.work_dir, user, resolved
@@ -301,17 +409,7 @@ class JobManager:
                     else {}
                 ),
             )
-            job = Job(
-                record,
-                dirs,
-                output,
-                cgroup,
-                spec=spec,
-                reactor=self._reactor,
-                on_change=functools.partial(self._publish, output),
-                on_cleanup_failed=lambda: self._events.cleanup_failed(record.id),
-                input_cap=self._input_cap,
-            )
+            job = self._job_of((record, dirs, output, cgroup), spec, live)
         except BaseException:
             if output is not None:
                 output.finish()
@@ -491,14 +589,22 @@ class JobManager:
             raise InputClosed(f"job {job_id} has ended: its stdin is closed")
         if job.input is None:
             raise InputClosed(
-                f"job {job_id} has no stdin to write to (it was started without one)"
+                f"job {job_id} has no stdin to write to (it was started without"
+                " one, or its stdin ended with the server that started it)"
             )
         return job.input
 
     def shutdown(self) -> Deferred[None]:
-        """Refuse new jobs, stop every job, fire when all have ended."""
+        """Refuse new jobs, stop every job, fire when all have ended.
+
+        Under live restore the jobs are left running for the next manager
+        instead (those still starting once they have started).
+        """
         running = [status for status in self.list() if not status.state.ended]
-        self._events.shutdown_requested(len(running))
+        if self.live_restore:
+            self._events.left_running(len(running))
+        else:
+            self._events.shutdown_requested(len(running))
         if self._closed:
             return succeed(None)
         waiter: Deferred[None] = Deferred()
@@ -512,6 +618,12 @@ class JobManager:
         try:
             starts = [job.when_started() for job in self._starting.values()]
             await gatherResults(starts, consumeErrors=True).addErrback(lambda _: None)
+            if self.live_restore:
+                left = [
+                    job.abandon() for job in self._jobs.values() if isinstance(job, Job)
+                ]
+                await gatherResults(left, consumeErrors=True)
+                return
             stops = [job.stop(self._stop_grace) for job in self._jobs.values()]
             await gatherResults(stops, consumeErrors=True)
         finally:
@@ -526,6 +638,20 @@ class JobManager:
         if job is None:
             raise JobNotFound(str(job_id))
         return job
+
+
+def _helper_ended(live: LiveFiles, cgroup: JobCgroup | None) -> Ended | None:
+    """How a helper that died while no server ran said its job ended."""
+    record = read_exit(live)
+    if record is None:
+        return None
+    oom = False
+    if cgroup is not None:
+        try:
+            oom = cgroup.oom_killed()
+        except (OSError, ValueError):
+            oom = False
+    return Ended(record, oom, os.stat(live.exit_file).st_mtime)
 
 
 def _give_back(

@@ -19,7 +19,6 @@ cancelled; what grows with the output is its sparse index
 from __future__ import annotations
 
 import os
-import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -30,19 +29,20 @@ from twisted.logger import Logger
 
 from jobworker.errors import InvalidRequest
 from jobworker.job.outputindex import LogIndex
+from jobworker.job.process.records import (
+    HEADER,
+    MAX_RECORD,
+    TIME,
+    TIME_DATA,
+    frame,
+    write_all,
+)
 from jobworker.model import OutputChunk, OutputState, Stream
 from jobworker.reactors import or_global
 
-HEADER = struct.Struct(">BI")
-TIME = 3
-TIME_DATA = struct.Struct(">q")
-# A new time mark is written when the clock has moved on by this much.
-MARK_NS = 1_000_000
-# Larger writes are split so that one record always fits a reader's budget.
-MAX_RECORD = 64 * 1024
 # Read beyond the data budget by this much, for the headers of its records.
 _HEADER_ROOM = 4096
-_IOV_MAX = os.sysconf("SC_IOV_MAX")
+__all__ = ["HEADER", "MAX_RECORD", "TIME", "TIME_DATA", "LogReader", "OutputLog"]
 _log = Logger()
 
 
@@ -74,6 +74,9 @@ class OutputLog:
         cap: int,
         clock: IReactorTime | None = None,
         storage: StorageRoom | None = None,
+        *,
+        external: bool = False,
+        start: ScannedLog | None = None,
     ) -> None:
         """Create the log file at `path` (it must not exist yet).
 
@@ -82,26 +85,40 @@ class OutputLog:
         is dropped, `truncated` becomes true and `truncated_by` names the
         cap. A write the filesystem refuses (ENOSPC) truncates the log
         too, at its last whole record. `clock` times the records.
+
+        With `external`, another process (the job's helper, under live
+        restore) writes the log and this one `follow`s it: from `start`
+        (an existing log, as `scan` found it), else from a new empty file.
         """
         if cap < 0:
             raise InvalidRequest(f"output cap must not be negative, got {cap}")
         self.path = path
         self.cap = cap
-        self.size = 0
-        self.data_bytes = 0
+        self.size = 0 if start is None else start.size
+        self.data_bytes = 0 if start is None else start.data_bytes
         self.truncated = False
         self.truncated_by = ""
         """Why output was dropped: the cap's option, or the write's error."""
         self._storage = storage
         self.complete = False
-        self._fd: int | None = os.open(
-            path,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC,
-            0o600,
-        )
+        self._fd: int | None = None
+        if start is None:
+            self._fd = os.open(
+                path,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC,
+                0o600,
+            )
+        self._follower: LogReader | None = None
+        if external:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            self._follower = LogReader(path, start.index if start else None)
         self._clock = IReactorTime(or_global(clock))
         self._mark = -1  # the last time mark written, in ns (-1: none yet)
-        self.index = LogIndex()
+        self.index = self._follower.index if self._follower else LogIndex()
+        if self._follower is not None and start is not None:
+            self._mark = self._follower.time_at(start.size)
         """Where records start, every so often: for readers on any thread."""
         self._waiters: set[Deferred[OutputState]] = set()
         self.before_wake: Callable[[], None] | None = None
@@ -126,25 +143,10 @@ class OutputLog:
             if not data:
                 self._changed()  # nothing to read, but the flag is news
                 return
-        view = memoryview(data)
-        parts: list[bytes | memoryview] = []
-        starts: list[tuple[int, int]] = []  # for the index, once written
-        at = self.size
-        # Never backwards: a clock set back repeats the last mark's time.
-        now = max(self._mark, round(self._clock.seconds() * 1e9), 0)
-        mark = self._mark
-        if mark < 0 or now // MARK_NS != mark // MARK_NS:
-            starts.append((at, mark))
-            parts += (HEADER.pack(TIME, TIME_DATA.size), TIME_DATA.pack(now))
-            at += HEADER.size + TIME_DATA.size
-            mark = now
-        for start in range(0, len(view), MAX_RECORD):
-            piece = view[start : start + MAX_RECORD]
-            starts.append((at, mark))
-            parts += (HEADER.pack(stream, len(piece)), piece)
-            at += HEADER.size + len(piece)
+        now = round(self._clock.seconds() * 1e9)
+        parts, starts, at, mark = frame(stream, data, self.size, self._mark, now)
         try:
-            _write_all(self._fd, parts)
+            write_all(self._fd, parts)
         except OSError as error:
             self._write_failed(self._fd, error)
             return
@@ -187,11 +189,55 @@ class OutputLog:
         self.truncated_by = error.strerror or type(error).__name__
         self._changed()  # nothing more to read, but the flag is news
 
+    def follow(self, size: int) -> None:
+        """The external writer has written the log up to `size`: take it in.
+
+        Its new records are indexed and their data counted (against the
+        owner's storage too), then the waiters are woken. A record that
+        makes no sense ends the following: the log is served up to there.
+        """
+        reader = self._follower
+        if reader is None or size <= self.size or self.complete:
+            return
+        data = 0
+        at = self.size
+        try:
+            for at, kind, record in reader.records(self.size, size):
+                self.index.record_at(at, self._mark)
+                if kind == TIME:
+                    self._mark = TIME_DATA.unpack(record)[0]
+                else:
+                    data += len(record)
+        except InvalidRequest as error:
+            _log.warn(
+                "{path}: not followed past {at}: {e}", path=self.path, at=at, e=error
+            )
+            self.mark_truncated("a damaged record")
+            return
+        self.size = size
+        self.data_bytes += data
+        if self._storage is not None:
+            self._storage.stored(data)
+        self._wake()
+
+    def exhausted(self) -> str | None:
+        """The cap that leaves no room for more output, if one does."""
+        room, cap = self._room()
+        return cap if room <= 0 else None
+
+    def mark_truncated(self, why: str) -> None:
+        """The external writer stores no more output, because of `why`."""
+        if not self.truncated:
+            self.truncated, self.truncated_by = True, why
+            self._changed()
+
     def finish(self) -> None:
         """No more output will come: close the file and wake every waiter."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        if self._follower is not None:
+            self._follower.close()
         self.complete = True
         self._wake()
 
@@ -230,17 +276,6 @@ def check_offset(offset: int, size: int) -> None:
     """Raise `InvalidRequest` unless `offset` is within a log of `size` bytes."""
     if not 0 <= offset <= size:
         raise InvalidRequest(f"offset {offset} is outside the output (0 to {size})")
-
-
-def _write_all(fd: int, parts: list[bytes | memoryview]) -> None:
-    """Write `parts` in order with as few system calls as the OS allows."""
-    views = [memoryview(part) for part in parts]
-    while views:
-        written = os.writev(fd, views[:_IOV_MAX])
-        while views and written >= len(views[0]):
-            written -= len(views.pop(0))
-        if written:
-            views[0] = views[0][written:]
 
 
 @dataclass

@@ -118,6 +118,13 @@ class Options(usage.Options):
             " For development only.",
         ],
         ["no-seccomp", None, "Run jobs without the syscall filter (doc/sandbox.md)."],
+        [
+            "live-restore",
+            None,
+            "Jobs outlive the server: a stop or crash leaves them running and"
+            " the next server on the state directory re-adopts them"
+            " (doc/restart.md; systemd needs KillMode=process).",
+        ],
     ]
     # Per-user caps and host totals (jobworker.server.levers).
     optParameters: ClassVar[list[list[Any]]] = levers.PARAMETERS
@@ -380,6 +387,7 @@ def build_service(
             storage=StorageGuard(
                 state_dir, config["user-output-quota"], config["min-free-disk"]
             ),
+            live_restore=config["live-restore"],
             reactor=IReactorProcess(reactor),
         )
     except BaseException:
@@ -467,7 +475,8 @@ def _isolation(
         totals=config["totals"],
         per_user=config["per-user"],
     )
-    stale = driver.cleanup_stale()
+    # Under live restore the manager keeps the cgroups of the jobs it re-adopts.
+    stale = 0 if config["live-restore"] else driver.cleanup_stale()
     if stale:
         log.info("removed {count} stale job cgroup(s) of an earlier run", count=stale)
     log.info(

@@ -16,7 +16,7 @@ and Write, every device) and pids.peak (where the kernel has it).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from functools import partial
 
 from twisted.internet.interfaces import IReactorTime
@@ -206,8 +206,19 @@ class V1Driver(DriverBase):
         if controller == "pids" and limits.pids is not None:
             write(file("pids.max"), str(limits.pids))
 
-    def cleanup_stale(self) -> int:
+    def find(self, job_id: str, *, owner: str) -> V1JobCgroup | None:
+        check_job_id(job_id)
+        dirs = {
+            c: os.path.join(p, user_name(owner), job_id)
+            for c, p in self.parents.items()
+        }
+        if not all(map(os.path.isdir, dirs.values())):
+            return None
+        return V1JobCgroup(dirs, self._kernel, self._clock)
+
+    def cleanup_stale(self, keep: Collection[str] = ()) -> int:
         jobs = stale_job_dirs(self.parents.values())
+        jobs = {job: dirs for job, dirs in jobs.items() if job not in keep}
         for dirs in jobs.values():
             procs = [os.path.join(d, "cgroup.procs") for d in dirs]
             kill = partial(self._kernel.kill_listed, procs)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from contextlib import suppress
 from functools import partial
 
@@ -249,8 +249,16 @@ class V2Driver(DriverBase):
         if limits.pids is not None:
             write(file("pids.max"), str(limits.pids))
 
-    def cleanup_stale(self) -> int:
+    def find(self, job_id: str, *, owner: str) -> V2JobCgroup | None:
+        check_job_id(job_id)
+        directory = os.path.join(self.parent, user_name(owner), job_id)
+        if not os.path.isdir(directory):
+            return None
+        return V2JobCgroup(directory, self._kernel, self._clock)
+
+    def cleanup_stale(self, keep: Collection[str] = ()) -> int:
         jobs = stale_job_dirs([self.parent])
+        jobs = {job: dirs for job, dirs in jobs.items() if job not in keep}
         for dirs in jobs.values():
             kill = partial(kill_cgroup, self._kernel, dirs[0])
             remove_now(self._kernel, dirs, kill, STALE_TIMEOUT)

@@ -384,8 +384,14 @@ def _namespace_init(
     os._exit(0)
 
 
-def _run_namespaced(config: dict[str, Any], argv: list[bytes]) -> NoReturn:
-    """H with namespaces: unshare, fork I, relay signals, mirror C's status."""
+def _run_namespaced(
+    config: dict[str, Any], argv: list[bytes], keeper: Any = None
+) -> NoReturn:
+    """H with namespaces: unshare, fork I, relay signals, mirror C's status.
+
+    With a `keeper` (live restore) it serves the job's output and controls
+    meanwhile.
+    """
     # After joining the job's cgroup: the cgroup namespace's root is that.
     _check(_libc.unshare(_NAMESPACES), "unshare")
     alive_r, alive_w = os.pipe()
@@ -394,11 +400,15 @@ def _run_namespaced(config: dict[str, Any], argv: list[bytes]) -> NoReturn:
     if init == 0:
         os.close(alive_w)
         os.close(report_r)
+        if keeper is not None:
+            keeper.close_in_child()
         _namespace_init(config, argv, alive_r, report_w)
     os.close(STATUS_FD)
     _close_stdin()
     os.close(alive_r)
     os.close(report_w)
+    if keeper is not None:
+        _mirror(_keep_namespaced(keeper, init, report_r))
     while True:
         sig = signal.sigwaitinfo(_WATCHED).si_signo
         if sig in _FORWARDED or sig == signal.SIGUSR2:
@@ -408,6 +418,55 @@ def _run_namespaced(config: dict[str, Any], argv: list[bytes]) -> NoReturn:
             break
     reported = os.read(report_r, 64).strip()
     _mirror(int(reported) if reported else init_status)
+
+
+def _keep_namespaced(keeper: Any, init: int, report_r: int) -> int:
+    """H under live restore, with namespaces: the keeper's loop until I ends."""
+
+    def reap() -> int | None:
+        pid, init_status = os.waitpid(init, os.WNOHANG)
+        if pid != init:
+            return None
+        reported = os.read(report_r, 64).strip()
+        return int(reported) if reported else init_status
+
+    keeper.after_fork(_WATCHED)
+    return int(
+        keeper.run(
+            lambda sig: _send(init, sig), lambda: _send(init, signal.SIGKILL), reap
+        )
+    )
+
+
+def _keep_as_init(keeper: Any, config: dict[str, Any], argv: list[bytes]) -> int:
+    """H under live restore, without namespaces: init of C, and its keeper."""
+    main = os.fork()
+    if main == 0:
+        keeper.close_in_child()
+        _exec_command(config, argv)
+    os.close(STATUS_FD)
+    _close_stdin()
+    ended: list[int] = []
+
+    def reap() -> int | None:
+        try:
+            while not ended and (reaped := os.waitpid(-1, os.WNOHANG))[0] != 0:
+                if reaped[0] == main:  # the leftovers go with it, as without
+                    ended.append(_kill_and_reap_all(main, reaped[1]))
+        except ChildProcessError:
+            pass
+        return ended[0] if ended else None
+
+    keeper.after_fork(_WATCHED)
+    return int(keeper.run(lambda sig: _signal_group(main, sig), _kill_everything, reap))
+
+
+def _load_keeper(live: dict[str, Any]) -> Any:
+    """The live-restore keeper (`keeper.py`, next to this file), started."""
+    sys.path.append(os.path.dirname(os.path.abspath(__file__)))
+    import keeper  # type: ignore[import-not-found]  # noqa: PLC0415 - live restore only
+
+    return keeper.Keeper(live)
 
 
 def _read_config() -> dict[str, Any]:
@@ -439,19 +498,24 @@ def main(args: list[str]) -> NoReturn:
         config["env"] = marshal.loads(bytes.fromhex(job_env))  # noqa: S302
         argv = [os.fsencode(arg) for arg in args[2:]]
         _set_name(b"jw-", config.get("job_id", ""))
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # die with the server
+        live = config.get("live")
+        if live is None:  # under live restore the job outlives the server
+            _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # die with the server
         if os.getppid() != config["parent"]:
             os._exit(SETUP_FAILED)  # the server is already gone
         os.setsid()
         _join_cgroups(config.get("cgroup_procs", []))
         signal.pthread_sigmask(signal.SIG_BLOCK, _WATCHED)
+        keeper = None if live is None else _load_keeper(live)
         if config.get("namespaces"):
-            _run_namespaced(config, argv)
+            _run_namespaced(config, argv, keeper)
         _prctl(_PR_SET_CHILD_SUBREAPER, 1)
     except SetupError as e:
         _report(str(e))
     except BaseException as e:  # anything must reach the server
         _report(f"error {e!r}")
+    if keeper is not None:
+        _mirror(_keep_as_init(keeper, config, argv))
     _mirror(_act_as_init(config, argv))
 
 

@@ -7,6 +7,8 @@ running grpcio is unsafe). Stdin is /dev/null, or a pipe from the server
 for a job started with stdin (`job/stdin.py`); fds 1
 and 2 are the output pipes, fd 3 the close-on-exec status pipe: EOF with no
 data means the command was exec'd, a line "<kind> <detail>" says why not.
+Under live restore fds 1 and 2 are /dev/null: the helper has pipes of its
+own for the command's output (`keeper.py`).
 """
 
 from __future__ import annotations
@@ -73,6 +75,9 @@ class LaunchSpec:
     """A pipe from the server as the job's stdin, rather than /dev/null."""
     job_id: str = ""
     """Named in the helper's argv and process names, for `ps` and `top`."""
+    live: dict[str, object] | None = None
+    """Live restore: the helper keeps the job ("dir": its live directory,
+    "log": the output log, "cap": the output cap; `keeper.Keeper`)."""
 
     def helper_config(self) -> bytes:
         """The helper's configuration, which it reads from fd `CONFIG_FD`.
@@ -94,6 +99,8 @@ class LaunchSpec:
             config["rootfs"] = self.rootfs
         if self.seccomp is not None:
             config["seccomp"] = self.seccomp
+        if self.live is not None:
+            config["live"] = self.live
         if self.user is not None:
             config |= {
                 "user": self.user.name,
@@ -146,16 +153,18 @@ def spawn(
     test's fake) is asked to `spawnProcess` the same way. Raises
     `StartFailed` if the helper itself cannot be started.
     """
-    devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     config = -1
     try:
         config = config_file(spec.helper_config())
         argv = spec.helper_argv()
         stdin: int | str = "w" if spec.stdin else devnull
+        # Under live restore the helper reads the command's output itself.
+        output: int | str = "r" if spec.live is None else devnull
         child_fds: dict[int, int | str] = {
             0: stdin,
-            1: "r",
-            2: "r",
+            1: output,
+            2: output,
             STATUS_FD: "r",
             CONFIG_FD: config,
         }
