@@ -54,7 +54,9 @@ def render_flood(f: Flood) -> list[str]:
     p99_before, p99_during = _ms(c.before, 0.99), _ms(c.during, 0.99)
     calls = sum(c.calls.values())
     refusals = ", ".join(f"{n} x {what}" for what, n in f.refusals.items())
-    floods = ", ".join(f"{n} {how}" for how, n in f.floods.items())
+    floods = ", ".join(
+        f"{n} {how.removeprefix('JOB_STATE_')}" for how, n in f.floods.items()
+    )
     ratio = "-"
     if c.before and c.during:
         ratio = f"{percentile(c.during, 0.99) / percentile(c.before, 0.99):.1f}"
