@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from bench import report
+from bench import flood, report
 from bench.suite import QUICK, Plan, Suite, rows
 from jobworker import pki
 
@@ -29,6 +29,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default="doc/performance.md", help="the report")
     parser.add_argument(
         "--quick", action="store_true", help="small sizes, to try the suite out"
+    )
+    parser.add_argument(
+        "--only",
+        choices=["flood"],
+        help="run one figure and print its rows (writes no report)",
     )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
@@ -48,6 +53,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
+    if args.only:
+        try:
+            pki.init(suite.pki)
+            suite.run_flood()
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        print(report.table(flood.rows(suite.results["flood"])))
+        return 1 if suite.leftovers else 0
     try:
         pki.init(suite.pki)
         suite.run()

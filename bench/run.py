@@ -32,7 +32,8 @@ def run_workers(
                 sys.executable,
                 "-m",
                 "bench.worker",
-                json.dumps({**task, "endpoint": endpoint.to_json()}),
+                # A task may carry its own endpoint (another user's).
+                json.dumps({"endpoint": endpoint.to_json(), **task}),
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bench import baselines, figures, retained
+from bench import baselines, figures, flood, retained
 from bench.common import GIB, MIB
 from bench.report import Row, ratio_row
 from bench.servers import BareProcess, JobWorkerProcess
@@ -53,6 +53,7 @@ class Plan:
     scale_jobs: int = 500
     scale_followers: int = 200
     argv_jobs: int = 50
+    flood_runs: int = 3
 
 
 QUICK = Plan(GIB // 4, 3, GIB // 4, 2, 32 * MIB, 16 * MIB, 2, 50, 2, 1.0, 100, 40, 20)
@@ -122,6 +123,7 @@ class Suite:
                 # are flushed to disk for minutes, which slows every start.
                 self._starts(main)
                 self._unary(bare, main)
+                self._flood(main)
                 self._throughput(bare, main)
                 self._fanout(bare, main)
             finally:
@@ -161,6 +163,20 @@ class Suite:
                 out["start_plain"].append(figures.start_latency(plain, plan.starts))
         finally:
             self.leftovers += plain.stop()
+
+    def _flood(self, main: JobWorkerProcess) -> None:
+        self._log(f"6. flood: {flood.STARTS} concurrent Starts of one user")
+        for _ in range(self.plan.flood_runs):
+            settle()
+            self.results["flood"].append(flood.flood(main, self.pki))
+
+    def run_flood(self) -> None:
+        """Only figure 6 (`python -m bench --only flood`)."""
+        main = self._jobworker("main")
+        try:
+            self._flood(main)
+        finally:
+            self.leftovers += main.stop()
 
     def _throughput(self, bare: BareProcess, main: JobWorkerProcess) -> None:
         plan, out = self.plan, self.results
@@ -250,6 +266,7 @@ def rows(out: Results) -> list[Row]:
     table += _unary_rows(out)
     table += _scale_rows(out["scale"][0])
     table += _argv_rows(out["argv"][0])
+    table += flood.rows(out["flood"])
     return table
 
 

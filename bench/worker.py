@@ -3,8 +3,10 @@
 Modes: `stream` (followers reading a bare stream or a job's output, each on
 its own connection, hashing what they get), `hold` (followers that stay
 open on running jobs), `unary` (bare Echo or jobworker Status calls from
-some threads for some seconds), `start` (sequential Start calls) and `cli`
-(the CLI's own code starts a job and copies its output to /dev/null).
+some threads for some seconds), `start` (sequential Start calls), `cli`
+(the CLI's own code starts a job and copies its output to /dev/null),
+`burst` (one Start per thread, all at once) and `samples` (Status calls
+with the time each was sent, for `bench.flood`).
 Each says `ready` once connected, waits for `go` on stdin, then reports.
 """
 
@@ -175,6 +177,43 @@ def start(task: dict[str, Any], endpoint: Endpoint) -> dict[str, Any]:
     }
 
 
+def burst(task: dict[str, Any], endpoint: Endpoint) -> list[Any]:
+    """One Start per thread, all at once; each thread's times and outcome."""
+    stub = pb_grpc.JobWorkerStub(open_channel(endpoint))
+    stub.List(pb.ListRequest())
+    request = pb.StartRequest(command=[arg.encode() for arg in task["command"]])
+    _go()
+
+    def one_start(_: int) -> dict[str, Any]:
+        began = time.monotonic()
+        try:
+            stub.Start(request, timeout=task["timeout"])
+            outcome = "OK"
+        except grpc.RpcError as error:
+            outcome = f"{error.code().name}: {error.details()}"
+        return {"began": began, "ended": time.monotonic(), "outcome": outcome}
+
+    return _in_threads(task["threads"], one_start)
+
+
+def samples(task: dict[str, Any], endpoint: Endpoint) -> dict[str, Any]:
+    """Status of one job, call after call, for some seconds: (sent, latency)."""
+    stub = pb_grpc.JobWorkerStub(open_channel(endpoint))
+    request = pb.StatusRequest(job_id=task["job_id"])
+    for _ in range(50):  # warm up, as `unary` does
+        stub.Status(request)
+    _go()
+    found, failures = [], 0
+    stop_at = time.monotonic() + task["seconds"]
+    while (now := time.monotonic()) < stop_at:
+        try:
+            stub.Status(request, timeout=30)
+        except grpc.RpcError:
+            failures += 1
+        found.append((now, time.monotonic() - now))
+    return {"samples": found, "failures": failures}
+
+
 def cli(task: dict[str, Any], endpoint: Endpoint) -> dict[str, Any]:
     """`jobworker run -- head -c N /dev/zero > /dev/null`, in the CLI's code."""
     from jobworker.cli import main as jobworker_cli  # noqa: PLC0415
@@ -209,6 +248,8 @@ MODES: dict[str, Callable[[dict[str, Any], Endpoint], Any]] = {
     "unary": unary,
     "start": start,
     "cli": cli,
+    "burst": burst,
+    "samples": samples,
 }
 
 

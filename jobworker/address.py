@@ -60,6 +60,9 @@ def bind_error(text: str) -> OSError | None:
     first: OSError | None = None
     for family, kind, proto, _, address in infos:
         with socket.socket(family, kind, proto) as probe:
+            # As grpcio binds: a killed server's connections in TIME_WAIT do
+            # not hold the port, a listening socket does.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind(address)
             except OSError as error:

@@ -17,7 +17,7 @@ import tempfile
 import time
 from types import FrameType
 
-from soak import disconnects, faults, load, probes, slow, warmup
+from soak import disconnects, disk, faults, flood, load, probes, restart, slow, warmup
 from soak.client import Clients
 from soak.report import Resources, Run, write
 from soak.server import ServerProcess, Vitals, make_pki
@@ -30,6 +30,9 @@ FD_SLACK = 4
 # up to 10, and keeps them.
 THREAD_SLACK = 10
 RSS_SLACK_KIB = 64 * 1024
+# The warm-up and the disconnects hold all 64 follower slots as one user;
+# per-user caps are the flood phase's, on a server of its own.
+MAIN_OPTIONS = ("--max-followers-per-user=64",)
 
 
 class OutOfTime(Exception):
@@ -44,6 +47,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--disconnect-rounds", type=int, default=3)
     parser.add_argument("--crash-jobs", type=int, default=20)
     parser.add_argument("--shutdown-jobs", type=int, default=10)
+    parser.add_argument("--restart-jobs", type=int, default=20)
     parser.add_argument("--grace", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--time-limit", type=float, default=14 * 60)
@@ -77,12 +81,24 @@ def resources(name: str, baseline: Vitals, after: Vitals) -> Resources:
     return Resources(name, baseline, after, problems)
 
 
+def restarts_and_floods(
+    args: argparse.Namespace, server: ServerProcess, run: Run
+) -> None:
+    """Restarts on the soak's state dir; the floods on servers of their own."""
+    run.restarts = restart.run(server, args.restart_jobs)
+    print(f"restarts: {run.restarts}", flush=True)
+    run.flood = flood.run(server.work, server.pki_dir, args.grace)
+    print(f"flood: {run.flood}", flush=True)
+    run.disk = disk.run(server.work, server.pki_dir, args.grace)
+    print(f"disk: {run.disk}", flush=True)
+
+
 def soak(args: argparse.Namespace, work: str, run: Run) -> None:
     users = [f"soak{n}" for n in range(args.clients)]
     pki_dir = os.path.join(work, "pki")
-    make_pki(pki_dir, users)
+    make_pki(pki_dir, [*users, "flooder", "calm"])
     state_dir = os.path.join(work, "state")
-    server = ServerProcess(work, pki_dir, state_dir, args.grace)
+    server = ServerProcess(work, pki_dir, state_dir, args.grace, options=MAIN_OPTIONS)
 
     def out_of_time(signum: int, frame: FrameType | None) -> None:
         server.kill()  # so every call in progress fails at once
@@ -121,6 +137,7 @@ def soak(args: argparse.Namespace, work: str, run: Run) -> None:
         run.shutdown = faults.shutdown(server, clients, args.shutdown_jobs)
         run.work_dirs_after_shutdown = len(work_dirs(state_dir))
         print(f"shutdown: {run.shutdown}", flush=True)
+        restarts_and_floods(args, server, run)
         run.probes = probes.run(server)
         print(f"probes: {run.probes}", flush=True)
     finally:

@@ -38,6 +38,7 @@ MIX = {
 }
 # The server runs with this output cap; flood jobs write four times as much.
 OUTPUT_CAP = 2 * MiB
+SIGPIPE = 13
 
 
 @dataclass(frozen=True)
@@ -147,8 +148,11 @@ def _oom(plan: Plan, job: pb.JobStatus, output: Output) -> str | None:
 
 
 def _flood(plan: Plan, job: pb.JobStatus, output: Output) -> str | None:
-    ending = (job.state, job.exit_code, job.output_truncated, job.output_bytes)
-    if ending != (pb.JOB_STATE_EXITED, 0, True, OUTPUT_CAP):
+    # Past its cap the server closes the job's pipes: `head` dies of EPIPE,
+    # then the shell writing `done` to stderr dies of SIGPIPE (doc/output.md,
+    # "Past a cap").
+    ending = (job.state, job.signal, job.output_truncated, job.output_bytes)
+    if ending != (pb.JOB_STATE_KILLED, SIGPIPE, True, OUTPUT_CAP):
         return f"flood job ended {ending}"
     if output.stdout.count(0) != OUTPUT_CAP or output.stderr:
         return "flood job's kept output is not the first bytes it wrote"

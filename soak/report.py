@@ -10,10 +10,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from soak.disconnects import Drops
+from soak.disk import Disk
 from soak.faults import Crash, Shutdown
+from soak.flood import Flood
 from soak.load import Tally
 from soak.notes import NOTES, TESTS
 from soak.probes import Probes, render_probes
+from soak.render import render_disk, render_flood, render_restarts
+from soak.restart import Restart
 from soak.server import Vitals
 from soak.slow import Slow
 from soak.system import Leftovers
@@ -42,6 +46,9 @@ class Run:
     shutdown: Shutdown | None = None
     slow: Slow | None = None
     probes: Probes | None = None
+    restarts: list[Restart] = field(default_factory=list)
+    flood: Flood | None = None
+    disk: Disk | None = None
     follower_cap: int = 0
     resources: list[Resources] = field(default_factory=list)
     stale_job_dirs: int = 0
@@ -55,12 +62,18 @@ class Run:
 
     def problems(self) -> list[str]:
         found = list(self.errors)
-        phases: list[Tally | Drops | Crash | Slow | Shutdown | None] = [
+        phases: list[
+            Tally | Drops | Crash | Slow | Shutdown | Restart | Flood | Disk | None
+        ]
+        phases = [
             self.load,
             *(self.drops if self.drops else [None]),
             self.crash,
             self.slow,
             self.shutdown,
+            *(self.restarts if self.restarts else [None]),
+            self.flood,
+            self.disk,
         ]
         for phase in phases:
             if phase is None:
@@ -132,8 +145,9 @@ def render(run: Run) -> str:
             "oom": "32 MiB limit, allocates 512 MiB: KILLED by 9, oom_killed",
             "escape": "leaves children in a new session and orphaned, exits:"
             " EXITED 0 (none of them may survive: see what is left below)",
-            "flood": "writes 8 MiB past the server's 2 MiB output cap: EXITED 0,"
-            " output_truncated, exactly the first 2 MiB kept and followed",
+            "flood": "writes 8 MiB past the server's 2 MiB output cap, then `done`"
+            " on stderr: KILLED by 13 (SIGPIPE: the server closes its pipes past"
+            " the cap), output_truncated, exactly the first 2 MiB kept and followed",
         }
         for kind, what in meaning.items():
             tried, ok = t.tried[kind], t.ok[kind]
@@ -186,9 +200,10 @@ def render(run: Run) -> str:
             f"the restarted server removed them at start-up (log says so:"
             f" {c.restart_logged}; {c.cgroups_after_restart} left) and ran a new"
             f" job correctly: {c.new_job_ok}.",
-            f"Not cleaned at restart: {run.stale_job_dirs} job directories (output"
-            f" logs) of the first server stay in the state dir, {run.stale_work_dirs}"
-            " of them with the work directory of a job killed by the crash.",
+            f"Kept at restart: {run.stale_job_dirs} job directories of the first"
+            " server stay in the state dir, their jobs restored from the journal"
+            f" (section 6); {run.stale_work_dirs} work directories of jobs killed"
+            " by the crash were left.",
             "",
         ]
     if run.slow is not None:
@@ -210,6 +225,12 @@ def render(run: Run) -> str:
             f" of its jobs left: {run.work_dirs_after_shutdown - run.stale_work_dirs}.",
             "",
         ]
+    if run.restarts:
+        lines += render_restarts(run.restarts, o["restart_jobs"])
+    if run.flood is not None:
+        lines += render_flood(run.flood)
+    if run.disk is not None:
+        lines += render_disk(run.disk)
     lines += _fast_parts(run)
     return "\n".join(lines)
 

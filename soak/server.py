@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from jobworker import pki
@@ -95,11 +96,26 @@ def make_pki(directory: str, users: list[str]) -> None:
 
 
 class ServerProcess:
-    """One run of `twistd -n jobworker` with its own log."""
+    """One run of `twistd -n jobworker` with its own log.
 
-    def __init__(self, work: str, pki_dir: str, state_dir: str, grace: float) -> None:
+    `options` are more server options (a phase's caps); `name` tells the
+    logs of several servers of one soak apart.
+    """
+
+    def __init__(
+        self,
+        work: str,
+        pki_dir: str,
+        state_dir: str,
+        grace: float,
+        *,
+        options: Sequence[str] = (),
+        name: str = "main",
+    ) -> None:
         self.work, self.pki_dir, self.state_dir = work, pki_dir, state_dir
         self.grace = grace
+        self.options = list(options)
+        self.name = name
         self.output_cap = OUTPUT_CAP
         self.port = free_port()
         self.runs = 0
@@ -115,7 +131,7 @@ class ServerProcess:
     def start(self) -> Clients:
         """Start the server; return clients once it answers."""
         self.runs += 1
-        self.log_path = os.path.join(self.work, f"server-{self.runs}.log")
+        self.log_path = os.path.join(self.work, f"server-{self.name}-{self.runs}.log")
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
         p = self.pki_dir
         argv = [
@@ -124,7 +140,7 @@ class ServerProcess:
             "--tls-cert", f"{p}/server.pem", "--tls-key", f"{p}/server.key",
             "--client-ca", f"{p}/client-ca.pem", "--state-dir", self.state_dir,
             "--stop-grace", str(self.grace), "--max-followers", "64",
-            "--output-cap", str(self.output_cap),
+            "--output-cap", str(self.output_cap), *self.options,
         ]  # fmt: skip
         self.process = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, start_new_session=True

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 from jobworker.isolation.cgroups import parent_name
+from jobworker.isolation.cgroups.base import USER_PREFIX
 from soak.server import proc_stat
 
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -32,13 +33,12 @@ def cgroup_parents(state_dir: str) -> list[str]:
 
 
 def remove_cgroups(state_dir: str) -> None:
-    """Kill what is in this state dir's job cgroups and remove them all.
+    """Kill what is in this state dir's cgroups and remove them all, deepest first.
 
     Only needed when a run broke off with the server killed mid-job.
     """
     for parent in cgroup_parents(state_dir):
-        children = [entry.path for entry in os.scandir(parent) if entry.is_dir()]
-        for directory in [*children, parent]:
+        for directory in [top for top, _, _ in os.walk(parent, topdown=False)]:
             for _ in range(50):
                 with open(os.path.join(directory, "cgroup.procs")) as procs:
                     pids = [int(pid) for pid in procs.read().split()]
@@ -53,13 +53,21 @@ def remove_cgroups(state_dir: str) -> None:
 
 
 def job_cgroups(state_dir: str) -> set[str]:
-    """The jobs (ids) with a cgroup below this state dir's parents."""
-    return {
-        entry.name
-        for parent in cgroup_parents(state_dir)
-        for entry in os.scandir(parent)
-        if entry.is_dir()
-    }
+    """The jobs (ids) with a cgroup below this state dir's users' cgroups.
+
+    Jobs are at <parent>/u-<user>/<job>; one right below the parent is
+    counted too.
+    """
+    found = set()
+    for parent in cgroup_parents(state_dir):
+        for entry in os.scandir(parent):
+            if not entry.is_dir():
+                continue
+            if not entry.name.startswith(USER_PREFIX):
+                found.add(entry.name)
+                continue
+            found |= {job.name for job in os.scandir(entry.path) if job.is_dir()}
+    return found
 
 
 def stray_processes(state_dir: str) -> list[int]:

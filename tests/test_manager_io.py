@@ -72,6 +72,20 @@ class ManagerOutputTests(ManagerTestCase):
         self.assertEqual((output, final.signal), (b"\0" * 10, signal.SIGPIPE))
         self.assertEqual((final.output_bytes, final.output_truncated), (10, True))
 
+    async def test_a_write_to_stderr_after_stdout_broke_at_the_cap_gets_sigpipe(
+        self,
+    ) -> None:
+        # The stream past the cap is closed after the other one, so the shell
+        # cannot write `done` to a stderr still open (it did, now and then).
+        manager = self.make_manager(output_cap=10)
+        for _ in range(5):
+            status = await manager.start(
+                "alice", [b"sh", b"-c", b"head -c 100000000 /dev/zero; echo done >&2"]
+            )
+            output = await output_of(manager, status.id)
+            final = manager.status(status.id)
+            self.assertEqual((output, final.signal), (b"\0" * 10, signal.SIGPIPE))
+
     async def test_bad_commands_are_invalid_requests(self) -> None:
         bad: list[Any] = [[], [b""], [b"echo", b"a\0b"], ["echo"], b"echo"]
         for command in [*bad, [b"x" * (1 << 17)]]:

@@ -96,3 +96,21 @@ class JobProcessTests(unittest.TestCase):
         await deferLater(reactor, 0, lambda: None)  # a second close comes now
         self.assertNotIn(1, process.pipes)
         self.assertEqual(recorder.sizes, [3])
+
+    async def test_a_closed_pipe_loses_its_reader_at_once(self) -> None:
+        # Before the reactor turns: a writer's next write fails with EPIPE.
+        process, recorder = self.spawn("exec sleep 30")
+        reader = process.pipes[2]
+        reader.stopReading()  # epoll watched the pipe dup2 replaces below
+        pipe_r, pipe_w = os.pipe()
+        self.addCleanup(os.close, pipe_w)
+        os.dup2(pipe_r, reader.fileno())  # a pipe we hold the writing end of
+        os.close(pipe_r)
+        process.closeChildFD(2)
+        with self.assertRaises(BrokenPipeError):
+            os.write(pipe_w, b"x")
+        process.signalProcess("KILL")
+        await recorder.exited
+        await recorder.closed
+        await deferLater(reactor, 0, lambda: None)  # stderr's close comes now
+        self.assertEqual(process.pipes, {})

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import errno
+import socket
+
 from twisted.trial import unittest
 
-from jobworker.address import InvalidAddress, format_address, parse_address
+from jobworker.address import (
+    InvalidAddress,
+    bind_error,
+    format_address,
+    parse_address,
+)
 from jobworker.units import (
     InvalidDuration,
     InvalidSize,
@@ -97,3 +105,24 @@ class AddressTests(unittest.TestCase):
     def test_format_brackets_ipv6(self) -> None:
         self.assertEqual(format_address("::1", 7443), "[::1]:7443")
         self.assertEqual(format_address("127.0.0.1", 7443), "127.0.0.1:7443")
+
+
+class BindErrorTests(unittest.TestCase):
+    def test_a_listening_port_is_in_use(self) -> None:
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            port = listener.getsockname()[1]
+            failure = bind_error(f"127.0.0.1:{port}")
+        self.assertEqual(getattr(failure, "errno", None), errno.EADDRINUSE)
+
+    def test_connections_left_by_a_killed_server_do_not_hold_its_port(self) -> None:
+        # A server that dies closes its connections first: they stay in
+        # TIME_WAIT on its port, which grpcio (SO_REUSEADDR) can bind again.
+        listener = socket.create_server(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = listener.accept()
+        listener.close()
+        accepted.close()  # the server's side closes first: its TIME_WAIT
+        client.recv(1)
+        client.close()
+        self.assertIsNone(bind_error(f"127.0.0.1:{port}"))

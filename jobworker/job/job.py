@@ -314,14 +314,16 @@ class Job:
     def output_received(self, stream: Stream, data: bytes) -> None:
         self.output.append(stream, data)  # publishes (before_wake)
         if self.output.truncated and not self._output_closed:
-            self._close_output()
+            self._close_output(stream)
 
-    def _close_output(self) -> None:
+    def _close_output(self, last: Stream) -> None:
         """Past a cap, close the output pipes: the job's writes get EPIPE.
 
         Its next write fails at once (SIGPIPE, as `cmd | head` does) rather
         than the server reading, and dropping, its output at full speed
-        (doc/output.md, "Past a cap").
+        (doc/output.md, "Past a cap"). The stream that reached the cap is
+        closed `last`: its writer may go on to write to the other one
+        (`head ...; echo done >&2`), which must be closed by then.
         """
         self._output_closed = True
         _log.info(
@@ -329,7 +331,7 @@ class Job:
             id=self.record.id,
             cap=self.output.truncated_by,
         )
-        for stream in list(self._open_streams):
+        for stream in sorted(self._open_streams, key=lambda open_: open_ == last):
             self._close_child_fd(stream)
 
     def _close_child_fd(self, fd: int) -> None:

@@ -70,6 +70,25 @@ class LargeReadProcessReader(process.ProcessReader):
                 return None
         return result
 
+    def loseConnection(self) -> None:
+        """Stop reading and cut the pipe now, not on the next reactor turn.
+
+        Twisted closes the fd a turn later, one pipe after the other, with
+        work in between: a job past its cap whose stdout broke could still
+        write to a stderr not yet closed (and end with exit 0 instead of
+        SIGPIPE). Our read end is swapped for /dev/null at once, so every
+        pipe closed together loses its reader together; the fd number stays
+        ours until Twisted closes it.
+        """
+        cut = self.connected and not self.disconnecting
+        super().loseConnection()  # type: ignore[no-untyped-call]  # Twisted: unannotated
+        if cut:
+            devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.dup2(devnull, self.fd, inheritable=False)
+            finally:
+                os.close(devnull)
+
 
 class JobProcess(process.Process):
     """Twisted's `Process`, reading its "r" child fds with large reads."""
