@@ -8,10 +8,11 @@ mode says is honest, and its output readable, without a gap, as far as it
 was written; nothing of them may be left (cgroups, processes, mounts, work
 directories).
 
-A `--live-restore` variant (issue 15 item 3, not on main yet) is one more
-`Mode` in `MODES`: its server option, `expect=readopted` below (the job is
-still RUNNING; stop it, then every tick must be there), and a `stop` step
-after the restart. See `readopted`.
+The `--live-restore` modes run the server with that option before and
+after the signal: every running job must come back `RUNNING` (re-adopted),
+have written on while no server ran, and, once stopped, show every tick
+from the first, none lost or repeated, its final status `KILLED` (or
+exited by its TERM trap) with `stop_requested`.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class Mode:
     signal: int
     expect: Callable[[pb.JobStatus], str | None]
     options: tuple[str, ...] = ()
+    live: bool = False
+    """The jobs outlive the server: it runs with `options` before, too."""
 
 
 def lost(job: pb.JobStatus) -> str | None:
@@ -61,14 +64,19 @@ def killed_on_stop(job: pb.JobStatus) -> str | None:
     return None
 
 
-# With `--live-restore`, add:
-#   Mode("SIGKILL, --live-restore", signal.SIGKILL, readopted, ("--live-restore",))
-# where `readopted` checks `job.state == pb.JOB_STATE_RUNNING`; `check_running`
-# then stops the job first (`stop_first`) and requires the ticks to go on
-# past the restart (0 output bytes lost).
+def readopted(job: pb.JobStatus) -> str | None:
+    """Under live restore a running job is re-adopted: still RUNNING."""
+    if job.state != pb.JOB_STATE_RUNNING:
+        return f"came back {pb.JobState.Name(job.state)}, not RUNNING"
+    return None
+
+
+LIVE = ("--live-restore",)
 MODES = (
     Mode("SIGKILL", signal.SIGKILL, lost),
     Mode("SIGTERM", signal.SIGTERM, killed_on_stop),
+    Mode("SIGKILL, --live-restore", signal.SIGKILL, readopted, LIVE, live=True),
+    Mode("SIGTERM, --live-restore", signal.SIGTERM, readopted, LIVE, live=True),
 )
 
 
@@ -108,13 +116,30 @@ def finished_jobs(stub: Any) -> dict[str, tuple[pb.JobStatus, str]]:
     }
 
 
-def check_running(stub: Any, job_id: str, mode: Mode, result: Restart) -> None:
-    """The job's honest ending, and its ticks readable without a gap."""
+def check_running(
+    stub: Any, job_id: str, mode: Mode, result: Restart, before: int
+) -> None:
+    """The job's honest ending, and its ticks readable without a gap.
+
+    A re-adopted job (`mode.live`) is stopped first; it must have written
+    more than the `before` bytes it had when the server went down.
+    """
     job = status(stub, job_id)
     ending = pb.JobState.Name(job.state)
     result.endings[ending] = result.endings.get(ending, 0) + 1
     if problem := mode.expect(job):
         result.lost.append(f"running job {job_id}: {problem}")
+    if mode.live:
+        job = stub.Stop(pb.StopRequest(job_id=job_id), timeout=CALL_TIMEOUT).job
+        if problem := killed_on_stop(job):
+            result.lost.append(f"re-adopted job {job_id} after its stop: {problem}")
+        if not job.stop_requested:
+            result.lost.append(f"re-adopted job {job_id}: stop not recorded")
+        if job.output_bytes <= before:
+            result.lost.append(
+                f"re-adopted job {job_id} wrote nothing after the restart"
+                f" ({job.output_bytes} bytes, {before} before)"
+            )
     request = pb.StreamOutputRequest(job_id=job_id)
     output = collect(stub.StreamOutput(request, timeout=CALL_TIMEOUT))
     ticks = [int(line.split()[1]) for line in output.stdout.splitlines()]
@@ -134,13 +159,23 @@ def restart(
 ) -> tuple[Restart, Clients]:
     """One mode: jobs, the server signalled and restarted, everything checked."""
     result = Restart(mode.name, running=count, finished=FINISHED)
+    base = list(server.options)
+    if mode.live:  # the jobs must start under a server that lets them live
+        clients.close()
+        if server.terminate(server.grace + 30)[0] is None:
+            server.kill()
+        server.options = base + list(mode.options)
+        clients = server.start()
     stub = clients.stub("bob")
     before = finished_jobs(stub)
     running = [start(stub, TICKER) for _ in range(count)]
     for job_id in running:
         first_chunk(stub, job_id)
     time.sleep(0.5)  # some more ticks each
+    written = {job_id: status(stub, job_id).output_bytes for job_id in running}
     pids = descendants(server.pid)
+    # Under live restore the jobs' helpers outlive the server, by design.
+    gone = {server.pid} if mode.live else pids
     began = time.monotonic()
     if mode.signal == signal.SIGKILL:
         server.kill()
@@ -148,8 +183,9 @@ def restart(
         server.kill()
         result.lost.append("the server did not exit on SIGTERM")
     clients.close()
-    wait_dead(pids, DEATH_TIMEOUT)
-    base = list(server.options)
+    wait_dead(gone, DEATH_TIMEOUT)
+    if mode.live:
+        time.sleep(0.5)  # the jobs write on while no server runs
     server.options = base + list(mode.options)
     clients = server.start()
     server.options = base
@@ -159,7 +195,7 @@ def restart(
         if status(stub, job_id) != old or hashed_output(stub, job_id) != digest:
             result.lost.append(f"finished job {job_id} came back changed")
     for job_id in running:
-        check_running(stub, job_id, mode, result)
+        check_running(stub, job_id, mode, result, written[job_id])
     ours = set(running) | set(before)
     jobs_dir = os.path.join(server.state_dir, "jobs")
     left = {
