@@ -134,6 +134,9 @@ class RecordedEvents(JobEvents):
     def started(self, status: JobStatus) -> None:
         self.told.append(("started", status.id, status.state))
 
+    def readopted(self, status: JobStatus) -> None:
+        self.told.append(("readopted", status.id, status.state))
+
     def start_refused(
         self, owner: str, command: Sequence[bytes], error: BaseException
     ) -> None:

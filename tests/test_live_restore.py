@@ -38,6 +38,7 @@ from tests.managerutil import (
     until_output,
 )
 from tests.procutil import marker, processes_with
+from tests.test_events import RecordedEvents
 
 
 async def until(predicate: Any) -> None:
@@ -212,6 +213,17 @@ class LiveRestoreTests(ManagerTestCase):
         self.assertEqual((retried.id, retried.state), (job.id, JobState.RUNNING))
         await second.stop(job.id, grace=0)
         self.assertEqual(second.running.count("alice"), 0)
+
+    async def test_an_adopted_job_is_told_readopted_not_started_again(self) -> None:
+        tag = marker()
+        job = await self.manager.start("alice", [b"sleep", tag.encode()])
+        await self.manager.shutdown()
+
+        events = RecordedEvents()
+        second = self.make_manager(events=events)
+        await second.stop(job.id, grace=0)
+        told = [each[:2] for each in events.told if each[0] != "stop requested"]
+        self.assertEqual(told, [("readopted", job.id), ("ended", job.id)])
 
     async def test_stop_of_an_adopted_job_escalates_to_kill(self) -> None:
         tag = marker()

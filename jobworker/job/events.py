@@ -89,6 +89,10 @@ class JobEvents:
     def started(self, status: JobStatus) -> None:
         """The job's command was exec'd: the job is listed, with `status`."""
 
+    def readopted(self, status: JobStatus) -> None:
+        """A running job of an earlier server was re-adopted (live restore):
+        listed again, not started again."""
+
     def start_refused(
         self, owner: str, command: Sequence[bytes], error: BaseException
     ) -> None:
@@ -126,6 +130,10 @@ class JobEventsFanOut(JobEvents):
     def started(self, status: JobStatus) -> None:
         for observer in self._observers:
             observer.started(status)
+
+    def readopted(self, status: JobStatus) -> None:
+        for observer in self._observers:
+            observer.readopted(status)
 
     def start_refused(
         self, owner: str, command: Sequence[bytes], error: BaseException
@@ -197,6 +205,15 @@ class LoggingJobEvents(JobEvents):
             outcome="started",
             command=command_for_log(status.command),
             limits=limits_for_log(status.limits),
+        )
+
+    def readopted(self, status: JobStatus) -> None:
+        log.info(
+            "job {job_id} of {owner} re-adopted from an earlier server: {command}",
+            job_id=status.id,
+            owner=shown(status.owner),
+            outcome="readopted",
+            command=command_for_log(status.command),
         )
 
     def start_refused(

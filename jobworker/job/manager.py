@@ -237,7 +237,7 @@ class JobManager:
             uid = os.stat(job.dirs.work_dir).st_uid
             user = pool.claim(uid)
             Deferred.fromCoroutine(_give_back_after(job, pool, user, job.cgroup))
-        self._register(job)
+        self._register(job, adopted=True)
         if stopping:
             job.stop(self._stop_grace)
 
@@ -437,12 +437,16 @@ class JobManager:
         self.board.publish(status)
         self.journal.save(status, output.size)
 
-    def _register(self, job: Job) -> None:
-        """The job was exec'd (and published its status): it is listed."""
+    def _register(self, job: Job, *, adopted: bool = False) -> None:
+        """The job was exec'd (and published its status), or re-`adopted`
+        from an earlier server (not started again): it is listed."""
         job_id = job.record.id
         self._jobs[job_id] = job
         self.board.watch_usage(job_id, job.current_usage)
-        self._events.started(job.status())
+        if adopted:
+            self._events.readopted(job.status())
+        else:
+            self._events.started(job.status())
 
         def ended(status: JobStatus) -> None:
             self.board.watch_usage(job_id, None)

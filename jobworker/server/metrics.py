@@ -112,6 +112,11 @@ class ServerMetrics:
             "Jobs whose command was exec'd.",
             registry=registry,
         )
+        self.jobs_readopted = Counter(
+            "jobworker_jobs_readopted",
+            "Running jobs of an earlier server re-adopted (live restore).",
+            registry=registry,
+        )
         self.jobs_ended = Counter(
             "jobworker_jobs_ended",
             "Jobs ended, by outcome: exited (0), failed (other exit code),"
@@ -206,6 +211,9 @@ class MetricsJobEvents(JobEvents):
 
     def started(self, status: JobStatus) -> None:
         self._metrics.jobs_started.inc()
+
+    def readopted(self, status: JobStatus) -> None:
+        self._metrics.jobs_readopted.inc()
 
     def start_refused(
         self, owner: str, command: Sequence[bytes], error: BaseException

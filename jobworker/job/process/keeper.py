@@ -238,7 +238,7 @@ class Keeper:
             self.size, self._mark = at, mark
             self.data_bytes += len(data)
         if over:
-            self._stop_storing("output-cap")
+            self._stop_storing("output-cap", last=stream)
 
     def _cut_back(self) -> None:
         try:  # noqa: SIM105 - contextlib is slow to import
@@ -246,12 +246,17 @@ class Keeper:
         except OSError:
             pass
 
-    def _stop_storing(self, why: str) -> None:
-        """Store nothing more: close the pipes, so that the job's writes fail."""
+    def _stop_storing(self, why: str, last: int | None = None) -> None:
+        """Store nothing more: close the pipes, so that the job's writes fail.
+
+        The pipe of the stream `last` (the one past the cap) is closed after
+        the others: its writer may go on to write to another one (`head ...;
+        echo done >&2`), which must have lost its reader by then.
+        """
         if self.truncated_by:
             return
         self.truncated_by = why
-        for fd in self.pipes:
+        for fd in sorted(self.pipes, key=lambda fd: self.pipes[fd] == last):
             os.close(fd)
         self.pipes.clear()
         self._broadcast(f"truncated {why}\n")
