@@ -10,7 +10,7 @@ from soak.restart import FINISHED, Restart
 
 def render_restarts(results: list[Restart], count: int) -> list[str]:
     lines = [
-        "## 6. Restart on the same state directory (journal, no live restore)",
+        "## 6. Restart on the same state directory (journal, live restore)",
         "",
         f"{FINISHED} jobs run to their end (100 kB of random bytes each) and"
         f" {count} running jobs writing numbered ticks; then the server is"
@@ -18,8 +18,13 @@ def render_restarts(results: list[Restart], count: int) -> list[str]:
         " come back with their exact Status and output (SHA-256); running ones"
         " with an honest ending (after SIGKILL: LOST, nobody saw their end;"
         " after SIGTERM: KILLED with stop_requested), their ticks readable from"
-        " offset 0 without a gap, as far as they were written; none of their"
-        " cgroups, processes, mounts or work directories left.",
+        " offset 0 without a gap, as far as they were written. Under"
+        " `--live-restore` (the server runs with it before and after) every"
+        " running job must come back RUNNING, re-adopted, and have written on"
+        " while no server ran; it is then stopped and must show every tick from"
+        " the first, none missing or repeated (0 output bytes lost), and end"
+        " KILLED with stop_requested. In every mode none of the jobs' cgroups,"
+        " processes, mounts or work directories may be left.",
         "",
         "| signal | running jobs came back | ticks read back (bytes) | finished"
         " jobs unchanged | server down (s) | left behind | lost |",
