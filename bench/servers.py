@@ -126,8 +126,16 @@ class JobWorkerProcess(ServerProcess):
     """`twistd -n jobworker` with a state dir of its own below `work`."""
 
     def __init__(
-        self, pki: str, work: str, name: str, *, isolation: bool, max_followers: int
+        self,
+        pki: str,
+        work: str,
+        name: str,
+        *,
+        isolation: bool,
+        max_followers: int,
+        options: tuple[str, ...] = (),
     ) -> None:
+        """`options` are more server options (`--live-restore`)."""
         self.state_dir = os.path.join(work, f"state-{name}")
         self.log_path = os.path.join(work, f"server-{name}.log")
         address = f"127.0.0.1:{free_port()}"
@@ -153,6 +161,7 @@ class JobWorkerProcess(ServerProcess):
         ]
         if not isolation:
             argv.append("--no-isolation")
+        argv += options
         self._process = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
         self.pid = self._process.pid
         self.endpoint = client_endpoint(address, pki)

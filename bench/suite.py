@@ -75,13 +75,16 @@ class Suite:
     def _log(self, what: str) -> None:
         print(f"bench: {time.monotonic() - self.began:5.0f} s  {what}", flush=True)
 
-    def _jobworker(self, name: str, *, isolation: bool = True) -> JobWorkerProcess:
+    def _jobworker(
+        self, name: str, *, isolation: bool = True, options: tuple[str, ...] = ()
+    ) -> JobWorkerProcess:
         return JobWorkerProcess(
             self.pki,
             self.work,
             name,
             isolation=isolation,
             max_followers=MAX_FOLLOWERS,
+            options=options,
         )
 
     def _pairs(
@@ -124,8 +127,14 @@ class Suite:
                 self._starts(main)
                 self._unary(bare, main)
                 self._flood(main)
-                self._throughput(bare, main)
-                self._fanout(bare, main)
+                # The same output through the job's helper (--live-restore),
+                # measured in the same pairs as the default path.
+                live = self._jobworker("live", options=("--live-restore",))
+                try:
+                    self._throughput(bare, main, live)
+                    self._fanout(bare, main, live)
+                finally:
+                    self.leftovers += live.stop()
             finally:
                 self.leftovers += main.stop()
         finally:
@@ -178,29 +187,43 @@ class Suite:
         finally:
             self.leftovers += main.stop()
 
-    def _throughput(self, bare: BareProcess, main: JobWorkerProcess) -> None:
+    def _throughput(
+        self, bare: BareProcess, main: JobWorkerProcess, live: JobWorkerProcess
+    ) -> None:
         plan, out = self.plan, self.results
         self._log("1. output throughput, one follower")
+
+        def ours() -> None:
+            out["one"].append(figures.throughput(main, plan.one_bytes))
+            settle()
+            out["live_one"].append(figures.throughput(live, plan.one_bytes))
+
         self._pairs(
             plan.stream_runs,
             lambda: out["bare_one"].append(
                 baselines.stream_rate(bare, 1, plan.one_bytes, 1)
             ),
-            lambda: out["one"].append(figures.throughput(main, plan.one_bytes)),
+            ours,
             RESERVE["throughput"],
         )
 
-    def _fanout(self, bare: BareProcess, main: JobWorkerProcess) -> None:
+    def _fanout(
+        self, bare: BareProcess, main: JobWorkerProcess, live: JobWorkerProcess
+    ) -> None:
         plan, out = self.plan, self.results
         self._log(f"2. fan-out, {FANOUT} followers")
+
+        def ours() -> None:
+            out["fanout"].append(figures.fanout(main, FANOUT, plan.fanout_bytes))
+            settle()
+            out["live_fanout"].append(figures.fanout(live, FANOUT, plan.fanout_bytes))
+
         self._pairs(
             plan.fanout_runs,
             lambda: out["bare_fanout"].append(
                 baselines.stream_rate(bare, FANOUT, plan.bare_fanout_bytes, 10)
             ),
-            lambda: out["fanout"].append(
-                figures.fanout(main, FANOUT, plan.fanout_bytes)
-            ),
+            ours,
             RESERVE["fanout"],
         )
 
@@ -260,6 +283,13 @@ def rows(out: Results) -> list[Row]:
             "MiB/s",
             target=0.7,
         ),
+        ratio_row(
+            "1. Output throughput, one follower, --live-restore (the helper writes)",
+            _of(out["live_one"], "rate"),
+            Summary.of(out["bare_one"]),
+            "MiB/s",
+            target=0.7,
+        ),
     ]
     table += _fanout_rows(out)
     table += _start_rows(out)
@@ -285,9 +315,10 @@ def _argv_rows(argv: dict[str, Any]) -> list[Row]:
 
 
 def _fanout_rows(out: Results) -> list[Row]:
-    runs = out["fanout"]
+    runs, live = out["fanout"], out["live_fanout"]
     growth = _of(runs, "rss_growth", 1 / MIB)
     same = all(run["same_bytes"] for run in runs)
+    live_same = all(run["same_bytes"] for run in live)
     return [
         ratio_row(
             f"2. Fan-out, {FANOUT} followers, total",
@@ -308,6 +339,19 @@ def _fanout_rows(out: Results) -> list[Row]:
             "yes" if same else "NO",
             target="yes",
             met=same,
+        ),
+        ratio_row(
+            f"2. Fan-out, {FANOUT} followers, total, --live-restore",
+            _of(live, "rate"),
+            Summary.of(out["bare_fanout"]),
+            "MiB/s",
+            target=0.6,
+        ),
+        Row(
+            "2. Fan-out, --live-restore: every follower's bytes hash the same",
+            "yes" if live_same else "NO",
+            target="yes",
+            met=live_same,
         ),
     ]
 
