@@ -72,6 +72,23 @@ class ManagerOutputTests(ManagerTestCase):
         self.assertEqual((output, final.signal), (b"\0" * 10, signal.SIGPIPE))
         self.assertEqual((final.output_bytes, final.output_truncated), (10, True))
 
+    async def test_output_of_exactly_the_cap_is_whole(self) -> None:
+        # Reaching the cap drops nothing: only output past it is truncated.
+        manager = self.make_manager(output_cap=1 << 20)
+        for size in (1 << 20, (1 << 20) - 1):
+            # It stays a while once at the cap: time for a cap to be applied.
+            script = f"head -c {size} /dev/zero; sleep 0.5"
+            command = [b"sh", b"-c", script.encode()]
+            status = await manager.start("alice", command)
+            output = await output_of(manager, status.id)
+            final = manager.status(status.id)
+            self.assertEqual(len(output), size)
+            self.assertEqual(
+                (final.output_bytes, final.output_truncated, final.exit_code),
+                (size, False, 0),
+            )
+            self.assertEqual(final.output_truncated_by, "")
+
     async def test_a_write_to_stderr_after_stdout_broke_at_the_cap_gets_sigpipe(
         self,
     ) -> None:

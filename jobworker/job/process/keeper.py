@@ -5,7 +5,8 @@ Stdlib only, loaded by `helper.py` (by path, `python -I -S`) under
 reads the command's stdout and stderr from pipes of its own and appends
 them to `output.log` in the server's record format (`records.py`, the same
 file the server imports), within the per-job cap; past it, or when the
-server says "drop", it closes the pipes (the job's writes get EPIPE, as
+server said "drop" (its room ends where the output is), it closes the
+pipes at the next output past it (the job's writes get EPIPE, as
 `cmd | head`). It serves the control channel, a Unix stream socket in the
 job's live directory (root's alone: the directory is 0700 and the socket
 0600), to any number of servers in turn, and runs on with none connected.
@@ -18,7 +19,8 @@ directory) and only then says "ended". The line protocol, version
   bytes are written, at most one per wake-up), `truncated <why>`,
   `ended <wait status>` (after the exit file is durable);
   server to helper: `stop` (SIGTERM to the job), `kill` (everything of it
-  now), `drop <why>` (store no more output: quota or disk floor).
+  now), `drop <why>` (store no more output: quota, disk floor or the
+  job's cap; output past it is truncated, as at the cap).
 """
 
 from __future__ import annotations
@@ -106,6 +108,7 @@ class Keeper:
         self.log_fd = os.open(str(live["log"]), flags)
         self.size = os.fstat(self.log_fd).st_size
         self.cap = int(live["cap"])
+        self._cap_reason = "output-cap"  # or what the server's "drop" said
         self.data_bytes = 0
         self.truncated_by = ""
         self._mark = -1
@@ -238,7 +241,7 @@ class Keeper:
             self.size, self._mark = at, mark
             self.data_bytes += len(data)
         if over:
-            self._stop_storing("output-cap", last=stream)
+            self._stop_storing(self._cap_reason, last=stream)
 
     def _cut_back(self) -> None:
         try:  # noqa: SIM105 - contextlib is slow to import
@@ -297,7 +300,16 @@ class Keeper:
         elif word == "kill":
             self._kill()
         elif word == "drop":
-            self._stop_storing(rest or "dropped")
+            self._room_ends(rest or "dropped")
+
+    def _room_ends(self, why: str) -> None:
+        """No more room, because of `why`: the next output is truncated.
+
+        As the server's own log does at a cap, nothing is truncated while
+        nothing more comes: a job that stops at exactly its room is whole.
+        """
+        if self.data_bytes < self.cap:
+            self.cap, self._cap_reason = self.data_bytes, why
 
     def _broadcast(self, line: str) -> None:
         for client in list(self.clients):
