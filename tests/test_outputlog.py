@@ -17,6 +17,7 @@ from jobworker.job.outputlog import (
     LogReader,
     OutputLog,
     read_chunks,
+    scan,
 )
 from jobworker.model import OutputChunk, OutputState, Stream
 
@@ -216,6 +217,33 @@ class OutputLogTests(unittest.TestCase):
         log.finish()
         log.append(Stream.STDOUT, b"late")
         self.assertEqual(log.size, 0)
+
+    def test_a_follower_of_another_writer_indexes_it_as_the_writer_did(self) -> None:
+        # The helper writes under live restore; the server follows by headers.
+        writer = self.make_log(cap=10 << 20)
+        start = scan(writer.path)  # empty yet
+        follower = OutputLog(
+            writer.path, 10 << 20, self.clock, external=True, start=start
+        )
+        self.addCleanup(follower.finish)
+        for i in range(40):
+            stream = Stream.STDOUT if i % 3 else Stream.STDERR
+            writer.append(stream, bytes([i]) * (i * 5000))
+            self.clock.advance(0.002)  # a new time mark now and then
+            if i % 7 == 0:
+                follower.follow(writer.size)
+        follower.follow(writer.size)
+        self.assertEqual(
+            (follower.size, follower.data_bytes), (writer.size, writer.data_bytes)
+        )
+        self.assertEqual(follower.index.entries(), writer.index.entries())
+        with LogReader(writer.path) as reader:
+            full = [
+                (at, kind, len(data), -1 if kind != 3 else TIME_DATA.unpack(data)[0])
+                for at, kind, data in reader.records(0, writer.size)
+            ]
+            self.assertEqual(list(reader.headers(0, writer.size)), full)
+            self.assertRaises(InvalidRequest, list, reader.headers(1, writer.size))
 
     def test_negative_cap_is_invalid(self) -> None:
         self.assertRaises(InvalidRequest, OutputLog, self.mktemp(), -1)

@@ -202,12 +202,13 @@ class OutputLog:
         data = 0
         at = self.size
         try:
-            for at, kind, record in reader.records(self.size, size):
+            # Headers only: the data is the helper's, read by followers.
+            for at, kind, length, mark in reader.headers(self.size, size):
                 self.index.record_at(at, self._mark)
                 if kind == TIME:
-                    self._mark = TIME_DATA.unpack(record)[0]
+                    self._mark = mark
                 else:
-                    data += len(record)
+                    data += length
         except InvalidRequest as error:
             _log.warn(
                 "{path}: not followed past {at}: {e}", path=self.path, at=at, e=error
@@ -405,6 +406,23 @@ class LogReader:
                 buffer, at = self._window(offset, end, HEADER.size + length), offset
                 begin = HEADER.size
             yield offset, kind, buffer[begin : begin + length]
+            offset += HEADER.size + length
+
+    def headers(self, offset: int, end: int) -> Iterator[tuple[int, int, int, int]]:
+        """Each record from `offset` to `end`: its offset, kind and length,
+        and its time for a time mark (else -1): headers only, no data read.
+
+        `InvalidRequest` at a bad record start.
+        """
+        first = offset
+        want = HEADER.size + TIME_DATA.size
+        while offset < end:
+            view = memoryview(os.pread(self._fd, min(want, end - offset), offset))
+            kind, length = _parse_header(view, 0, offset, end, first)
+            mark = -1
+            if kind == TIME:
+                mark = TIME_DATA.unpack_from(view, HEADER.size)[0]
+            yield offset, kind, length, mark
             offset += HEADER.size + length
 
     def time_at(self, offset: int) -> int:
