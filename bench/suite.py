@@ -315,18 +315,16 @@ def _argv_rows(argv: dict[str, Any]) -> list[Row]:
 
 
 def _fanout_rows(out: Results) -> list[Row]:
-    runs, live = out["fanout"], out["live_fanout"]
+    runs = out["fanout"]
     growth = _of(runs, "rss_growth", 1 / MIB)
-    same = all(run["same_bytes"] for run in runs)
-    live_same = all(run["same_bytes"] for run in live)
+    rate, same = _fanout_pair(out, runs, f"2. Fan-out, {FANOUT} followers, total")
+    live = _fanout_pair(
+        out,
+        out["live_fanout"],
+        f"2. Fan-out, {FANOUT} followers, total, --live-restore",
+    )
     return [
-        ratio_row(
-            f"2. Fan-out, {FANOUT} followers, total",
-            _of(runs, "rate"),
-            Summary.of(out["bare_fanout"]),
-            "MiB/s",
-            target=0.6,
-        ),
+        rate,
         Row(
             "2. Fan-out: server peak RSS over idle",
             f"{growth.text(1)} MiB",
@@ -334,26 +332,30 @@ def _fanout_rows(out: Results) -> list[Row]:
             target="< 64 MiB",
             met=growth.high < 64,
         ),
-        Row(
-            "2. Fan-out: every follower's bytes hash the same",
-            "yes" if same else "NO",
-            target="yes",
-            met=same,
-        ),
+        same,
+        *live,
+    ]
+
+
+def _fanout_pair(out: Results, runs: list[Any], label: str) -> tuple[Row, Row]:
+    """The fan-out rate of `runs` against the bare runs, and their hashes."""
+    same = all(run["same_bytes"] for run in runs)
+    where = label.removeprefix(f"2. Fan-out, {FANOUT} followers, total")
+    return (
         ratio_row(
-            f"2. Fan-out, {FANOUT} followers, total, --live-restore",
-            _of(live, "rate"),
+            label,
+            _of(runs, "rate"),
             Summary.of(out["bare_fanout"]),
             "MiB/s",
             target=0.6,
         ),
         Row(
-            "2. Fan-out, --live-restore: every follower's bytes hash the same",
-            "yes" if live_same else "NO",
+            f"2. Fan-out{where}: every follower's bytes hash the same",
+            "yes" if same else "NO",
             target="yes",
-            met=live_same,
+            met=same,
         ),
-    ]
+    )
 
 
 def _start_rows(out: Results) -> list[Row]:
