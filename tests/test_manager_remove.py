@@ -20,13 +20,15 @@ BIG = 1 << 40
 class Removals(JobEvents):
     def __init__(self) -> None:
         self.seen: list[tuple[str, str]] = []
+        self.causes: list[str] = []
         self.restored_ids: list[str] = []
 
     def restored(self, statuses: Sequence[JobStatus], removed: int) -> None:
         self.restored_ids += [status.id for status in statuses]
 
-    def removed(self, status: JobStatus, reason: str) -> None:
+    def removed(self, status: JobStatus, reason: str, cause: str) -> None:
         self.seen.append((status.id, reason))
+        self.causes.append(cause)
 
 
 class RemoveTests(ManagerTestCase):
@@ -62,6 +64,7 @@ class RemoveTests(ManagerTestCase):
         self.assertNotIn(status.id, self.manager.journal._saved)
         self.assertFalse(os.path.exists(self.job_dir(status.id)))
         self.assertEqual(self.events.seen, [(status.id, "by alice")])
+        self.assertEqual(self.events.causes, ["request"])
         # The request id is free: the same Start makes a new job.
         again = await self.manager.start(
             "alice", [b"sh", b"-c", b"echo 123456789"], request_id="nightly"

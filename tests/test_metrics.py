@@ -14,6 +14,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
+from jobworker.job.events import REQUEST_CAUSE
 from jobworker.job.retention import Reaper, Retention
 from jobworker.model import JobState, JobStatus, Limits
 from jobworker.server.metrics import (
@@ -165,9 +166,9 @@ class JobEventsTests(unittest.TestCase):
         events = MetricsJobEvents(metrics)
         removed: list[str] = []
 
-        def remove(job_id: str, reason: str) -> Deferred[None]:
+        def remove(job_id: str, reason: str, cause: str) -> Deferred[None]:
             removed.append(job_id)
-            events.removed(_ended(exit_code=0), reason)
+            events.removed(_ended(exit_code=0), reason, cause)
             return succeed(None)
 
         reaper = Reaper(Retention(age=60.0, count=1), reactor=clock)
@@ -176,7 +177,7 @@ class JobEventsTests(unittest.TestCase):
         for job_id in ("a", "b"):
             reaper.ended(replace(_ended(exit_code=0), id=job_id, ended_at=0.0))
         clock.advance(61)
-        events.removed(_ended(exit_code=0), "by alice")
+        events.removed(_ended(exit_code=0), "by alice", REQUEST_CAUSE)
         self.assertEqual(removed, ["a", "b"])
         for cause, count in (("retain", 1), ("retain-jobs", 1), ("request", 1)):
             value = metrics.registry.get_sample_value(
@@ -193,7 +194,7 @@ class JobEventsTests(unittest.TestCase):
         self.assertEqual(metrics.registry.get_sample_value(name), 10)
         board.clear()  # off the board before the removal is counted
         self.assertEqual(metrics.registry.get_sample_value(name), 10)
-        MetricsJobEvents(metrics).removed(job, "by alice")
+        MetricsJobEvents(metrics).removed(job, "by alice", REQUEST_CAUSE)
         self.assertEqual(metrics.registry.get_sample_value(name), 10)
         board.append(replace(job, id="new", output_bytes=5))
         self.assertEqual(metrics.registry.get_sample_value(name), 15)

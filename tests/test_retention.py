@@ -44,17 +44,19 @@ class Recorder:
 
     def __init__(self) -> None:
         self.removed: list[tuple[str, str]] = []
+        self.causes: list[str] = []
         self.reaper: Reaper | None = None
         self.statuses: dict[str, JobStatus] = {}
         self.hold: Deferred[None] | None = None
 
-    def remove(self, job_id: str, reason: str) -> Deferred[Any]:
+    def remove(self, job_id: str, reason: str, cause: str) -> Deferred[Any]:
         status = self.statuses.pop(job_id, None)
         if status is None:
             return fail(JobNotFound(job_id))
         self.removed.append((job_id, reason))
+        self.causes.append(cause)
         assert self.reaper is not None
-        self.reaper.removed(status, reason)
+        self.reaper.removed(status, reason, cause)
         return self.hold if self.hold is not None else succeed(status)
 
 
@@ -88,6 +90,7 @@ class ReaperTests(unittest.TestCase):
         clock.advance(0)  # removals run in a later reactor step
         self.assertEqual(self.removed(recorder), ["a"])
         self.assertIn("1h after it ended (retain)", recorder.removed[0][1])
+        self.assertEqual(recorder.causes, ["retain"])
         self.assertEqual(reaper.kept, 0)
 
     def test_one_timer_for_many_jobs_and_no_sweep_without_an_expiry(self) -> None:
@@ -115,6 +118,7 @@ class ReaperTests(unittest.TestCase):
         self.assertIn(
             "bob's oldest ended jobs beyond the newest 2", recorder.removed[0][1]
         )
+        self.assertEqual(recorder.causes, ["retain-jobs", "retain-jobs"])
         self.assertEqual(reaper.kept, 4)
         # No age cap: nothing is ever timed.
         self.assertEqual(clock.getDelayedCalls(), [])
@@ -169,7 +173,7 @@ class ReaperTests(unittest.TestCase):
         now = clock.seconds()
         for job_id in ("a", "b"):
             self.end(reaper, recorder, ended(job_id, "bob", now))
-        recorder.remove("a", "by bob")  # the RPC, through the manager
+        recorder.remove("a", "by bob", "request")  # the RPC, through the manager
         self.end(reaper, recorder, ended("c", "bob", now + 1))
         clock.advance(0)
         # "a" is gone already: two jobs are kept, none is over the count.
@@ -199,10 +203,10 @@ class ReaperTests(unittest.TestCase):
         recorder.statuses.pop("j0")  # gone meanwhile: JobNotFound, ignored
         broken = recorder.remove
 
-        def remove(job_id: str, reason: str) -> Deferred[Any]:
+        def remove(job_id: str, reason: str, cause: str) -> Deferred[Any]:
             if job_id == "j1":
                 return fail(OSError("disk on fire"))
-            return broken(job_id, reason)
+            return broken(job_id, reason, cause)
 
         reaper.attach(remove)
         clock.advance(0)

@@ -72,6 +72,14 @@ def outcome_for_log(status: JobStatus) -> str:
     return text
 
 
+# Why an ended job was removed: its age (`--retain`), its owner's newer
+# jobs (`--retain-jobs`), or a Remove call. The first two are the options.
+AGE_CAUSE = "retain"
+COUNT_CAUSE = "retain-jobs"
+REQUEST_CAUSE = "request"
+REMOVAL_CAUSES = (AGE_CAUSE, COUNT_CAUSE, REQUEST_CAUSE)
+
+
 class JobEvents:
     """What the manager tells about its jobs; each hook here does nothing.
 
@@ -104,8 +112,9 @@ class JobEvents:
     def ended(self, status: JobStatus) -> None:
         """The job has ended with its final `status`."""
 
-    def removed(self, status: JobStatus, reason: str) -> None:
-        """The ended job was removed (`reason`: "by alice", "older than 7d")."""
+    def removed(self, status: JobStatus, reason: str, cause: str) -> None:
+        """The ended job was removed: `cause` one of `REMOVAL_CAUSES`,
+        `reason` its words for the log ("by alice", "7d after it ended")."""
 
     def shutdown_requested(self, running: int) -> None:
         """The manager was asked to shut down with `running` jobs not ended."""
@@ -149,9 +158,9 @@ class JobEventsFanOut(JobEvents):
         for observer in self._observers:
             observer.ended(status)
 
-    def removed(self, status: JobStatus, reason: str) -> None:
+    def removed(self, status: JobStatus, reason: str, cause: str) -> None:
         for observer in self._observers:
-            observer.removed(status, reason)
+            observer.removed(status, reason, cause)
 
     def shutdown_requested(self, running: int) -> None:
         for observer in self._observers:
@@ -247,7 +256,7 @@ class LoggingJobEvents(JobEvents):
             **asdict(status.usage),
         )
 
-    def removed(self, status: JobStatus, reason: str) -> None:
+    def removed(self, status: JobStatus, reason: str, cause: str) -> None:
         log.info(
             "job {job_id} of {owner} removed {reason}",
             job_id=status.id,

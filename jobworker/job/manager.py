@@ -43,7 +43,7 @@ from jobworker.job.admission import MAX_JOBS_PER_OWNER, RunningJobs
 from jobworker.job.board import StatusBoard
 from jobworker.job.dirs import JobDirs, create_job_dirs, job_dirs, remove_tree
 from jobworker.job.environment import check_env, job_env
-from jobworker.job.events import JobEvents
+from jobworker.job.events import REQUEST_CAUSE, JobEvents
 from jobworker.job.job import Job, JobRecord
 from jobworker.job.journal import Entry, Journal
 from jobworker.job.live import LiveFiles, read_exit, verify_helper
@@ -467,14 +467,17 @@ class JobManager:
         self._events.stop_requested(job.status(), grace)
         return job.stop(seconds)
 
-    def remove(self, job_id: str, reason: str = "") -> Deferred[JobStatus]:
+    def remove(
+        self, job_id: str, reason: str = "", cause: str = REQUEST_CAUSE
+    ) -> Deferred[JobStatus]:
         """Forget an ended job and delete its output; fire with its last status.
 
         Fails with `JobNotFound`, or `JobNotEnded` for a job still running or
         stopping. In this reactor step the job's journal record is removed
         (durably) and the job leaves the manager's table, the board, the
         request-id index (a Start with its request id starts a new job) and
-        its owner's output quota; `reason` is for the `removed` event. The
+        its owner's output quota; `reason` and `cause` (one of
+        `events.REMOVAL_CAUSES`) are for the `removed` event. The
         Deferred fires once its directory is gone (removed in the reactor's
         thread pool). The record goes first: a crash after it leaves a
         directory without a record, which the next manager removes at start;
@@ -505,7 +508,7 @@ class JobManager:
                 del self._requests[key]
         if self.storage is not None:
             self.storage.released(status.owner, status.output_bytes)
-        self._events.removed(status, reason)
+        self._events.removed(status, reason, cause)
         threads = IReactorThreads(self._reactor)
         gone = deferToThreadPool(
             threads, threads.getThreadPool(), remove_tree, job.dirs.job_dir

@@ -29,21 +29,17 @@ from twisted.logger import Logger
 
 from jobworker.defaults import RETAIN, RETAIN_JOBS
 from jobworker.errors import JobNotFound
-from jobworker.job.events import JobEvents
+from jobworker.job.events import AGE_CAUSE, COUNT_CAUSE, JobEvents
 from jobworker.model import JobStatus
 from jobworker.reactors import or_global
 from jobworker.units import format_duration
 from jobworker.untrusted import shown
 
-# The option a removal's reason ends with, in brackets: removed for its age
-# or beyond the newest N (metrics tell them apart from removals by `rm`).
-AGE_CAUSE = "retain"
-COUNT_CAUSE = "retain-jobs"
 # The least time between two sweeps of the jobs past their age: jobs ending
 # in a stream are removed in batches, not one timer each.
 SWEEP_GAP = 1.0
 _log = Logger()
-Remove = Callable[[str, str], Deferred[Any]]
+Remove = Callable[[str, str, str], Deferred[Any]]
 
 
 @dataclass(frozen=True)
@@ -75,12 +71,12 @@ class Reaper(JobEvents, Service):
         self._expiries: list[tuple[float, str]] = []
         """A heap of (time to remove, job id); ids no longer kept are skipped."""
         self._timer: IDelayedCall | None = None
-        self._due: deque[tuple[str, str]] = deque()
+        self._due: deque[tuple[str, str, str]] = deque()
         self._kick: IDelayedCall | None = None
         self._removing = False
 
     def attach(self, remove: Remove) -> None:
-        """Remove jobs with `remove(job_id, reason)` (`JobManager.remove`).
+        """Remove jobs with `remove(job_id, reason, cause)` (`JobManager.remove`).
 
         A second step because the reaper hears of the restored jobs while
         the manager is being made: it must exist first.
@@ -123,7 +119,7 @@ class Reaper(JobEvents, Service):
             self._cap(status.owner)
             self._schedule(0.0)
 
-    def removed(self, status: JobStatus, reason: str) -> None:
+    def removed(self, status: JobStatus, reason: str, cause: str) -> None:
         self._forget(status.id)
 
     # The work
@@ -163,7 +159,7 @@ class Reaper(JobEvents, Service):
             f" {count} ({COUNT_CAUSE})"
         )
         for job_id in list(jobs)[: len(jobs) - count]:
-            self._queue(job_id, reason)
+            self._queue(job_id, reason, COUNT_CAUSE)
 
     def _schedule(self, gap: float) -> None:
         """Set the timer for the next expiry, at least `gap` seconds away."""
@@ -186,13 +182,13 @@ class Reaper(JobEvents, Service):
         while self._expiries and self._expiries[0][0] <= now:
             _, job_id = heapq.heappop(self._expiries)
             if job_id in self._owner_of:
-                self._queue(job_id, reason)
+                self._queue(job_id, reason, AGE_CAUSE)
         self._schedule(SWEEP_GAP)
 
-    def _queue(self, job_id: str, reason: str) -> None:
+    def _queue(self, job_id: str, reason: str, cause: str) -> None:
         """Remove the job soon: after those queued before it, in a later step."""
         self._forget(job_id)
-        self._due.append((job_id, reason))
+        self._due.append((job_id, reason, cause))
         if not self._removing and (self._kick is None or not self._kick.active()):
             self._kick = self._clock.callLater(0, self._start_removing)
 
@@ -205,9 +201,9 @@ class Reaper(JobEvents, Service):
         self._removing = True
         try:
             while self._due and self.running and self._remove is not None:
-                job_id, reason = self._due.popleft()
+                job_id, reason, cause = self._due.popleft()
                 try:
-                    await self._remove(job_id, reason)
+                    await self._remove(job_id, reason, cause)
                 except JobNotFound:
                     pass  # removed meanwhile (by its owner, say)
                 except Exception:

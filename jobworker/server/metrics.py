@@ -31,7 +31,6 @@ from twisted.web.server import Site
 
 from jobworker.address import parse_address
 from jobworker.job.events import JobEvents
-from jobworker.job.retention import AGE_CAUSE, COUNT_CAUSE
 from jobworker.model import JobState, JobStatus
 from jobworker.reactors import or_global
 
@@ -50,14 +49,6 @@ def job_outcome(status: JobStatus) -> str:
     if status.signal is not None:
         return "killed"
     return "failed" if status.exit_code else "exited"
-
-
-def removal_cause(reason: str) -> str:
-    """The `jobs_removed` label of a removal's reason (see retention)."""
-    for cause in (AGE_CAUSE, COUNT_CAUSE):
-        if reason.endswith(f"({cause})"):
-            return cause
-    return "request"
 
 
 class _BoardCollector(Collector):
@@ -223,9 +214,9 @@ class MetricsJobEvents(JobEvents):
     def ended(self, status: JobStatus) -> None:
         self._metrics.jobs_ended.labels(job_outcome(status)).inc()
 
-    def removed(self, status: JobStatus, reason: str) -> None:
+    def removed(self, status: JobStatus, reason: str, cause: str) -> None:
         self._metrics.removed_output_bytes += status.output_bytes
-        self._metrics.jobs_removed.labels(removal_cause(reason)).inc()
+        self._metrics.jobs_removed.labels(cause).inc()
 
     def cleanup_failed(self, job_id: str) -> None:
         self._metrics.cgroup_cleanup_failures.inc()
